@@ -1,0 +1,1 @@
+"""Startup reconciliation of leftover VMs. Imports only `provisioners`."""

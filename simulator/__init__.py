@@ -1,0 +1,1 @@
+"""The built-in world for the demo and the tests: peer systems reached only over sockets."""
