@@ -1,0 +1,5 @@
+import sys
+
+from scaleset_listener.cli import main
+
+sys.exit(main())

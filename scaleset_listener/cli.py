@@ -1,0 +1,100 @@
+"""The `scaleset-listener` command: `run` the service, `check-config` an env file.
+
+Exit codes: 0 success, 1 the service failed while running, 2 the configuration is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from scaleset_listener import __version__
+from scaleset_listener.auth import load_app_private_key
+from scaleset_listener.config import Settings, load_settings
+from scaleset_listener.errors import ConfigError
+from scaleset_listener.logs import configure
+from scaleset_listener.service import run_service
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scaleset-listener",
+        description="GitHub Actions runner scale sets on single-use OpenStack VMs.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    env_file = argparse.ArgumentParser(add_help=False)
+    env_file.add_argument(
+        "--env-file",
+        type=Path,
+        metavar="PATH",
+        help="read settings from this env file (process environment variables take precedence)",
+    )
+    commands.add_parser("run", parents=[env_file], help="run the listener until SIGTERM")
+    commands.add_parser(
+        "check-config",
+        parents=[env_file],
+        help="validate the settings and print them, secrets masked",
+    )
+    return parser
+
+
+def validate_deeply(settings: Settings) -> None:
+    """Checks beyond field validation that still need no network: the App key parses."""
+    if settings.uses_github_app:
+        load_app_private_key(settings.app_private_key_pem())
+
+
+def effective_settings(settings: Settings) -> list[str]:
+    """`NAME=value` lines of every setting, secrets masked."""
+    lines = []
+    for name, value in settings.model_dump(mode="python").items():
+        shown: object = value
+        if isinstance(getattr(settings, name), SecretStr):
+            shown = "**********"
+        elif name == "runners":
+            specs = (spec.model_dump_json(exclude_none=True) for spec in settings.runners)
+            shown = "[" + ", ".join(specs) + "]"
+        elif value is None:
+            shown = ""
+        elif isinstance(value, bool):
+            shown = str(value).lower()
+        elif isinstance(value, float):
+            shown = f"{value:g}s"  # every float setting is a duration
+        elif hasattr(value, "value"):
+            shown = value.value
+        lines.append(f"{name.upper()}={shown}")
+    target = settings.github_target
+    lines.append(f"# scope: {target.scope.value}, REST API: {target.api_url}")
+    lines.append(
+        "# auth: " + ("GitHub App" if settings.uses_github_app else "personal access token")
+    )
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(args.env_file)
+        validate_deeply(settings)
+    except ConfigError as exc:
+        print(f"scaleset-listener: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "check-config":
+        print("\n".join(effective_settings(settings)))
+        return EXIT_OK
+    configure(settings.log_level, settings.log_format)
+    return asyncio.run(run_service(settings))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""Settings: one typed tree, read once at start from the environment and an optional env file.
+
+The variable names are a contract with users (DESIGN.md section 12; compatible with the Orka
+integration where it has one). Rules:
+
+* An unknown variable in the env file is an error naming it (a typo must not be silently ignored).
+  Unknown variables in the process environment are ignored: a container has many.
+* A bad or missing value fails at start with one line per problem, naming the variable.
+* Secrets are `SecretStr`: never printed, never in a repr.
+* Durations accept seconds (`300`, `1.5`) or Go-style strings (`300s`, `5m`, `1h30m`, `250ms`).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from pathlib import Path
+from typing import Annotated, Any, Self
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from scaleset_listener.errors import ConfigError, InvalidConfigURL
+from scaleset_listener.github_urls import GitHubTarget, parse_github_url
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number or a Go-style duration string; negative values are refused."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 300s, 5m or 1h30m")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        try:
+            seconds = float(text)
+        except ValueError:
+            parts = _DURATION_PART.findall(text)
+            if not text or "".join(number + unit for number, unit in parts) != text:
+                raise ValueError(
+                    f"{value!r} is not a duration; use seconds or e.g. 300s, 5m, 1h30m"
+                ) from None
+            seconds = sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
+    else:
+        raise ValueError("expected a duration such as 300s, 5m or 1h30m")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class LogFormat(enum.StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+class LogLevel(enum.StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+_SCALE_SET_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
+
+
+class ScaleSetSpec(BaseModel):
+    """One entry of RUNNERS: a scale set this process serves."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: str
+    labels: tuple[str, ...] = ()
+    runner_group: str = "default"
+    # The Orka integration's RUNNERS entries carry the runner group *id* as "id".
+    runner_group_id: int | None = Field(default=None, alias="id", ge=1)
+    min_runners: int = Field(default=0, ge=0)
+    max_runners: int = Field(default=10, ge=0)
+    flavor: str | None = None
+    image: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_usable_as_label_and_vm_name(cls, name: str) -> str:
+        if not _SCALE_SET_NAME.match(name):
+            raise ValueError(
+                f"scale set name {name!r} must be 1-63 letters, digits, '.', '_' or '-', "
+                "starting and ending with a letter or digit"
+            )
+        return name
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> Self:
+        if self.min_runners > self.max_runners:
+            raise ValueError(
+                f"min_runners ({self.min_runners}) is above max_runners ({self.max_runners})"
+            )
+        return self
+
+    @property
+    def effective_labels(self) -> tuple[str, ...]:
+        """The scale set's name first, then the extra labels, without duplicates."""
+        labels = [self.name, *self.labels]
+        return tuple(dict.fromkeys(label.strip() for label in labels if label.strip()))
+
+
+class Settings(BaseSettings):
+    """Every setting of the service. Field names are the variable names, lower-cased."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        case_sensitive=False,
+        validate_default=True,
+        env_file_encoding="utf-8",
+        hide_input_in_errors=True,
+        # `NAME=` in an env file means "not set", as in the documented example.
+        env_ignore_empty=True,
+    )
+
+    # GitHub
+    github_url: str
+    github_api_url: str = ""
+    github_app_id: str = ""
+    github_app_installation_id: int | None = None
+    github_app_private_key: SecretStr | None = None
+    github_app_private_key_path: Path | None = None
+    github_token: SecretStr | None = None
+
+    # Scale sets
+    runners: tuple[ScaleSetSpec, ...]
+    manage_runner_scale_sets: bool = False
+    enable_reconciliation: bool = True
+
+    # Resilience: bounded HTTP retries, then the listener's own backoff and a new session.
+    retry_max_attempts: int = Field(default=5, ge=1, le=20)
+    retry_max_wait: Duration = 30.0
+    recovery_backoff_max: Duration = 60.0
+    session_conflict_retry_interval: Duration = 30.0
+    shutdown_timeout: Duration = 30.0
+
+    # Observability
+    log_level: LogLevel = LogLevel.INFO
+    log_format: LogFormat = LogFormat.TEXT
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower_case_enum(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("github_app_id")
+    @classmethod
+    def _app_id_is_an_id(cls, value: str) -> str:
+        value = value.strip()
+        if value and not re.fullmatch(r"[A-Za-z0-9.]+", value):
+            raise ValueError("expected the App's numeric id or its client id")
+        return value
+
+    @field_validator("runners")
+    @classmethod
+    def _runners_are_distinct(cls, runners: tuple[ScaleSetSpec, ...]) -> tuple[ScaleSetSpec, ...]:
+        if not runners:
+            raise ValueError('list at least one scale set, e.g. [{"name": "linux-x64"}]')
+        names = [spec.name.lower() for spec in runners]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"scale set names must be unique; repeated: {', '.join(duplicates)}")
+        return runners
+
+    @model_validator(mode="after")
+    def _one_way_to_authenticate(self) -> Self:
+        app_fields = {
+            "GITHUB_APP_ID": bool(self.github_app_id),
+            "GITHUB_APP_INSTALLATION_ID": self.github_app_installation_id is not None,
+            "GITHUB_APP_PRIVATE_KEY or GITHUB_APP_PRIVATE_KEY_PATH": (
+                self.github_app_private_key is not None
+                or self.github_app_private_key_path is not None
+            ),
+        }
+        if self.github_app_private_key is not None and self.github_app_private_key_path:
+            raise ValueError("set GITHUB_APP_PRIVATE_KEY or GITHUB_APP_PRIVATE_KEY_PATH, not both")
+        if any(app_fields.values()) and not all(app_fields.values()):
+            missing = ", ".join(name for name, present in app_fields.items() if not present)
+            raise ValueError(f"GitHub App auth is incomplete: missing {missing}")
+        if not any(app_fields.values()) and not self.github_token:
+            raise ValueError(
+                "no GitHub credentials: set GITHUB_TOKEN (a PAT) or GITHUB_APP_ID, "
+                "GITHUB_APP_INSTALLATION_ID and GITHUB_APP_PRIVATE_KEY(_PATH)"
+            )
+        return self
+
+    @property
+    def uses_github_app(self) -> bool:
+        return bool(self.github_app_id)
+
+    @property
+    def github_target(self) -> GitHubTarget:
+        return parse_github_url(self.github_url, self.github_api_url or None)
+
+    def app_private_key_pem(self) -> str:
+        """The App's PEM text, read from GITHUB_APP_PRIVATE_KEY_PATH when given as a path."""
+        if self.github_app_private_key is not None:
+            return self.github_app_private_key.get_secret_value()
+        if self.github_app_private_key_path is None:
+            raise ConfigError("GITHUB_APP_PRIVATE_KEY: not set")
+        try:
+            return self.github_app_private_key_path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(
+                f"GITHUB_APP_PRIVATE_KEY_PATH: cannot read {self.github_app_private_key_path}: "
+                f"{exc.strerror}"
+            ) from exc
+
+    @model_validator(mode="after")
+    def _github_url_parses(self) -> Self:
+        try:
+            parse_github_url(self.github_url, self.github_api_url or None)
+        except InvalidConfigURL as exc:
+            raise ValueError(f"GITHUB_URL: {exc}") from None
+        return self
+
+
+def _describe(error: Any) -> str:
+    location = [str(part) for part in error["loc"]]
+    variable = location[0].upper() if location else "settings"
+    path = "".join(f"[{part}]" if part.isdigit() else f".{part}" for part in location[1:])
+    message = str(error["msg"])
+    if error["type"] == "extra_forbidden":
+        return (
+            f"{variable}{path}: unknown setting (not a scaleset-listener variable; check spelling)"
+        )
+    if error["type"] == "missing":
+        return f"{variable}{path}: required but not set"
+    message = message.removeprefix("Value error, ")
+    if not location:
+        return message
+    return f"{variable}{path}: {message}"
+
+
+def load_settings(env_file: Path | None = None) -> Settings:
+    """Build the settings from the environment and `env_file`; ConfigError names each problem."""
+    if env_file is not None and not env_file.is_file():
+        raise ConfigError(f"--env-file: {env_file} does not exist or is not a file")
+    try:
+        return Settings(_env_file=env_file)
+    except ValidationError as exc:
+        raise ConfigError("; ".join(_describe(error) for error in exc.errors())) from None

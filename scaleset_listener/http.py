@@ -1,0 +1,184 @@
+"""One HTTP request with the protocol's conventions: retries, BOM stripping, typed errors.
+
+Everything that leaves the process for GitHub goes through `HttpChannel.request`. It owns the
+httpx client, applies the per-request retry policy, strips a leading UTF-8 BOM, decodes JSON, and
+turns every unexpected answer into one of our exceptions carrying method, URL, status and the
+correlation ids (`ActivityId`, `X-GitHub-Request-Id`). Tokens travel only in headers, and headers
+never reach an error or a log line.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from scaleset_listener import __version__
+from scaleset_listener.errors import (
+    ActionsError,
+    AuthenticationFailed,
+    GitHubAPIError,
+    HTTPStatusError,
+    ProtocolError,
+    TransportFailure,
+    classify_actions_error,
+)
+from scaleset_listener.retrying import RetryPolicy
+
+USER_AGENT = f"scaleset-listener/{__version__}"
+BOM = b"\xef\xbb\xbf"
+MAX_ERROR_BODY = 256
+
+# The long poll holds a request for about 50 s; reads get a generous margin (protocol 5.1).
+DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=300.0, write=30.0, pool=30.0)
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: bytes
+    headers: Mapping[str, str] = field(repr=False)
+
+    @property
+    def is_blank(self) -> bool:
+        return not self.body.strip()
+
+    def json(self, what: str) -> Any:
+        if self.is_blank:
+            raise ProtocolError(f"{what}: empty response body")
+        try:
+            return json.loads(self.body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ProtocolError(f"{what}: response is not JSON") from exc
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        return None if parsed is None else max(0.0, parsed.timestamp() - time.time())
+
+
+def _error_text(body: bytes, content_type: str) -> tuple[str, str]:
+    """(type_name, message) of an error body: JSON `typeName`/`message`, or plain text."""
+    text = body.decode("utf-8", errors="replace").strip()
+    if not text:
+        return "", "unknown error (empty body)"
+    if "json" in content_type or text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            data = None
+        if isinstance(data, dict):
+            folded = {str(key).lower(): value for key, value in data.items()}
+            type_name = str(folded.get("typename") or "")
+            message = str(folded.get("message") or text)
+            return type_name, message[:MAX_ERROR_BODY]
+    return "", text[:MAX_ERROR_BODY]
+
+
+class HttpChannel:
+    """An httpx client plus the policies every GitHub-facing request shares."""
+
+    def __init__(self, policy: RetryPolicy, client: httpx.AsyncClient | None = None) -> None:
+        self.policy = policy
+        self._client = client or httpx.AsyncClient(
+            timeout=DEFAULT_TIMEOUT, headers={"User-Agent": USER_AGENT}, follow_redirects=False
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        expected: Collection[int],
+        service: type[HTTPStatusError],
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+        json_body: Any = None,
+        what: str,
+        also_retry: Callable[[BaseException], bool] | None = None,
+        retry: bool = True,
+    ) -> Answer:
+        """Send with bounded retries; return the answer if its status is in `expected`.
+
+        `service` picks the error family: ActionsError (classified by `typeName`) or
+        GitHubAPIError (401/403 become AuthenticationFailed).
+        """
+        if not retry:
+            return await self._send_once(method, url, expected, service, headers, params, json_body)
+        async for attempt in self.policy.requests(what, also_retry):
+            with attempt:
+                return await self._send_once(
+                    method, url, expected, service, headers, params, json_body
+                )
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    async def _send_once(
+        self,
+        method: str,
+        url: str,
+        expected: Collection[int],
+        service: type[HTTPStatusError],
+        headers: Mapping[str, str] | None,
+        params: Mapping[str, str] | None,
+        json_body: Any,
+    ) -> Answer:
+        request_headers = dict(headers or {})
+        content: bytes | None = None
+        if json_body is not None:
+            # Literal &, < and > as the Go clients send them (HTML escaping disabled).
+            content = json.dumps(json_body, separators=(",", ":")).encode()
+        try:
+            response = await self._client.request(
+                method, url, headers=request_headers, params=params, content=content
+            )
+        except httpx.TransportError as exc:
+            raise TransportFailure(method, url, type(exc).__name__ + _detail(exc)) from exc
+        body = response.content.removeprefix(BOM)
+        if response.status_code in expected:
+            return Answer(response.status_code, body, response.headers)
+        raise _status_error(method, str(response.request.url), response, body, service)
+
+
+def _detail(exc: Exception) -> str:
+    text = str(exc)
+    return f": {text}" if text else ""
+
+
+def _status_error(
+    method: str,
+    url: str,
+    response: httpx.Response,
+    body: bytes,
+    service: type[HTTPStatusError],
+) -> HTTPStatusError:
+    type_name, message = _error_text(body, response.headers.get("content-type", ""))
+    cls: type[HTTPStatusError] = service
+    if issubclass(service, ActionsError):
+        cls = classify_actions_error(type_name)
+    elif issubclass(service, GitHubAPIError) and response.status_code in (401, 403):
+        cls = AuthenticationFailed
+    return cls(
+        method,
+        url,
+        response.status_code,
+        message,
+        type_name=type_name,
+        activity_id=response.headers.get("activityid", ""),
+        request_id=response.headers.get("x-github-request-id", ""),
+        retry_after=_retry_after_seconds(response.headers.get("retry-after"))
+        if response.status_code in (429, 503)
+        else None,
+    )

@@ -1,0 +1,354 @@
+"""The listener: one scale set's session, long poll and message handling, for as long as we run.
+
+    ensure scale set -> open session -> initial statistics -> poll ─┬─ 202 / blank: re-assert demand
+                            ^                                       └─ message: handle it (one unit)
+                            └──── recoverable failure: back off (capped, cancellable), new session
+
+Handling one message is one unit, in the order of actions/scaleset's listener: record the
+statistics, acknowledge (DELETE), acquire the JobAvailable requests, hand JobStarted and
+JobCompleted to the scaler, hand on the desired count. A shutdown request never splits it: the
+handler is shielded and the stop flag is only checked between messages.
+
+Before the first session is open, errors that retrying cannot fix (bad credentials, unknown runner
+group, a 4xx on the scale set) end the process with a clear message: a misconfigured service
+should fail at start. After that every failure is logged and recovered from, because the
+service must outlive GitHub incidents (502 storms, evicted sessions, empty answers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
+import structlog
+
+from scaleset_listener.actions_client import ActionsClient
+from scaleset_listener.config import ScaleSetSpec
+from scaleset_listener.errors import (
+    ListenerError,
+    ProtocolError,
+    QueueTokenExpired,
+    ScaleSetNotFound,
+    SessionConflict,
+    SessionNotFound,
+)
+from scaleset_listener.http import HttpChannel
+from scaleset_listener.retrying import RetryPolicy, is_transient
+from scaleset_listener.scaling import Scaler, desired_runner_count, max_capacity_header
+from scaleset_listener.session import MessageSession
+from scaleset_listener.wire import (
+    JOB_MESSAGES_TYPE,
+    JobAssigned,
+    JobAvailable,
+    JobCompleted,
+    JobStarted,
+    MessageEnvelope,
+    ScaleSet,
+    Statistics,
+    UnknownJobMessage,
+    parse_job_messages,
+)
+
+
+class ShutdownRequested(Exception):
+    """Raised inside retry loops to leave them once the stop flag is set."""
+
+
+@dataclass(frozen=True)
+class ListenerOptions:
+    spec: ScaleSetSpec
+    manage_scale_set: bool
+    owner_name: str
+    session_conflict_retry_interval: float = 30.0
+    shutdown_timeout: float = 30.0
+
+
+def log_statistics(logger: structlog.typing.FilteringBoundLogger, stats: Statistics) -> None:
+    logger.info(
+        "runner_statistics",
+        available=stats.total_available_jobs,
+        acquired=stats.total_acquired_jobs,
+        assigned=stats.total_assigned_jobs,
+        running=stats.total_running_jobs,
+        registered=stats.total_registered_runners,
+        busy=stats.total_busy_runners,
+        idle=stats.total_idle_runners,
+    )
+    problems = stats.inconsistencies()
+    if problems:
+        logger.warning(
+            "statistics_inconsistent",
+            problems=problems,
+            registered=stats.total_registered_runners,
+            busy=stats.total_busy_runners,
+            idle=stats.total_idle_runners,
+            assigned=stats.total_assigned_jobs,
+            running=stats.total_running_jobs,
+        )
+
+
+def _recoverable_at_start(exc: BaseException) -> bool:
+    return is_transient(exc) or isinstance(
+        exc, ProtocolError | SessionNotFound | QueueTokenExpired | ScaleSetNotFound
+    )
+
+
+class Listener:
+    """Serves one scale set until the stop event is set."""
+
+    def __init__(
+        self,
+        client: ActionsClient,
+        http: HttpChannel,
+        scaler: Scaler,
+        options: ListenerOptions,
+        policy: RetryPolicy,
+    ) -> None:
+        self._client = client
+        self._http = http
+        self._scaler = scaler
+        self._options = options
+        self._policy = policy
+        self._spec = options.spec
+        self._log = structlog.get_logger(__name__).bind(scale_set=self._spec.name)
+        self._stop = asyncio.Event()
+        self._established = False
+        self._last_message_id = 0
+        self._latest_statistics: Statistics | None = None
+        self.scale_set: ScaleSet | None = None
+        self.messages_handled = 0
+
+    # Public ------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Listen until `stop` is set; then close the session (and the managed scale set)."""
+        self._stop = stop
+        try:
+            async for attempt in self._policy.recovery(
+                f"listen on {self._spec.name}", self._recoverable, sleep=self._sleep
+            ):
+                with attempt:
+                    await self._listen_once()
+        except ShutdownRequested:
+            pass
+        finally:
+            if self._options.manage_scale_set and self.scale_set is not None:
+                await self._delete_managed_scale_set()
+
+    # Scale set -----------------------------------------------------------------------------
+
+    async def _ensure_scale_set(self, *, fresh: bool) -> ScaleSet:
+        spec = self._spec
+        group_id = spec.runner_group_id
+        if group_id is None:
+            group_id = (await self._client.get_runner_group_by_name(spec.runner_group)).id
+        existing = await self._client.find_scale_set(spec.name, group_id)
+        if existing is not None and fresh and self._options.manage_scale_set:
+            self._log.info("scale_set_deleting_stale", scale_set_id=existing.id)
+            await self._client.delete_scale_set(existing.id)
+            existing = None
+        if existing is not None:
+            self._log.info(
+                "scale_set_reused",
+                scale_set_id=existing.id,
+                labels=[label.name for label in existing.labels],
+            )
+            configured = set(spec.effective_labels)
+            actual = {label.name for label in existing.labels}
+            if actual and actual != configured:
+                self._log.warning(
+                    "scale_set_labels_differ",
+                    configured=sorted(configured),
+                    actual=sorted(actual),
+                    hint="labels are fixed at creation; set MANAGE_RUNNER_SCALE_SETS=true or "
+                    "delete the scale set to apply new labels",
+                )
+            return existing
+        created = await self._client.create_scale_set(spec.name, group_id, spec.effective_labels)
+        self._log.info(
+            "scale_set_created",
+            scale_set_id=created.id,
+            runner_group_id=group_id,
+            labels=list(spec.effective_labels),
+        )
+        return created
+
+    async def _delete_managed_scale_set(self) -> None:
+        assert self.scale_set is not None
+        try:
+            async with asyncio.timeout(self._options.shutdown_timeout):
+                await self._client.delete_scale_set(self.scale_set.id)
+        except (ListenerError, TimeoutError) as exc:
+            self._log.error(
+                "scale_set_delete_failed", scale_set_id=self.scale_set.id, error=str(exc)
+            )
+            return
+        self._log.info("scale_set_deleted", scale_set_id=self.scale_set.id)
+
+    # Sessions ------------------------------------------------------------------------------
+
+    def _recoverable(self, exc: BaseException) -> bool:
+        if isinstance(exc, ShutdownRequested) or self._stop.is_set():
+            return False
+        if self._established:
+            return isinstance(exc, ListenerError)
+        return _recoverable_at_start(exc)
+
+    async def _sleep(self, seconds: float) -> None:
+        """A backoff that ends early, and ends the retry loop, when shutdown is requested."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stop.wait()
+        if self._stop.is_set():
+            raise ShutdownRequested
+
+    def _log_conflict(self, attempt: int, wait: float, exc: BaseException | None) -> None:
+        self._log.warning(
+            "session_conflict",
+            attempt=attempt,
+            retry_in_seconds=round(wait, 3),
+            detail=str(exc),
+            hint="another session is live on this scale set (a crashed listener's, or a second "
+            "deployment); waiting for it to expire",
+        )
+
+    async def _open_session(self) -> MessageSession:
+        async for attempt in self._policy.until_no_conflict(
+            lambda exc: isinstance(exc, SessionConflict),
+            self._options.session_conflict_retry_interval,
+            self._sleep,
+            self._log_conflict,
+        ):
+            with attempt:
+                if self._stop.is_set():
+                    raise ShutdownRequested
+                return await self._create_session()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _create_session(self) -> MessageSession:
+        if self.scale_set is None:
+            self.scale_set = await self._ensure_scale_set(fresh=True)
+        try:
+            created = await self._client.create_session(self.scale_set.id, self._options.owner_name)
+        except ScaleSetNotFound:
+            self._log.warning("scale_set_gone", scale_set_id=self.scale_set.id)
+            self.scale_set = await self._ensure_scale_set(fresh=False)
+            created = await self._client.create_session(self.scale_set.id, self._options.owner_name)
+        try:
+            session = MessageSession(self._client, self._http, self.scale_set.id, created)
+        except ProtocolError:
+            # Delete the unusable session, or the next create would meet our own 409.
+            with contextlib.suppress(ListenerError):
+                await self._client.delete_session(self.scale_set.id, created.session_id)
+            raise
+        self._log.info(
+            "session_created", session_id=session.session_id, scale_set_id=self.scale_set.id
+        )
+        return session
+
+    async def _close_session(self, session: MessageSession) -> None:
+        try:
+            async with asyncio.timeout(self._options.shutdown_timeout):
+                await session.close()
+        except (ListenerError, TimeoutError) as exc:
+            self._log.warning(
+                "session_delete_failed", session_id=session.session_id, error=str(exc)
+            )
+
+    # The loop ------------------------------------------------------------------------------
+
+    async def _listen_once(self) -> None:
+        session = await self._open_session()
+        self._established = True
+        try:
+            initial = session.initial_statistics
+            if initial is None:
+                self._log.warning("session_statistics_missing", session_id=session.session_id)
+            else:
+                self._latest_statistics = initial
+                log_statistics(self._log.bind(message_id=0), initial)
+                await self._hand_on_demand(initial)
+            while not self._stop.is_set():
+                envelope = await self._poll(session)
+                if envelope is None:
+                    if self._latest_statistics is not None and not self._stop.is_set():
+                        await self._hand_on_demand(self._latest_statistics)
+                    continue
+                # The message in hand is finished even if shutdown arrives meanwhile.
+                await asyncio.shield(self._handle(session, envelope))
+        finally:
+            await asyncio.shield(self._close_session(session))
+
+    def _capacity(self) -> int:
+        return max_capacity_header(self._spec.max_runners, self._scaler.cloud_capacity())
+
+    async def _poll(self, session: MessageSession) -> MessageEnvelope | None:
+        """The next message, or None on an empty poll or when shutdown interrupts the poll."""
+        poll = asyncio.create_task(
+            session.get_message(self._last_message_id, self._capacity()), name="long-poll"
+        )
+        stopper = asyncio.create_task(self._stop.wait(), name="stop-wait")
+        try:
+            await asyncio.wait({poll, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            if not poll.done():
+                poll.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poll
+        if poll.cancelled():
+            return None
+        return poll.result()
+
+    async def _hand_on_demand(self, stats: Statistics) -> None:
+        desired = desired_runner_count(
+            stats.total_assigned_jobs,
+            self._spec.min_runners,
+            self._spec.max_runners,
+            self._scaler.cloud_capacity(),
+        )
+        await self._scaler.handle_desired_runner_count(desired, stats)
+
+    async def _handle(self, session: MessageSession, envelope: MessageEnvelope) -> None:
+        log = self._log.bind(message_id=envelope.message_id)
+        self._last_message_id = max(self._last_message_id, envelope.message_id)
+        stats = envelope.statistics
+        if stats is None:
+            log.warning("message_without_statistics")
+        else:
+            self._latest_statistics = stats
+            log_statistics(log, stats)
+        jobs: list[object] = []
+        if envelope.message_type != JOB_MESSAGES_TYPE:
+            log.warning("unknown_message_type", message_type=envelope.message_type)
+        else:
+            try:
+                jobs = list(parse_job_messages(envelope.body))
+            except ProtocolError as exc:
+                log.error("malformed_message", error=str(exc))
+        await session.ack(envelope.message_id)
+        self.messages_handled += 1
+        log.debug("message_acked", jobs=len(jobs))
+
+        requested = [
+            job.runner_request_id
+            for job in jobs
+            if isinstance(job, JobAvailable) and job.runner_request_id > 0
+        ]
+        if requested:
+            acquired = await session.acquire_jobs(requested)
+            log.info("jobs_acquired", requested=len(requested), acquired=len(acquired))
+        for job in jobs:
+            if isinstance(job, JobAssigned):
+                log.info("job_assigned", job_id=job.job_id, runner_request_id=job.runner_request_id)
+            elif isinstance(job, UnknownJobMessage):
+                log.warning("unknown_job_message", message_type=job.message_type)
+        for job in jobs:
+            if isinstance(job, JobStarted):
+                await self._scaler.handle_job_started(job)
+        for job in jobs:
+            if isinstance(job, JobCompleted):
+                await self._scaler.handle_job_completed(job)
+        if stats is not None:
+            await self._hand_on_demand(stats)

@@ -1,0 +1,160 @@
+"""The retry policies, in one place (tenacity): what is transient, how long to wait, when to stop.
+
+Two layers, never more:
+
+* per request (`RetryPolicy.requests`): transport errors, 429 and 5xx except 501, bounded
+  attempts with exponential backoff and jitter, `Retry-After` honoured (capped by the policy's
+  longest wait so a hostile header cannot stall us for an hour);
+* per listener (`RetryPolicy.recovery`): once a request gave up, the listener backs off (growing,
+  capped, never giving up) and starts over with a new session. Its sleeps are asyncio sleeps,
+  so shutdown cancels them at once.
+
+Token-expiry handling (refresh the session or admin token once, retry once) is protocol logic and
+lives beside the protocol, not here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import structlog
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_never,
+    wait_exponential_jitter,
+    wait_fixed,
+)
+
+from scaleset_listener.errors import HTTPStatusError, TransportFailure
+
+log = structlog.get_logger(__name__)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures that a later identical request may not see."""
+    if isinstance(exc, TransportFailure):
+        return True
+    return isinstance(exc, HTTPStatusError) and exc.is_transient
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 5
+    max_wait: float = 30.0
+    recovery_max_wait: float = 60.0
+
+    @property
+    def first_wait(self) -> float:
+        return min(1.0, self.max_wait)
+
+    def _request_wait(self) -> Callable[[RetryCallState], float]:
+        backoff = wait_exponential_jitter(
+            initial=self.first_wait, max=self.max_wait, jitter=self.first_wait / 4
+        )
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, HTTPStatusError) and exc.retry_after is not None:
+                return min(exc.retry_after, self.max_wait)
+            return float(backoff(state))
+
+        return wait
+
+    def requests(
+        self, what: str, also_retry: Callable[[BaseException], bool] | None = None
+    ) -> AsyncRetrying:
+        """Bounded retries for one HTTP call; `also_retry` widens what counts as transient."""
+
+        def retryable(exc: BaseException) -> bool:
+            return is_transient(exc) or (also_retry is not None and also_retry(exc))
+
+        return AsyncRetrying(
+            retry=retry_if_exception(retryable),
+            wait=self._request_wait(),
+            stop=stop_after_attempt(self.max_attempts),
+            before_sleep=_log_retry(what),
+            reraise=True,
+        )
+
+    def recovery(
+        self,
+        what: str,
+        retryable: Callable[[BaseException], bool],
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> AsyncRetrying:
+        """Unbounded, capped backoff for a long-running loop that must outlive incidents.
+
+        `sleep` lets the caller wake early on shutdown instead of finishing a long backoff.
+        """
+        return AsyncRetrying(
+            sleep=sleep,
+            retry=retry_if_exception(retryable),
+            wait=wait_exponential_jitter(
+                initial=self.first_wait,
+                max=self.recovery_max_wait,
+                jitter=self.first_wait / 2,
+            ),
+            stop=stop_never,
+            before_sleep=_log_recovery(what),
+            reraise=True,
+        )
+
+    @staticmethod
+    def until_no_conflict(
+        is_conflict: Callable[[BaseException], bool],
+        interval: float,
+        sleep: Callable[[float], Awaitable[None]],
+        on_conflict: Callable[[int, float, BaseException | None], None],
+    ) -> AsyncRetrying:
+        """Fixed-interval retries while another session holds the scale set (409).
+
+        The service drops an abandoned session after a while (not published; minutes); until
+        then every attempt is logged so an operator sees why the listener is waiting.
+        """
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            on_conflict(state.attempt_number, state.upcoming_sleep, exc)
+
+        return AsyncRetrying(
+            sleep=sleep,
+            retry=retry_if_exception(is_conflict),
+            wait=wait_fixed(interval),
+            stop=stop_never,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+
+
+def _log_retry(what: str) -> Callable[[RetryCallState], None]:
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "request_retry",
+            request=what,
+            attempt=state.attempt_number,
+            wait_seconds=round(state.upcoming_sleep, 3),
+            error=str(exc),
+        )
+
+    return before_sleep
+
+
+def _log_recovery(what: str) -> Callable[[RetryCallState], None]:
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.error(
+            "recovering",
+            activity=what,
+            attempt=state.attempt_number,
+            wait_seconds=round(state.upcoming_sleep, 3),
+            error=str(exc),
+            error_type=type(exc).__name__,
+        )
+
+    return before_sleep

@@ -1,0 +1,81 @@
+"""How many runners a scale set wants, and what the listener hands its decisions to.
+
+Demand is level-triggered: `statistics.totalAssignedJobs` from the session's initial statistics,
+every message and every empty poll. Job messages are never counted (a batch holds at most 50 and
+reassigned jobs repeat); they only tell which runner started or finished a job.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import structlog
+
+from scaleset_listener.wire import JobCompleted, JobStarted, Statistics
+
+log = structlog.get_logger(__name__)
+
+UNLIMITED = 2**31 - 1
+
+
+def desired_runner_count(
+    assigned_jobs: int, min_runners: int, max_runners: int, cloud_capacity: int = UNLIMITED
+) -> int:
+    """min(max_runners, cloud_capacity, min_runners + assigned_jobs), never below zero."""
+    return max(0, min(max_runners, cloud_capacity, min_runners + max(0, assigned_jobs)))
+
+
+def max_capacity_header(max_runners: int, cloud_capacity: int = UNLIMITED) -> int:
+    """The X-ScaleSetMaxCapacity value: what this set can run right now."""
+    return max(0, min(max_runners, cloud_capacity))
+
+
+class Scaler(Protocol):
+    """What the listener needs from whoever turns demand into runners."""
+
+    def cloud_capacity(self) -> int:
+        """How many more runners the cloud could start now (UNLIMITED when unknown)."""
+        ...
+
+    async def handle_desired_runner_count(self, desired: int, statistics: Statistics) -> None: ...
+
+    async def handle_job_started(self, job: JobStarted) -> None: ...
+
+    async def handle_job_completed(self, job: JobCompleted) -> None: ...
+
+
+class LoggingScaler:
+    """A scaler that only logs what it is told: `run` without a cloud, and the tests' witness."""
+
+    def __init__(self, scale_set_name: str) -> None:
+        self._log = log.bind(scale_set=scale_set_name)
+        self.desired_history: list[int] = []
+
+    def cloud_capacity(self) -> int:
+        return UNLIMITED
+
+    async def handle_desired_runner_count(self, desired: int, statistics: Statistics) -> None:
+        self.desired_history.append(desired)
+        self._log.info(
+            "desired_runners",
+            desired=desired,
+            assigned=statistics.total_assigned_jobs,
+            action="none (logging scaler: no provisioner configured)",
+        )
+
+    async def handle_job_started(self, job: JobStarted) -> None:
+        self._log.info(
+            "job_started",
+            runner_name=job.runner_name,
+            job_id=job.job_id,
+            repository=f"{job.owner_name}/{job.repository_name}",
+            workflow_ref=job.job_workflow_ref,
+        )
+
+    async def handle_job_completed(self, job: JobCompleted) -> None:
+        self._log.info(
+            "job_completed",
+            runner_name=job.runner_name or None,
+            job_id=job.job_id,
+            result=job.result,
+        )
