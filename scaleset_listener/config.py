@@ -27,7 +27,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from scaleset_listener.errors import ConfigError, InvalidConfigURL
 from scaleset_listener.github_urls import GitHubTarget, parse_github_url
@@ -258,3 +258,9 @@ def load_settings(env_file: Path | None = None) -> Settings:
         return Settings(_env_file=env_file)
     except ValidationError as exc:
         raise ConfigError("; ".join(_describe(error) for error in exc.errors())) from None
+    except SettingsError as exc:
+        # pydantic-settings decodes list/object variables as JSON before validation.
+        match = re.search(r'field "(\w+)"', str(exc))
+        variable = match.group(1).upper() if match else "settings"
+        cause = f": {exc.__cause__}" if exc.__cause__ else ""
+        raise ConfigError(f"{variable}: not valid JSON{cause}") from None

@@ -26,9 +26,11 @@ from tenacity import (
     retry_if_exception,
     stop_after_attempt,
     stop_never,
-    wait_exponential_jitter,
+    wait_exponential,
     wait_fixed,
+    wait_random,
 )
+from tenacity.wait import wait_base
 
 from scaleset_listener.errors import HTTPStatusError, TransportFailure
 
@@ -42,6 +44,11 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, HTTPStatusError) and exc.is_transient
 
 
+def _exponential_with_jitter(first: float, cap: float) -> wait_base:
+    """first, 2x, 4x ... capped, plus up to a quarter of `first` of jitter (spreads herds)."""
+    return wait_exponential(multiplier=first, max=cap) + wait_random(0, first / 4)
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     max_attempts: int = 5
@@ -53,9 +60,7 @@ class RetryPolicy:
         return min(1.0, self.max_wait)
 
     def _request_wait(self) -> Callable[[RetryCallState], float]:
-        backoff = wait_exponential_jitter(
-            initial=self.first_wait, max=self.max_wait, jitter=self.first_wait / 4
-        )
+        backoff = _exponential_with_jitter(self.first_wait, self.max_wait)
 
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
@@ -94,11 +99,7 @@ class RetryPolicy:
         return AsyncRetrying(
             sleep=sleep,
             retry=retry_if_exception(retryable),
-            wait=wait_exponential_jitter(
-                initial=self.first_wait,
-                max=self.recovery_max_wait,
-                jitter=self.first_wait / 2,
-            ),
+            wait=_exponential_with_jitter(self.first_wait, self.recovery_max_wait),
             stop=stop_never,
             before_sleep=_log_recovery(what),
             reraise=True,

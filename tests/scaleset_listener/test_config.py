@@ -1,0 +1,156 @@
+from pathlib import Path
+
+import pytest
+
+from scaleset_listener.cli import effective_settings
+from scaleset_listener.config import load_settings, parse_duration
+
+EXAMPLE_ENV = Path(__file__).parents[2] / "examples" / ".env"
+MINIMAL = (
+    'GITHUB_URL=https://github.com/acme\nGITHUB_TOKEN=ghp_secret123\nRUNNERS=[{"name": "linux"}]\n'
+)
+
+
+def write_env(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "test.env"
+    path.write_text(text)
+    return path
+
+
+def test_the_documented_example_env_file_loads() -> None:
+    settings = load_settings(EXAMPLE_ENV)
+    assert settings.runners[0].name == "linux-x64"
+    assert settings.manage_runner_scale_sets is False
+    assert settings.enable_reconciliation is True
+
+
+def test_every_setting_is_documented_in_the_example_env_file() -> None:
+    from scaleset_listener.config import Settings
+
+    documented = {
+        line.split("=", 1)[0]
+        for line in EXAMPLE_ENV.read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    assert documented == {name.upper() for name in Settings.model_fields}
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("300", 300.0),
+        ("1.5", 1.5),
+        ("300s", 300.0),
+        ("5m", 300.0),
+        ("1h30m", 5400.0),
+        ("250ms", 0.25),
+        (" 2M ", 120.0),
+        (7, 7.0),
+    ],
+)
+def test_durations_accept_seconds_and_go_style_strings(text: object, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["5x", "m5", "", "-3", "1h 30m", "s"])
+def test_bad_durations_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("line", "named"),
+    [
+        ("FOO=1", "FOO: unknown setting"),
+        ("RETRY_MAX_WAIT=5x", "RETRY_MAX_WAIT: '5x' is not a duration"),
+        ("LOG_FORMAT=xml", "LOG_FORMAT:"),
+        ("MANAGE_RUNNER_SCALE_SETS=perhaps", "MANAGE_RUNNER_SCALE_SETS:"),
+        ('RUNNERS=[{"name": "a", "min_runners": 5, "max_runners": 2}]', "RUNNERS[0]"),
+        ('RUNNERS=[{"name": "a"}, {"name": "A"}]', "RUNNERS: "),
+        ('RUNNERS=[{"name": "bad name"}]', "RUNNERS[0].name"),
+        ('RUNNERS=[{"name": "a", "flavour": "x"}]', "RUNNERS[0].flavour: unknown setting"),
+        ("RUNNERS=not json", "RUNNERS"),
+        ("GITHUB_URL=https://github.com/a/b/c", "GITHUB_URL:"),
+        ("GITHUB_APP_ID=12", "GitHub App auth is incomplete: missing GITHUB_APP_INSTALLATION_ID"),
+    ],
+)
+def test_a_bad_value_fails_with_one_line_naming_the_variable(
+    tmp_path: Path, line: str, named: str
+) -> None:
+    from scaleset_listener.errors import ConfigError
+
+    lines = [
+        existing
+        for existing in MINIMAL.splitlines()
+        if existing.split("=")[0] != line.split("=")[0]
+    ]
+    env = write_env(tmp_path, "\n".join([*lines, line]) + "\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env)
+    message = str(caught.value)
+    assert named in message
+    assert "\n" not in message
+
+
+def test_missing_required_settings_are_named(tmp_path: Path) -> None:
+    from scaleset_listener.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write_env(tmp_path, "GITHUB_TOKEN=x\n"))
+    assert "GITHUB_URL: required but not set" in str(caught.value)
+    assert "RUNNERS: required but not set" in str(caught.value)
+
+
+def test_no_credentials_is_an_error(tmp_path: Path) -> None:
+    from scaleset_listener.errors import ConfigError
+
+    env = write_env(tmp_path, MINIMAL.replace("GITHUB_TOKEN=ghp_secret123\n", ""))
+    with pytest.raises(ConfigError, match="no GitHub credentials"):
+        load_settings(env)
+
+
+def test_process_environment_overrides_the_env_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOG_LEVEL", "DEBUG")
+    settings = load_settings(write_env(tmp_path, MINIMAL + "LOG_LEVEL=error\n"))
+    assert settings.log_level.value == "debug"
+
+
+def test_orka_style_runner_entries_carry_the_runner_group_id(tmp_path: Path) -> None:
+    env = write_env(
+        tmp_path, MINIMAL.replace('[{"name": "linux"}]', '[{"name": "linux", "id": 4}]')
+    )
+    assert load_settings(env).runners[0].runner_group_id == 4
+
+
+def test_scale_set_labels_start_with_its_name_without_duplicates(tmp_path: Path) -> None:
+    env = write_env(
+        tmp_path,
+        MINIMAL.replace(
+            '[{"name": "linux"}]', '[{"name": "linux", "labels": ["gpu", "linux", " "]}]'
+        ),
+    )
+    assert load_settings(env).runners[0].effective_labels == ("linux", "gpu")
+
+
+def test_secrets_never_appear_in_reprs_or_the_printed_settings(tmp_path: Path) -> None:
+    pem = "-----BEGIN RSA PRIVATE KEY-----\\nsecretkeymaterial\\n-----END RSA PRIVATE KEY-----"
+    env = write_env(
+        tmp_path,
+        MINIMAL
+        + f'GITHUB_APP_ID=12\nGITHUB_APP_INSTALLATION_ID=34\nGITHUB_APP_PRIVATE_KEY="{pem}"\n',
+    )
+    settings = load_settings(env)
+    printed = "\n".join(effective_settings(settings))
+    for text in (repr(settings), str(settings), printed):
+        assert "ghp_secret123" not in text
+        assert "secretkeymaterial" not in text
+    assert "GITHUB_TOKEN=**********" in printed
+
+
+def test_missing_env_file_is_a_config_error(tmp_path: Path) -> None:
+    from scaleset_listener.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--env-file"):
+        load_settings(tmp_path / "absent.env")
