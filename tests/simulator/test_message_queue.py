@@ -8,10 +8,10 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from tests.conftest import GitHubSim, GitHubSimFactory
-from tests.simulator.helpers import Actions
+from tests.simulator.helpers import Actions, Session
 
 
-def _setup(actions: Actions, labels: tuple[str, ...] = ("linux",)) -> tuple[int, object]:
+def _setup(actions: Actions, labels: tuple[str, ...] = ("linux",)) -> tuple[int, Session]:
     set_id = actions.create_scale_set("linux", labels=labels)
     return set_id, actions.create_session(set_id)
 
