@@ -140,9 +140,13 @@ class HttpChannel:
         if json_body is not None:
             # Literal &, < and > as the Go clients send them (HTML escaping disabled).
             content = json.dumps(json_body, separators=(",", ":")).encode()
+        target = httpx.URL(url)
+        if params:
+            # Merge, never replace: the message queue URL carries a query of its own.
+            target = target.copy_merge_params(dict(params))
         try:
             response = await self._client.request(
-                method, url, headers=request_headers, params=params, content=content
+                method, target, headers=request_headers, content=content
             )
         except httpx.TransportError as exc:
             raise TransportFailure(method, url, type(exc).__name__ + _detail(exc)) from exc

@@ -132,6 +132,11 @@ class Listener:
                     await self._listen_once()
         except ShutdownRequested:
             pass
+        except ListenerError as exc:
+            if not self._stop.is_set():
+                raise
+            # Shutting down anyway: a failure now is worth a line, not a failed exit.
+            self._log.warning("error_during_shutdown", error=str(exc))
         finally:
             if self._options.manage_scale_set and self.scale_set is not None:
                 await self._delete_managed_scale_set()
@@ -268,6 +273,8 @@ class Listener:
             else:
                 self._latest_statistics = initial
                 log_statistics(self._log.bind(message_id=0), initial)
+                if initial.total_available_jobs > 0:
+                    await self._acquire_leftover_jobs(session)
                 await self._hand_on_demand(initial)
             while not self._stop.is_set():
                 envelope = await self._poll(session)
@@ -279,6 +286,17 @@ class Listener:
                 await asyncio.shield(self._handle(session, envelope))
         finally:
             await asyncio.shield(self._close_session(session))
+
+    async def _acquire_leftover_jobs(self, session: MessageSession) -> None:
+        """Acquire jobs offered before this session existed (their JobAvailable went to a
+        session that is gone); without this, GHES jobs stay "available" forever."""
+        jobs = await self._client.get_acquirable_jobs(session.scale_set_id)
+        requested = [job.runner_request_id for job in jobs if job.runner_request_id > 0]
+        if requested:
+            acquired = await session.acquire_jobs(requested)
+            self._log.info(
+                "jobs_acquired", requested=len(requested), acquired=len(acquired), leftover=True
+            )
 
     def _capacity(self) -> int:
         return max_capacity_header(self._spec.max_runners, self._scaler.cloud_capacity())

@@ -11,17 +11,18 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+from collections.abc import Callable
 
 import structlog
 
 from scaleset_listener.actions_client import ActionsClient
 from scaleset_listener.auth import ActionsAdminAuth, build_credential
-from scaleset_listener.config import Settings
+from scaleset_listener.config import ScaleSetSpec, Settings
 from scaleset_listener.errors import ListenerError
 from scaleset_listener.http import HttpChannel
 from scaleset_listener.listener import Listener, ListenerOptions
 from scaleset_listener.retrying import RetryPolicy
-from scaleset_listener.scaling import LoggingScaler
+from scaleset_listener.scaling import LoggingScaler, Scaler
 
 log = structlog.get_logger(__name__)
 
@@ -49,12 +50,26 @@ def _install_signal_handlers(stop: asyncio.Event, main: asyncio.Task[object]) ->
         loop.add_signal_handler(signum, on_signal, signum)
 
 
-async def run_service(settings: Settings, stop: asyncio.Event | None = None) -> int:
-    """Serve every configured scale set until stopped; the process exit code."""
+ScalerFactory = Callable[[ScaleSetSpec], Scaler]
+
+
+async def run_service(
+    settings: Settings,
+    stop: asyncio.Event | None = None,
+    *,
+    scaler_factory: ScalerFactory | None = None,
+    handle_signals: bool = True,
+) -> int:
+    """Serve every configured scale set until stopped; the process exit code.
+
+    `stop` and `scaler_factory` let an embedding program (and the tests) drive the service
+    without signals; the default scaler only logs its decisions.
+    """
     stop = stop or asyncio.Event()
     current = asyncio.current_task()
-    if current is not None:
+    if handle_signals and current is not None:
         _install_signal_handlers(stop, current)
+    make_scaler: ScalerFactory = scaler_factory or (lambda spec: LoggingScaler(spec.name))
     policy = retry_policy(settings)
     http = HttpChannel(policy)
     try:
@@ -84,7 +99,7 @@ async def run_service(settings: Settings, stop: asyncio.Event | None = None) -> 
             Listener(
                 client,
                 http,
-                LoggingScaler(spec.name),
+                make_scaler(spec),
                 ListenerOptions(
                     spec=spec,
                     manage_scale_set=settings.manage_runner_scale_sets,
@@ -108,4 +123,7 @@ async def run_service(settings: Settings, stop: asyncio.Event | None = None) -> 
         exit_code = 0
     finally:
         await http.aclose()
+        if handle_signals and current is not None:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                asyncio.get_running_loop().remove_signal_handler(signum)
     return exit_code
