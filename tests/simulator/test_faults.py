@@ -72,12 +72,12 @@ def test_registration_endpoints_take_faults_too(github_sim: GitHubSim) -> None:
     auth = {"Authorization": f"Bearer {github_sim.pat}"}
     assert httpx.post(url, headers=auth).status_code == 403
     token = httpx.post(url, headers=auth).json()["token"]
-    register = {
-        "headers": {"Authorization": f"RemoteAuth {token}"},
-        "json": {"url": github_sim.config_url(), "runner_event": "register"},
-    }
     statuses = [
-        httpx.post(f"{github_sim.api_url}/actions/runner-registration", **register).status_code
+        httpx.post(
+            f"{github_sim.api_url}/actions/runner-registration",
+            headers={"Authorization": f"RemoteAuth {token}"},
+            json={"url": github_sim.config_url(), "runner_event": "register"},
+        ).status_code
         for _ in range(3)
     ]
     assert statuses == [401, 401, 200]

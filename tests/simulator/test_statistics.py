@@ -9,7 +9,7 @@ from tests.simulator.helpers import Actions
 
 
 def _invariants_hold(stats: dict[str, Any]) -> bool:
-    return (
+    return bool(
         stats["totalAssignedJobs"] >= stats["totalRunningJobs"]
         and stats["totalBusyRunners"] == stats["totalRunningJobs"]
         and stats["totalRegisteredRunners"] >= stats["totalBusyRunners"] + stats["totalIdleRunners"]
