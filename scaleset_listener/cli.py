@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
         help="read settings from this env file (process environment variables take precedence)",
     )
     commands.add_parser("run", parents=[env_file], help="run the listener until SIGTERM")
+    commands.add_parser(
+        "demo",
+        help="run the listener against the built-in simulator (see `demo --help`)",
+        add_help=False,
+    )
     commands.add_parser(
         "check-config",
         parents=[env_file],
@@ -81,8 +87,20 @@ def effective_settings(settings: Settings) -> list[str]:
     return lines
 
 
+def run_demo(demo_args: Sequence[str]) -> int:
+    """The demo drives the simulator, a peer system: run it as its own process, never import it."""
+    command = [sys.executable, "-m", "simulator.demo", *demo_args]
+    try:
+        return subprocess.run(command, check=False).returncode  # noqa: S603 (our own module)
+    except KeyboardInterrupt:
+        return 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["demo"]:
+        return run_demo(arguments[1:])
+    args = _parser().parse_args(arguments)
     try:
         settings = load_settings(args.env_file)
         validate_deeply(settings)
