@@ -6,6 +6,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 
 from tests.conftest import GitHubSim, GitHubSimFactory
 from tests.simulator.helpers import Actions, Session
@@ -177,3 +178,21 @@ def test_jobs_wait_in_the_queue_until_a_session_exists(
     session = actions.create_session(set_id)
     assert session.raw["statistics"]["totalAssignedJobs"] == 1
     assert [m["messageType"] for m in actions.receive(session)] == ["JobAssigned"]
+
+
+@pytest.mark.parametrize("github_sim", [{"implicit_ack": True}], indirect=True)
+def test_implicit_ack_option_treats_ids_up_to_last_message_id_as_acknowledged(
+    github_sim: GitHubSim, actions: Actions
+) -> None:
+    _, session = _setup(actions)
+    github_sim.control.enqueue_jobs(["linux"])
+    message_id = actions.poll(session).json()["messageId"]
+    assert actions.poll(session, last_message_id=message_id).status_code == 202
+    assert actions.poll(session).status_code == 202
+    assert github_sim.control.state()["counters"]["messages_implicitly_acked"] == 1
+
+
+@pytest.mark.parametrize("github_sim", [{"unknown_ack_status": 404}], indirect=True)
+def test_strict_ack_option_answers_404_for_unknown_message_ids(actions: Actions) -> None:
+    _, session = _setup(actions)
+    assert actions.ack(session, 42).status_code == 404
