@@ -9,6 +9,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from scaleset_listener.config import Settings
 from tests.conftest import GitHubSim, GitHubSimFactory
 from tests.scaleset_listener.test_faults import demand_still_flows, session_is_open
 from tests.scaleset_listener.test_listener import live_sessions, wait_state
@@ -18,7 +19,7 @@ APP_ID = 31337
 INSTALLATION_ID = 4711
 
 
-def app_settings(sim: GitHubSim, tmp_path: Path, fmt: serialization.PrivateFormat) -> object:
+def app_settings(sim: GitHubSim, tmp_path: Path, fmt: serialization.PrivateFormat) -> Settings:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     public = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -41,7 +42,7 @@ async def test_an_app_key_in_either_pem_format_opens_a_session(
     github_sim_factory: GitHubSimFactory, tmp_path: Path, fmt: serialization.PrivateFormat
 ) -> None:
     sim = github_sim_factory()
-    async with running_service(app_settings(sim, tmp_path, fmt)) as service:  # type: ignore[arg-type]
+    async with running_service(app_settings(sim, tmp_path, fmt)) as service:
         await session_is_open(sim)
         await demand_still_flows(sim, service)
     kinds = {(r["endpoint"], r["token_kind"]) for r in sim.control.requests()}
@@ -55,7 +56,7 @@ async def test_the_installation_token_is_kept_until_close_to_expiry(
 ) -> None:
     sim = github_sim_factory()
     settings = app_settings(sim, tmp_path, serialization.PrivateFormat.PKCS8)
-    async with running_service(settings) as service:  # type: ignore[arg-type]
+    async with running_service(settings) as service:
         state = await session_is_open(sim)
         for _ in range(2):
             before = sim.control.requests()[-1]["seq"]
@@ -86,7 +87,7 @@ async def test_an_installation_token_near_expiry_is_replaced(
     # Under the 5-minute margin: every exchange needs a fresh installation token.
     sim = github_sim_factory(installation_token_ttl=120)
     settings = app_settings(sim, tmp_path, serialization.PrivateFormat.PKCS8)
-    async with running_service(settings) as service:  # type: ignore[arg-type]
+    async with running_service(settings) as service:
         state = await session_is_open(sim)
         sim.control.expire_admin_tokens()
         sim.control.expire_queue_token(live_sessions(state)[0]["id"])
@@ -109,7 +110,7 @@ async def test_a_jwt_for_another_app_is_refused(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         ).decode(),
     )
-    async with running_service(settings) as service:  # type: ignore[arg-type]
+    async with running_service(settings) as service:
         exit_code = await service.shutdown() if service.task.done() else await service.task
     assert exit_code == 1
     assert [r["status"] for r in sim.control.requests(endpoint="access_tokens")] == [401]

@@ -17,6 +17,7 @@ from structlog.testing import capture_logs
 
 from scaleset_listener.actions_client import ActionsClient
 from scaleset_listener.auth import ActionsAdminAuth, PersonalAccessToken
+from scaleset_listener.config import Settings
 from scaleset_listener.github_urls import parse_github_url
 from scaleset_listener.http import HttpChannel
 from scaleset_listener.retrying import RetryPolicy
@@ -26,7 +27,7 @@ from tests.testsupport.listener_harness import make_settings, running_service
 JSON = dict[str, Any]
 
 
-def settings_for(sim: GitHubSim, **overrides: Any) -> Any:
+def settings_for(sim: GitHubSim, **overrides: Any) -> Settings:
     return make_settings(sim.config_url(), sim.pat, **overrides)
 
 
