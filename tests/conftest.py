@@ -9,12 +9,14 @@ from typing import Any
 
 import pytest
 
+from scaleset_listener.config import Settings
 from simulator.github.config import SimulatorConfig
 from simulator.github.control import SimulatorControl
 from simulator.github.server import RunningSimulator, run_in_thread
 
 _LEAKY_PREFIXES = ("GITHUB_", "OS_", "LOG_")
-_LEAKY_NAMES = ("RUNNERS", "MANAGE_RUNNER_SCALE_SETS", "ENABLE_RECONCILIATION")
+# Every variable the service reads, so a developer's or CI's settings never reach a test.
+_LEAKY_NAMES = frozenset(name.upper() for name in Settings.model_fields)
 
 
 @pytest.fixture(autouse=True)
