@@ -1,1 +1,3 @@
 """Cloud fixtures for the provisioner's contract tests: the simulator's cloud and a real Nova."""
+
+from tests.testsupport.real_cloud import real_cloud  # noqa: F401

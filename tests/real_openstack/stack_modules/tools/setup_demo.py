@@ -65,9 +65,7 @@ def seed_admin_objects(admin: openstack.connection.Connection, scratch: Path) ->
     step("project demo, user demo")
 
     if admin.compute.find_flavor(NAMES["flavor"]) is None:
-        admin.compute.create_flavor(
-            name=NAMES["flavor"], vcpus=1, ram=512, disk=1, is_public=True
-        )
+        admin.compute.create_flavor(name=NAMES["flavor"], vcpus=1, ram=512, disk=1, is_public=True)
     step(f"flavor {NAMES['flavor']}")
 
     if admin.image.find_image(NAMES["image"]) is None:
