@@ -13,10 +13,13 @@ integration where it has one). Rules:
 from __future__ import annotations
 
 import enum
+import ipaddress
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Self
 
+from dotenv import dotenv_values
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -27,7 +30,14 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from scaleset_listener.errors import ConfigError, InvalidConfigURL
 from scaleset_listener.github_urls import GitHubTarget, parse_github_url
@@ -61,6 +71,46 @@ def parse_duration(value: object) -> float:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _split_list(value: object) -> object:
+    """`a, b,c` -> ("a", "b", "c"); lists pass through; empty means none."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+def _split_mapping(value: object) -> object:
+    """`k=v,k2=v2` -> {"k": "v", "k2": "v2"} (the Orka integration's ORKA_VM_METADATA form)."""
+    if not isinstance(value, str):
+        return value
+    pairs: dict[str, str] = {}
+    for part in (item.strip() for item in value.split(",")):
+        if not part:
+            continue
+        key, separator, item = part.partition("=")
+        if not separator or not key.strip():
+            raise ValueError(f"{part!r} is not key=value; use k=v,k2=v2")
+        pairs[key.strip()] = item.strip()
+    return pairs
+
+
+CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_split_list)]
+KeyValues = Annotated[dict[str, str], NoDecode, BeforeValidator(_split_mapping)]
+
+# openstacksdk reads these itself (OS_CLOUD with clouds.yaml, or the standard OS_* variables).
+OPENSTACK_ENV_PREFIX = "OS_"
+
+
+class _EnvFileWithoutOpenStack(DotEnvSettingsSource):
+    """The env file minus OS_* variables: those belong to openstacksdk, not to our settings."""
+
+    def _load_env_vars(self) -> dict[str, str | None]:
+        return {
+            name: value
+            for name, value in super()._load_env_vars().items()
+            if not name.upper().startswith(OPENSTACK_ENV_PREFIX)
+        }
 
 
 class LogFormat(enum.StrEnum):
@@ -152,9 +202,68 @@ class Settings(BaseSettings):
     session_conflict_retry_interval: Duration = 30.0
     shutdown_timeout: Duration = 30.0
 
+    # Runner and bootstrap
+    github_runner_version: str = "2.330.0"
+    # {version} and {arch} (x64/arm64, resolved on the VM) are filled in.
+    runner_download_url: str = (
+        "https://github.com/actions/runner/releases/download/v{version}/"
+        "actions-runner-linux-{arch}-{version}.tar.gz"
+    )
+    runner_sha256: str = ""
+    cloud_init_template: Path | None = None
+    sentinel_dir: str = "/var/lib/scaleset-runner"
+
+    # OpenStack (auth comes from OS_CLOUD + clouds.yaml or the OS_* variables)
+    openstack_image: str = ""
+    openstack_flavor: str = ""
+    openstack_network: str = ""
+    openstack_security_groups: CommaList = ()
+    openstack_keypair: str = ""
+    openstack_availability_zone: str = ""
+    openstack_boot_volume_size_gb: int = Field(default=0, ge=0)
+    openstack_floating_ips: CommaList = ()
+    openstack_server_metadata: KeyValues = Field(default_factory=dict)
+    openstack_server_active_timeout: Duration = 600.0
+    provision_concurrency: int = Field(default=8, ge=1, le=256)
+
     # Observability
     log_level: LogLevel = LogLevel.INFO
     log_format: LogFormat = LogFormat.TEXT
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        env_file = getattr(dotenv_settings, "env_file", None)
+        return (
+            init_settings,
+            env_settings,
+            _EnvFileWithoutOpenStack(settings_cls, env_file=env_file),
+            file_secret_settings,
+        )
+
+    @field_validator("runner_sha256")
+    @classmethod
+    def _sha256_is_hex(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value and not re.fullmatch(r"[0-9a-f]{64}", value):
+            raise ValueError("expected 64 hex digits (the runner tarball's SHA-256)")
+        return value
+
+    @field_validator("openstack_floating_ips")
+    @classmethod
+    def _floating_ips_are_addresses(cls, addresses: tuple[str, ...]) -> tuple[str, ...]:
+        for address in addresses:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise ValueError(f"{address!r} is not an IP address") from None
+        return addresses
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
@@ -250,10 +359,25 @@ def _describe(error: Any) -> str:
     return f"{variable}{path}: {message}"
 
 
+def export_openstack_variables(env_file: Path) -> dict[str, str]:
+    """Put the env file's OS_* variables into the environment, where openstacksdk reads them.
+
+    The process environment wins, as it does for every other setting.
+    """
+    exported = {}
+    for name, value in dotenv_values(env_file).items():
+        if name.upper().startswith(OPENSTACK_ENV_PREFIX) and value and name not in os.environ:
+            os.environ[name] = value
+            exported[name] = value
+    return exported
+
+
 def load_settings(env_file: Path | None = None) -> Settings:
     """Build the settings from the environment and `env_file`; ConfigError names each problem."""
     if env_file is not None and not env_file.is_file():
         raise ConfigError(f"--env-file: {env_file} does not exist or is not a file")
+    if env_file is not None:
+        export_openstack_variables(env_file)
     try:
         return Settings(_env_file=env_file)
     except ValidationError as exc:

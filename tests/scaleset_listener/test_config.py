@@ -154,3 +154,50 @@ def test_missing_env_file_is_a_config_error(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="--env-file"):
         load_settings(tmp_path / "absent.env")
+
+
+def test_openstack_variables_in_the_env_file_go_to_openstacksdk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    monkeypatch.setenv("OS_REGION_NAME", "from-process")
+    env = write_env(
+        tmp_path,
+        MINIMAL + "OS_CLOUD=my-cloud\nOS_REGION_NAME=from-file\n",
+    )
+    monkeypatch.delenv("OS_CLOUD", raising=False)
+    load_settings(env)
+    assert os.environ["OS_CLOUD"] == "my-cloud"
+    assert os.environ["OS_REGION_NAME"] == "from-process"
+    monkeypatch.delenv("OS_CLOUD")
+
+
+def test_lists_and_metadata_take_the_plain_comma_forms(tmp_path: Path) -> None:
+    env = write_env(
+        tmp_path,
+        MINIMAL
+        + "OPENSTACK_SECURITY_GROUPS=default, ssh\n"
+        + "OPENSTACK_FLOATING_IPS=203.0.113.10,203.0.113.11\n"
+        + "OPENSTACK_SERVER_METADATA=team=ci, cost-center=42\n",
+    )
+    settings = load_settings(env)
+    assert settings.openstack_security_groups == ("default", "ssh")
+    assert settings.openstack_floating_ips == ("203.0.113.10", "203.0.113.11")
+    assert settings.openstack_server_metadata == {"team": "ci", "cost-center": "42"}
+
+
+@pytest.mark.parametrize(
+    ("line", "named"),
+    [
+        ("OPENSTACK_FLOATING_IPS=203.0.113.10,nope", "OPENSTACK_FLOATING_IPS: 'nope' is not an IP"),
+        ("OPENSTACK_SERVER_METADATA=team", "OPENSTACK_SERVER_METADATA: 'team' is not key=value"),
+        ("RUNNER_SHA256=abc", "RUNNER_SHA256: expected 64 hex digits"),
+        ("OPENSTACK_BOOT_VOLUME_SIZE_GB=-1", "OPENSTACK_BOOT_VOLUME_SIZE_GB:"),
+    ],
+)
+def test_bad_openstack_values_name_the_variable(tmp_path: Path, line: str, named: str) -> None:
+    from scaleset_listener.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=named):
+        load_settings(write_env(tmp_path, MINIMAL + line + "\n"))

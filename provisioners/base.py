@@ -1,0 +1,116 @@
+"""What the rest of the service knows about VMs: a small Protocol, frozen values, one error tree.
+
+    ProvisionerError
+    ├── TemporaryProvisionerError   worth retrying later (5xx, timeouts, conflicts, quota)
+    │   ├── QuotaExceeded           the project's quota is used up (frees up as VMs go away)
+    │   └── ActiveTimeout           the server did not become ACTIVE in time (it was deleted)
+    ├── PermanentProvisionerError   retrying the same request cannot help (bad image, flavor...)
+    │   └── CloudTooOld             the compute API lacks a microversion we need (tags: 2.52)
+    ├── ServerFailed                the server went to ERROR (Nova's fault message; deleted)
+    └── ServerNotFound              no such server (delete treats it as success)
+
+Adapters (provisioners.openstack) translate their SDK's exceptions into these once, at the edge;
+callers branch on the type, never on message text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+
+class ProvisionerError(Exception):
+    """Base of every error a provisioner raises."""
+
+
+class TemporaryProvisionerError(ProvisionerError):
+    """A later identical request may succeed."""
+
+
+class QuotaExceeded(TemporaryProvisionerError):
+    """The cloud refused for quota; capacity returns as other servers are deleted."""
+
+
+class ActiveTimeout(TemporaryProvisionerError):
+    """The server did not reach ACTIVE within the configured time and was deleted."""
+
+
+class PermanentProvisionerError(ProvisionerError):
+    """The request itself is wrong (unknown image or flavor, bad parameters)."""
+
+
+class CloudTooOld(PermanentProvisionerError):
+    """The compute API does not offer a microversion this provisioner relies on."""
+
+
+class ServerFailed(ProvisionerError):
+    """The server went to ERROR; `fault` is the cloud's own explanation."""
+
+    def __init__(self, name: str, fault: str) -> None:
+        self.name = name
+        self.fault = fault
+        super().__init__(f"server {name} failed: {fault}")
+
+
+class ServerNotFound(ProvisionerError):
+    """No server with that id."""
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """One runner VM to create. `image`/`flavor` override the provisioner's defaults."""
+
+    name: str
+    user_data: bytes = field(repr=False)
+    tags: tuple[str, ...] = ()
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    image: str | None = None
+    flavor: str | None = None
+
+
+@dataclass(frozen=True)
+class RunnerVM:
+    """A server as the cloud reports it."""
+
+    id: str
+    name: str
+    status: str
+    created_at: datetime | None
+    tags: tuple[str, ...] = ()
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    addresses: tuple[str, ...] = ()
+    floating_ip: str | None = None
+    fault: str | None = None
+
+    @property
+    def address(self) -> str | None:
+        """Where to reach the VM: its floating IP when it has one, else its first address."""
+        return self.floating_ip or (self.addresses[0] if self.addresses else None)
+
+
+class Provisioner(Protocol):
+    """The VM backend the scaler and the reconciler drive."""
+
+    async def create(self, spec: ServerSpec) -> RunnerVM:
+        """Create the server and wait until it is ACTIVE (deleting it again on failure)."""
+        ...
+
+    async def delete(self, server_id: str) -> None:
+        """Delete the server and wait until it is gone; an unknown id is success."""
+        ...
+
+    async def get(self, server_id: str) -> RunnerVM | None: ...
+
+    async def list_owned(self, tags: tuple[str, ...]) -> list[RunnerVM]:
+        """Servers carrying every one of `tags` (a server-side filter)."""
+        ...
+
+    async def console_output(self, server_id: str, lines: int = 200) -> str: ...
+
+    async def capacity(self) -> int | None:
+        """How many more servers the cloud can take now; None when not limited by us."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,137 @@
+"""Who owns a server: the tags and metadata every runner VM carries, written and read only here.
+
+Ownership is written on the resource so that inventory always comes from the cloud, never from
+process memory (DESIGN.md section 6). Tags are the part Nova can filter on server-side
+(`tags=` needs compute microversion 2.52; Nova silently ignores metadata filters), metadata
+carries the details:
+
+    tags      scaleset-runner                    the fixed role
+              scaleset-listener:<instance>       which listener deployment (staging vs prod)
+              scaleset-set:<scale set id>        which scale set
+    metadata  scaleset-runner-name, scaleset-scale-set-name, scaleset-created-at,
+              scaleset-host-key (the VM's SSH host public key, for pinning)
+
+Nova tags are at most 60 characters and may not contain '/' or ','.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+ROLE_TAG = "scaleset-runner"
+LISTENER_TAG_PREFIX = "scaleset-listener:"
+SCALE_SET_TAG_PREFIX = "scaleset-set:"
+
+META_RUNNER_NAME = "scaleset-runner-name"
+META_SCALE_SET_NAME = "scaleset-scale-set-name"
+META_CREATED_AT = "scaleset-created-at"
+META_HOST_KEY = "scaleset-host-key"
+
+MAX_TAG_LENGTH = 60
+_TAG_SAFE = re.compile(r"^[^/,]+$")
+_INSTANCE_ID = re.compile(r"^[A-Za-z0-9._-]{1,40}$")
+
+
+class NamingError(ValueError):
+    """A value cannot be written as an ownership tag."""
+
+
+def _tag(prefix: str, value: str) -> str:
+    tag = prefix + value
+    if len(tag) > MAX_TAG_LENGTH or not _TAG_SAFE.match(tag):
+        raise NamingError(f"{tag!r} is not a valid Nova tag (<= 60 characters, no '/' or ',')")
+    return tag
+
+
+def validate_instance_id(instance_id: str) -> str:
+    if not _INSTANCE_ID.match(instance_id):
+        raise NamingError(
+            f"listener instance id {instance_id!r}: use 1-40 letters, digits, '.', '_' or '-'"
+        )
+    return instance_id
+
+
+@dataclass(frozen=True)
+class Ownership:
+    """The listener deployment and scale set a server belongs to."""
+
+    listener_instance: str
+    scale_set_id: int
+
+    def tags(self) -> tuple[str, ...]:
+        """Every tag a runner VM of this owner carries; also the server-side list filter."""
+        return (
+            ROLE_TAG,
+            _tag(LISTENER_TAG_PREFIX, validate_instance_id(self.listener_instance)),
+            _tag(SCALE_SET_TAG_PREFIX, str(self.scale_set_id)),
+        )
+
+    def listener_tags(self) -> tuple[str, ...]:
+        """The filter for every scale set of this listener deployment."""
+        return (ROLE_TAG, _tag(LISTENER_TAG_PREFIX, validate_instance_id(self.listener_instance)))
+
+
+def runner_name(scale_set_name: str) -> str:
+    """`<scale set>-<8 hex>`: the runner's name at GitHub and the server's name in the cloud."""
+    return f"{scale_set_name}-{secrets.token_hex(4)}"
+
+
+def ownership_metadata(
+    runner: str,
+    scale_set_name: str,
+    created_at: datetime,
+    host_public_key: str | None = None,
+) -> dict[str, str]:
+    metadata = {
+        META_RUNNER_NAME: runner,
+        META_SCALE_SET_NAME: scale_set_name,
+        META_CREATED_AT: created_at.astimezone(UTC).isoformat(timespec="seconds"),
+    }
+    if host_public_key:
+        # Nova metadata values are at most 255 characters: an ed25519 key fits, RSA does not.
+        key = host_public_key.strip()
+        if len(key) > 255:
+            raise NamingError("host public key longer than Nova's 255-character metadata limit")
+        metadata[META_HOST_KEY] = key
+    return metadata
+
+
+@dataclass(frozen=True)
+class OwnedServerInfo:
+    """What the ownership marks of one server say."""
+
+    ownership: Ownership
+    runner_name: str
+    scale_set_name: str
+    created_at: datetime | None
+    host_public_key: str | None
+
+
+def parse_ownership(tags: tuple[str, ...], metadata: Mapping[str, str]) -> OwnedServerInfo | None:
+    """The ownership of a server, or None when it is not one of ours (a foreign server)."""
+    if ROLE_TAG not in tags:
+        return None
+    listener = next(
+        (t[len(LISTENER_TAG_PREFIX) :] for t in tags if t.startswith(LISTENER_TAG_PREFIX)), None
+    )
+    scale_set = next(
+        (t[len(SCALE_SET_TAG_PREFIX) :] for t in tags if t.startswith(SCALE_SET_TAG_PREFIX)), None
+    )
+    if listener is None or scale_set is None or not scale_set.isdigit():
+        return None
+    created_text = metadata.get(META_CREATED_AT, "")
+    try:
+        created_at = datetime.fromisoformat(created_text) if created_text else None
+    except ValueError:
+        created_at = None
+    return OwnedServerInfo(
+        ownership=Ownership(listener, int(scale_set)),
+        runner_name=metadata.get(META_RUNNER_NAME, ""),
+        scale_set_name=metadata.get(META_SCALE_SET_NAME, ""),
+        created_at=created_at,
+        host_public_key=metadata.get(META_HOST_KEY) or None,
+    )

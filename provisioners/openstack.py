@@ -1,0 +1,425 @@
+"""The OpenStack provisioner: the only module that imports openstacksdk.
+
+* Auth is openstacksdk's own: `OS_CLOUD` with clouds.yaml (application credentials recommended)
+  or the standard `OS_*` variables, so users configure it the way every OpenStack tool does.
+* openstacksdk is blocking and its Connection is not documented as thread-safe: calls run on
+  this adapter's own bounded ThreadPoolExecutor and every worker thread holds one long-lived
+  Connection of its own. HTTP calls carry the SDK's `api_timeout`; waits (ACTIVE, gone) poll
+  from the event loop, so a slow boot does not pin a worker thread.
+* Server tags need compute microversion 2.52; the adapter checks what the cloud offers once and
+  says clearly when it is older (listing by tag is how inventory finds our servers, and Nova
+  silently ignores metadata filters, so there is no safe fallback).
+* Errors are translated once, here: quota -> QuotaExceeded, 404 -> ServerNotFound, 400 and
+  unknown image/flavor/network -> PermanentProvisionerError, 409/5xx/timeouts/connection
+  failures -> TemporaryProvisionerError, ERROR status -> ServerFailed with Nova's fault message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import contextvars
+import dataclasses
+import functools
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+
+import openstack
+import openstack.connection
+import openstack.exceptions
+from keystoneauth1 import exceptions as keystone_exceptions
+
+from provisioners.base import (
+    ActiveTimeout,
+    CloudTooOld,
+    PermanentProvisionerError,
+    ProvisionerError,
+    QuotaExceeded,
+    RunnerVM,
+    ServerFailed,
+    ServerNotFound,
+    ServerSpec,
+    TemporaryProvisionerError,
+)
+
+T = TypeVar("T")
+
+TAGS_MICROVERSION = (2, 52)
+USER_DATA_LIMIT = 65535
+
+
+@dataclass(frozen=True)
+class OpenStackConfig:
+    """Where and how to create runner VMs (the OPENSTACK_* settings)."""
+
+    image: str
+    flavor: str
+    network: str | None = None
+    security_groups: tuple[str, ...] = ()
+    keypair: str | None = None
+    availability_zone: str | None = None
+    boot_volume_size_gb: int = 0
+    floating_ips: tuple[str, ...] = ()
+    server_metadata: Mapping[str, str] = field(default_factory=dict)
+    active_timeout: float = 600.0
+    delete_timeout: float = 300.0
+    api_timeout: float = 60.0
+    poll_interval: float = 2.0
+    max_workers: int = 8
+    # The clouds.yaml entry; None lets openstacksdk read OS_CLOUD or the OS_* variables.
+    cloud: str | None = None
+
+
+def _translate(exc: BaseException, what: str) -> ProvisionerError:
+    """One place that maps SDK and transport exceptions to our tree."""
+    if isinstance(exc, ProvisionerError):
+        return exc
+    if isinstance(exc, openstack.exceptions.HttpException):
+        status = exc.status_code or 0
+        detail = str(exc.details or exc.message or exc)
+        text = f"{what}: {detail}"
+        if status == 403 and "quota" in detail.lower():
+            return QuotaExceeded(text)
+        if status == 413 or (status == 403 and "limit" in detail.lower()):
+            return QuotaExceeded(text)
+        if status == 404:
+            return ServerNotFound(text)
+        if status == 409 or status >= 500 or status == 429:
+            return TemporaryProvisionerError(text)
+        if 400 <= status < 500:
+            return PermanentProvisionerError(text)
+        return TemporaryProvisionerError(text)
+    if isinstance(exc, openstack.exceptions.ResourceNotFound):
+        return ServerNotFound(f"{what}: {exc}")
+    if isinstance(exc, keystone_exceptions.Unauthorized | keystone_exceptions.Forbidden):
+        return PermanentProvisionerError(f"{what}: OpenStack refused the credentials: {exc}")
+    if isinstance(
+        exc,
+        keystone_exceptions.ConnectionError
+        | keystone_exceptions.RetriableConnectionFailure
+        | keystone_exceptions.http.HttpServerError
+        | openstack.exceptions.SDKException
+        | TimeoutError
+        | OSError,
+    ):
+        return TemporaryProvisionerError(f"{what}: {type(exc).__name__}: {exc}")
+    return ProvisionerError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+def _addresses(server: Any) -> tuple[tuple[str, ...], str | None]:
+    fixed: list[str] = []
+    floating: str | None = None
+    for entries in (server.addresses or {}).values():
+        for entry in entries:
+            address = entry.get("addr")
+            if not address:
+                continue
+            if entry.get("OS-EXT-IPS:type") == "floating":
+                floating = floating or address
+            else:
+                fixed.append(address)
+    return tuple(fixed), floating
+
+
+def _created_at(value: object) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _to_vm(server: Any) -> RunnerVM:
+    fixed, floating = _addresses(server)
+    fault = server.fault.get("message") if isinstance(server.fault, dict) else None
+    return RunnerVM(
+        id=str(server.id),
+        name=str(server.name),
+        status=str(server.status or "UNKNOWN").upper(),
+        created_at=_created_at(server.created_at),
+        tags=tuple(server.tags or ()),
+        metadata={str(k): str(v) for k, v in (server.metadata or {}).items()},
+        addresses=fixed,
+        floating_ip=floating,
+        fault=fault,
+    )
+
+
+class OpenStackProvisioner:
+    """Creates, lists and deletes runner VMs through openstacksdk."""
+
+    def __init__(
+        self,
+        config: OpenStackConfig,
+        connect: Callable[[], openstack.connection.Connection] | None = None,
+    ) -> None:
+        self._config = config
+        self._connect = connect or functools.partial(
+            openstack.connect, cloud=config.cloud, api_timeout=config.api_timeout
+        )
+        self._executor = ThreadPoolExecutor(
+            max_workers=config.max_workers, thread_name_prefix="openstack"
+        )
+        self._local = threading.local()
+        self._connections: list[openstack.connection.Connection] = []
+        self._connections_lock = threading.Lock()
+        # Serialises picking a free floating IP, so two creates never take the same address.
+        self._floating_ip_lock = asyncio.Lock()
+        self._checked_microversion = False
+
+    def __repr__(self) -> str:
+        return f"OpenStackProvisioner(cloud={self._config.cloud!r})"
+
+    # Threads -------------------------------------------------------------------------------
+
+    def _connection(self) -> openstack.connection.Connection:
+        connection: openstack.connection.Connection | None = getattr(self._local, "conn", None)
+        if connection is None:
+            connection = self._connect()
+            self._local.conn = connection
+            with self._connections_lock:
+                self._connections.append(connection)
+        return connection
+
+    async def _call(self, what: str, function: Callable[[openstack.connection.Connection], T]) -> T:
+        """Run `function(connection)` on a worker thread; translate whatever it raises."""
+        context = contextvars.copy_context()
+
+        def work() -> T:
+            return function(self._connection())
+
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._executor, context.run, work)
+        try:
+            # A thread cannot be cancelled: if we are, let it finish rather than orphan it.
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            await asyncio.wait({future})
+            raise
+        except Exception as exc:
+            raise _translate(exc, what) from exc
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        with self._connections_lock:
+            connections, self._connections = self._connections, []
+        for connection in connections:
+            connection.close()
+
+    # Checks --------------------------------------------------------------------------------
+
+    async def check_microversion(self) -> None:
+        """Fail clearly when the compute API is older than tags need (2.52)."""
+        if self._checked_microversion:
+            return
+
+        def max_version(conn: openstack.connection.Connection) -> tuple[int, int] | None:
+            data = conn.compute.get_endpoint_data()
+            version = getattr(data, "max_microversion", None)
+            return (int(version[0]), int(version[1])) if version else None
+
+        offered = await self._call("read compute API versions", max_version)
+        if offered is None or offered < TAGS_MICROVERSION:
+            shown = "none" if offered is None else f"{offered[0]}.{offered[1]}"
+            raise CloudTooOld(
+                f"the compute API offers microversion {shown}; scaleset-listener needs 2.52 or "
+                "newer (server tags, used to find its servers again after a restart). Nova "
+                "has offered 2.52 since the Queens release (2018)."
+            )
+        self._checked_microversion = True
+
+    # Provisioner protocol ------------------------------------------------------------------
+
+    async def capacity(self) -> int | None:
+        if not self._config.floating_ips:
+            return None
+        return len(await self._free_floating_ips())
+
+    async def create(self, spec: ServerSpec) -> RunnerVM:
+        await self.check_microversion()
+        encoded = base64.b64encode(spec.user_data)
+        if len(encoded) > USER_DATA_LIMIT:
+            raise PermanentProvisionerError(
+                f"user_data of {spec.name} is {len(encoded)} bytes base64-encoded; "
+                f"Nova takes at most {USER_DATA_LIMIT}"
+            )
+        server_id = await self._call(
+            f"create server {spec.name}", functools.partial(self._create_server, spec, encoded)
+        )
+        try:
+            vm = await self._wait_active(server_id, spec.name)
+            if self._config.floating_ips:
+                vm = await self._attach_floating_ip(vm)
+        except BaseException:
+            # Never leak a half-made server: whatever went wrong, take it away again.
+            await asyncio.shield(self._delete_quietly(server_id))
+            raise
+        return vm
+
+    def _create_server(
+        self, spec: ServerSpec, encoded_user_data: bytes, conn: openstack.connection.Connection
+    ) -> str:
+        config = self._config
+        image_ref = spec.image or config.image
+        flavor_ref = spec.flavor or config.flavor
+        try:
+            image = conn.image.find_image(image_ref, ignore_missing=False)
+        except openstack.exceptions.ResourceNotFound as exc:
+            raise PermanentProvisionerError(f"image {image_ref!r} not found") from exc
+        try:
+            flavor = conn.compute.find_flavor(flavor_ref, ignore_missing=False)
+        except openstack.exceptions.ResourceNotFound as exc:
+            raise PermanentProvisionerError(f"flavor {flavor_ref!r} not found") from exc
+        attrs: dict[str, Any] = {
+            "name": spec.name,
+            "flavor_id": flavor.id,
+            "user_data": encoded_user_data.decode("ascii"),
+            "metadata": {**config.server_metadata, **spec.metadata},
+            "tags": list(spec.tags),
+        }
+        if config.network:
+            try:
+                network = conn.network.find_network(config.network, ignore_missing=False)
+            except openstack.exceptions.ResourceNotFound as exc:
+                raise PermanentProvisionerError(f"network {config.network!r} not found") from exc
+            attrs["networks"] = [{"uuid": network.id}]
+        else:
+            attrs["networks"] = "auto"
+        if config.security_groups:
+            attrs["security_groups"] = [{"name": group} for group in config.security_groups]
+        if config.keypair:
+            attrs["key_name"] = config.keypair
+        if config.availability_zone:
+            attrs["availability_zone"] = config.availability_zone
+        if config.boot_volume_size_gb > 0:
+            attrs["block_device_mapping"] = [
+                {
+                    "boot_index": 0,
+                    "uuid": image.id,
+                    "source_type": "image",
+                    "destination_type": "volume",
+                    "volume_size": config.boot_volume_size_gb,
+                    "delete_on_termination": True,
+                }
+            ]
+            attrs["image_id"] = ""
+        else:
+            attrs["image_id"] = image.id
+        server = conn.compute.create_server(**attrs)
+        return str(server.id)
+
+    async def _wait_active(self, server_id: str, name: str) -> RunnerVM:
+        deadline = time.monotonic() + self._config.active_timeout
+        while True:
+            vm = await self.get(server_id)
+            if vm is None:
+                raise ServerFailed(name, "the server disappeared while booting")
+            if vm.status == "ACTIVE":
+                return vm
+            if vm.status == "ERROR":
+                raise ServerFailed(name, vm.fault or "ERROR without a fault message")
+            if time.monotonic() >= deadline:
+                raise ActiveTimeout(
+                    f"server {name} still {vm.status} after {self._config.active_timeout:g} s"
+                )
+            await asyncio.sleep(self._config.poll_interval)
+
+    async def _delete_quietly(self, server_id: str) -> None:
+        # The caller's error is the one worth raising; the sweep deletes any leftover.
+        with contextlib.suppress(ProvisionerError):
+            await self.delete(server_id)
+
+    async def delete(self, server_id: str) -> None:
+        if self._config.floating_ips:
+            await self._release_floating_ips(server_id)
+
+        def delete_server(conn: openstack.connection.Connection) -> None:
+            conn.compute.delete_server(server_id, ignore_missing=True)
+
+        await self._call(f"delete server {server_id}", delete_server)
+        deadline = time.monotonic() + self._config.delete_timeout
+        while await self.get(server_id) is not None:
+            if time.monotonic() >= deadline:
+                raise TemporaryProvisionerError(
+                    f"server {server_id} still present {self._config.delete_timeout:g} s "
+                    "after delete"
+                )
+            await asyncio.sleep(self._config.poll_interval)
+
+    async def get(self, server_id: str) -> RunnerVM | None:
+        def get_server(conn: openstack.connection.Connection) -> RunnerVM | None:
+            try:
+                return _to_vm(conn.compute.get_server(server_id))
+            except openstack.exceptions.NotFoundException:
+                return None
+
+        return await self._call(f"get server {server_id}", get_server)
+
+    async def list_owned(self, tags: tuple[str, ...]) -> list[RunnerVM]:
+        if not tags:
+            raise ValueError("refusing to list servers without an ownership tag filter")
+        await self.check_microversion()
+        wanted = set(tags)
+
+        def list_servers(conn: openstack.connection.Connection) -> list[RunnerVM]:
+            servers = conn.compute.servers(details=True, tags=",".join(tags))
+            # Filter again: a cloud that ignored the filter must not hand us foreign servers.
+            return [vm for vm in map(_to_vm, servers) if wanted.issubset(vm.tags)]
+
+        return await self._call("list owned servers", list_servers)
+
+    async def console_output(self, server_id: str, lines: int = 200) -> str:
+        def console(conn: openstack.connection.Connection) -> str:
+            answer = conn.compute.get_server_console_output(server_id, length=lines)
+            return str(answer.get("output", "")) if isinstance(answer, dict) else str(answer)
+
+        return await self._call(f"console output of {server_id}", console)
+
+    # Floating IPs --------------------------------------------------------------------------
+
+    async def _free_floating_ips(self) -> list[str]:
+        pool = self._config.floating_ips
+
+        def free(conn: openstack.connection.Connection) -> list[str]:
+            unassociated = {ip.floating_ip_address for ip in conn.network.ips() if not ip.port_id}
+            # Pool order is the user's order: take the first free address of it.
+            return [address for address in pool if address in unassociated]
+
+        return await self._call("list floating IPs", free)
+
+    async def _attach_floating_ip(self, vm: RunnerVM) -> RunnerVM:
+        async with self._floating_ip_lock:
+            free = await self._free_floating_ips()
+            if not free:
+                raise QuotaExceeded(f"no free floating IP in the pool for {vm.name}")
+            address = free[0]
+
+            def associate(conn: openstack.connection.Connection) -> None:
+                ip = next(iter(conn.network.ips(floating_ip_address=address)))
+                port = next(iter(conn.network.ports(device_id=vm.id)), None)
+                if port is None:
+                    raise TemporaryProvisionerError(f"server {vm.name} has no port yet")
+                conn.network.update_ip(ip, port_id=port.id)
+
+            await self._call(f"associate {address} with {vm.name}", associate)
+        return dataclasses.replace(vm, floating_ip=address)
+
+    async def _release_floating_ips(self, server_id: str) -> None:
+        """Give the server's pool addresses back before the server goes (not only when Neutron
+        deletes its port), so the next create can take them at once."""
+        pool = set(self._config.floating_ips)
+
+        def release(conn: openstack.connection.Connection) -> None:
+            for port in conn.network.ports(device_id=server_id):
+                for ip in conn.network.ips(port_id=port.id):
+                    if ip.floating_ip_address in pool:
+                        conn.network.update_ip(ip, port_id=None)
+
+        await self._call(f"release floating IPs of {server_id}", release)

@@ -1,0 +1,163 @@
+"""The OpenStack provisioner's contract, written once and run against two clouds.
+
+`cloud` is the simulator's OpenStack (always) and a real Nova with the fake virt driver (marker
+`real_openstack`; started by tests/real_openstack/up). A behaviour that differs between the two
+is a bug in the simulator. Cases the real Nova here cannot show (boot from volume without
+Cinder, floating IPs without an L3 agent, injected faults) are in test_provisioner_simulator.py.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+
+from provisioners.base import (
+    PermanentProvisionerError,
+    ServerSpec,
+)
+from provisioners.naming import Ownership, ownership_metadata, parse_ownership, runner_name
+from provisioners.openstack import OpenStackConfig, OpenStackProvisioner
+from tests.testsupport.clouds import CloudTarget
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("simulator", id="simulator"),
+        pytest.param("real", id="real-nova", marks=pytest.mark.real_openstack),
+    ]
+)
+def cloud(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> CloudTarget:
+    target: CloudTarget = request.getfixturevalue(
+        "sim_cloud" if request.param == "simulator" else "real_cloud"
+    )
+    for name, value in target.env.items():
+        monkeypatch.setenv(name, value)
+    return target
+
+
+def config_for(cloud: CloudTarget, **overrides: object) -> OpenStackConfig:
+    values: dict[str, object] = {
+        "image": cloud.image,
+        "flavor": cloud.flavor,
+        "network": cloud.network,
+        "security_groups": (cloud.security_group,) if cloud.security_group else (),
+        "keypair": cloud.keypair,
+        "cloud": cloud.cloud_name,
+        "poll_interval": 0.1,
+        "active_timeout": 60.0,
+        "delete_timeout": 60.0,
+        "max_workers": 4,
+        **overrides,
+    }
+    return OpenStackConfig(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def provisioner(cloud: CloudTarget) -> AsyncIterator[OpenStackProvisioner]:
+    adapter = OpenStackProvisioner(config_for(cloud))
+    yield adapter
+    await adapter.close()
+
+
+def owner() -> Ownership:
+    # A fresh listener instance per test: tests sharing a real cloud never see each other.
+    return Ownership(listener_instance=f"test-{secrets.token_hex(4)}", scale_set_id=7)
+
+
+def spec_for(ownership: Ownership, user_data: bytes = b"#!/bin/bash\necho hi\n") -> ServerSpec:
+    name = runner_name("contract")
+    return ServerSpec(
+        name=name,
+        user_data=user_data,
+        tags=ownership.tags(),
+        metadata=ownership_metadata(name, "contract", datetime.now(UTC), "ssh-ed25519 AAAAtest"),
+    )
+
+
+async def test_a_created_server_is_active_and_carries_its_ownership(
+    provisioner: OpenStackProvisioner,
+) -> None:
+    ownership = owner()
+    spec = spec_for(ownership)
+    vm = await provisioner.create(spec)
+    try:
+        assert vm.status == "ACTIVE"
+        assert vm.name == spec.name
+        assert set(ownership.tags()) <= set(vm.tags)
+        info = parse_ownership(vm.tags, vm.metadata)
+        assert info is not None
+        assert info.ownership == ownership
+        assert info.runner_name == spec.name
+        assert info.host_public_key == "ssh-ed25519 AAAAtest"
+        assert vm.address is not None
+        fetched = await provisioner.get(vm.id)
+        assert fetched is not None
+        assert fetched.id == vm.id
+    finally:
+        await provisioner.delete(vm.id)
+    assert await provisioner.get(vm.id) is None
+
+
+async def test_listing_by_tags_finds_only_our_servers(provisioner: OpenStackProvisioner) -> None:
+    ours, theirs = owner(), owner()
+    mine = await provisioner.create(spec_for(ours))
+    foreign = await provisioner.create(spec_for(theirs))
+    try:
+        listed = await provisioner.list_owned(ours.tags())
+        assert [vm.id for vm in listed] == [mine.id]
+        assert [vm.id for vm in await provisioner.list_owned(theirs.listener_tags())] == [
+            foreign.id
+        ]
+    finally:
+        await provisioner.delete(mine.id)
+        await provisioner.delete(foreign.id)
+    assert await provisioner.list_owned(ours.tags()) == []
+
+
+async def test_deleting_a_gone_server_is_success(provisioner: OpenStackProvisioner) -> None:
+    vm = await provisioner.create(spec_for(owner()))
+    await provisioner.delete(vm.id)
+    await provisioner.delete(vm.id)
+    assert await provisioner.get(vm.id) is None
+
+
+async def test_the_user_data_reaches_the_server_and_console_output_is_readable(
+    provisioner: OpenStackProvisioner,
+) -> None:
+    vm = await provisioner.create(spec_for(owner(), b"#!/bin/bash\necho runner-bootstrap\n"))
+    try:
+        output = await provisioner.console_output(vm.id)
+        assert isinstance(output, str)
+    finally:
+        await provisioner.delete(vm.id)
+
+
+@pytest.mark.parametrize("field", ["image", "flavor", "network"])
+async def test_an_unknown_image_flavor_or_network_is_permanent(
+    cloud: CloudTarget, field: str
+) -> None:
+    adapter = OpenStackProvisioner(config_for(cloud, **{field: "does-not-exist"}))
+    try:
+        with pytest.raises(PermanentProvisionerError, match="does-not-exist"):
+            await adapter.create(spec_for(owner()))
+    finally:
+        await adapter.close()
+
+
+async def test_user_data_over_novas_limit_is_refused_before_any_call(
+    provisioner: OpenStackProvisioner,
+) -> None:
+    with pytest.raises(PermanentProvisionerError, match="65535"):
+        await provisioner.create(spec_for(owner(), b"x" * 50_000))
+
+
+async def test_listing_without_an_ownership_filter_is_refused(
+    provisioner: OpenStackProvisioner,
+) -> None:
+    with pytest.raises(ValueError, match="ownership tag"):
+        await provisioner.list_owned(())
