@@ -182,6 +182,23 @@ def test_console_output_is_the_fake_drivers_fixed_text(
     assert output == {"output": "FAKE CONSOLE OUTPUT\nANOTHER\nLAST LINE"}
 
 
+def test_console_output_length_keeps_the_last_lines(
+    demo: connection.Connection, server: Server
+) -> None:
+    status, body = _raw(
+        demo, "POST", f"/servers/{server.id}/action", json={"os-getConsoleOutput": {"length": 1}}
+    )
+    assert (status, body) == (200, {"output": "LAST LINE"})
+
+
+def test_tag_filter_is_ignored_before_microversion_2_26(
+    demo: connection.Connection, server: Server
+) -> None:
+    status, body = _raw(demo, "GET", "/servers?tags=no-such-tag", microversion="2.25")
+    assert status == 200
+    assert server.id in {s["id"] for s in body["servers"]}
+
+
 def test_unknown_server_is_404_item_not_found(demo: connection.Connection) -> None:
     missing = str(uuid.uuid4())
     status, body = _raw(demo, "GET", f"/servers/{missing}")
@@ -202,6 +219,39 @@ def test_user_data_over_64k_is_rejected_with_400(
     message = body["badRequest"]["message"]
     assert message.startswith("Invalid input for field/attribute user_data.")
     assert message.endswith("is too long")
+
+
+def test_user_data_that_is_not_base64_is_rejected_with_400(
+    demo: connection.Connection, ids: dict[str, str], run_tag: str
+) -> None:
+    body = _server_body(ids, f"{run_tag}-b64", user_data="not base64!")
+    assert _raw(demo, "POST", "/servers", json=body) == (
+        400,
+        {
+            "badRequest": {
+                "code": 400,
+                "message": "Invalid input for field/attribute user_data. Value: not base64!. "
+                "'not base64!' is not a 'base64'",
+            }
+        },
+    )
+
+
+def test_unknown_flavor_and_image_are_400(
+    demo: connection.Connection, ids: dict[str, str], run_tag: str
+) -> None:
+    body = _server_body(ids, f"{run_tag}-fl")
+    body["server"]["flavorRef"] = "nope"
+    assert _raw(demo, "POST", "/servers", json=body) == (
+        400,
+        {"badRequest": {"code": 400, "message": "Flavor nope could not be found."}},
+    )
+    body = _server_body(ids, f"{run_tag}-im")
+    body["server"]["imageRef"] = str(uuid.uuid4())
+    assert _raw(demo, "POST", "/servers", json=body) == (
+        400,
+        {"badRequest": {"code": 400, "message": "Can not find requested image"}},
+    )
 
 
 def test_tags_in_create_need_microversion_2_52(
