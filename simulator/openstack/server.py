@@ -1,0 +1,177 @@
+"""Running the simulated cloud: in a daemon thread for tests, or in the foreground (CLI)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import sys
+import threading
+import time
+from collections.abc import MutableMapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from simulator.openstack.app import TRANSPORT_KEY, CloudApp, Receive, Scope, Send
+from simulator.openstack.cloudsyaml import clouds_yaml_text
+from simulator.openstack.config import CloudConfig
+from simulator.openstack.control import CloudControl
+from simulator.openstack.state import Cloud
+
+TICK_INTERVAL = 0.05
+
+
+class _TransportExposingH11(H11Protocol):
+    """uvicorn's h11 protocol, plus the connection's transport in the ASGI scope.
+
+    ASGI gives an application no way to reset a connection; the "drop" fault needs one so that
+    clients see a genuine transport error rather than an HTTP status.
+    """
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        inner = self.app
+
+        async def app(scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
+            scope[TRANSPORT_KEY] = transport
+            await inner(scope, receive, send)
+
+        self.app = app
+
+
+def bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+def build_server(
+    config: CloudConfig, sock: socket.socket, graceful: int
+) -> tuple[uvicorn.Server, Cloud]:
+    host, port = sock.getsockname()[:2]
+    cloud = Cloud(config, config.public_url or f"http://{host}:{port}")
+    asgi = CloudApp(cloud)
+
+    async def entry(scope: Scope, receive: Receive, send: Send) -> None:
+        await asgi(scope, receive, send)
+
+    uv_config = uvicorn.Config(
+        entry,
+        http=_TransportExposingH11,
+        ws="none",
+        lifespan="off",
+        log_config=None,
+        log_level="critical",  # a dropped connection makes uvicorn log an error; it is ours
+        access_log=False,
+        timeout_graceful_shutdown=graceful,
+        timeout_keep_alive=30,
+    )
+    return uvicorn.Server(uv_config), cloud
+
+
+async def _ticker(cloud: Cloud) -> None:
+    """Move timed transitions along even while nobody asks (requests tick too)."""
+    while True:
+        await asyncio.sleep(TICK_INTERVAL)
+        cloud.tick()
+
+
+async def _serve(server: uvicorn.Server, cloud: Cloud, sock: socket.socket) -> None:
+    ticker = asyncio.create_task(_ticker(cloud))
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+
+
+class RunningCloud:
+    """A simulated cloud serving on 127.0.0.1 in a daemon thread; a context manager."""
+
+    def __init__(self, config: CloudConfig) -> None:
+        self.config = config
+        self._sock = bind("127.0.0.1", 0)
+        self.port: int = self._sock.getsockname()[1]
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self._server, self.cloud = build_server(config, self._sock, graceful=1)
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="simulator.openstack", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if self._failure is not None or not self._thread.is_alive():
+                raise RuntimeError("simulator.openstack failed to start") from self._failure
+            if time.monotonic() > deadline:
+                raise RuntimeError("simulator.openstack did not start within 10 s")
+            time.sleep(0.002)  # startup handshake with the server thread, not test sync
+        self.control = CloudControl(self.base_url)
+
+    @property
+    def auth_url(self) -> str:
+        return f"{self.base_url}/identity/v3"
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(_serve(self._server, self.cloud, self._sock))
+        except BaseException as exc:  # noqa: BLE001 - reported to the starting thread
+            self._failure = exc
+
+    def clouds_yaml(self) -> str:
+        return clouds_yaml_text(self.base_url, self.config.region)
+
+    def write_clouds_yaml(self, path: Path | str) -> Path:
+        target = Path(path)
+        target.write_text(self.clouds_yaml(), encoding="utf-8")
+        return target
+
+    def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+        self.control.close()
+        self._server.should_exit = True
+        self._thread.join(timeout=5)
+        self._sock.close()
+
+    def __enter__(self) -> RunningCloud:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def run_in_thread(config: CloudConfig | None = None) -> RunningCloud:
+    return RunningCloud(config or CloudConfig())
+
+
+async def serve_forever(
+    config: CloudConfig, host: str, port: int, clouds_yaml: Path | None = None
+) -> None:
+    """Serve in the foreground until SIGTERM/SIGINT (uvicorn handles both in the main thread)."""
+    sock = bind(host, port)
+    server, cloud = build_server(config, sock, graceful=1)
+    task = asyncio.create_task(_serve(server, cloud, sock))
+    while not server.started and not task.done():  # noqa: ASYNC110 - uvicorn has no event
+        await asyncio.sleep(0.01)
+    if server.started:
+        if clouds_yaml is not None:
+            text = clouds_yaml_text(cloud.base_url, config.region)
+            await asyncio.to_thread(clouds_yaml.write_text, text, "utf-8")
+        sys.stdout.write(f"simulator.openstack listening on {cloud.base_url}\n")
+        sys.stdout.flush()
+    try:
+        await task
+    finally:
+        sock.close()
