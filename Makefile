@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check install clean
+.PHONY: demo test check install clean real-openstack-up real-openstack-down test-real
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,3 +25,13 @@ check: test
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# The real-Nova integration tier (tests marked real_openstack; CI runs them in `make test`).
+real-openstack-up:
+	tests/real_openstack/up
+
+real-openstack-down:
+	tests/real_openstack/stop
+
+test-real: $(STAMP)
+	REQUIRE_REAL_OPENSTACK=1 $(BIN)/pytest -m real_openstack -p no:cacheprovider
