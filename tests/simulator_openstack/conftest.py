@@ -49,3 +49,12 @@ def ids(conn: connection.Connection, target: CloudTarget) -> Ids:
     return seeded_ids(conn, target)
 
 
+@pytest.fixture
+def target_conn_factory(
+    control: CloudControl, target: CloudTarget
+) -> Iterator[connection.Connection]:
+    """A connection made after the cloud was turned into an old one (max microversion 2.51)."""
+    control.update_config(max_microversion="2.51")
+    opened = connect(target.clouds_yaml, target.cloud_name)
+    yield opened
+    opened.close()
