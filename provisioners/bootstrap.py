@@ -1,0 +1,276 @@
+"""The VM bootstrap: a Jinja2 template rendered into the server's cloud-init user_data.
+
+The rendered script (by default `templates/cloud-init.sh.j2`, a bash script) sets the runner up,
+runs `run.sh --jitconfig ...` once as the runner user, leaves sentinel files for the SSH probe and
+marker lines for the console log, and powers the VM off. The runner lives in cloud-init's own
+process tree, never inside a connection the listener holds, so a listener restart leaves jobs alone.
+
+Invariants:
+* Every value reaches the default template through the `shquote` filter, so no value (a runner
+  name, a label, the JIT config) can change what the shell runs.
+* The JIT config and the host's private key never appear in a repr, a log line or an error
+  message produced here.
+* `render_user_data` refuses anything Nova would refuse: at most 65,535 bytes once base64-encoded.
+
+    ProvisionerError                     (provisioners.base)
+    └── PermanentProvisionerError        rendering again with the same inputs cannot help
+        └── BootstrapError               template missing, unreadable, invalid or using an
+            │                            unknown variable; a BootstrapSpec that cannot be valid
+            └── UserDataTooLarge         rendered user_data over Nova's limit (size, limit)
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import re
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
+
+from provisioners.base import PermanentProvisionerError
+
+# Nova's limit applies to the base64 text of user_data in the create-server request.
+NOVA_USER_DATA_LIMIT = 65535
+DEFAULT_TEMPLATE = Path(__file__).parent / "templates" / "cloud-init.sh.j2"
+DEFAULT_SENTINEL_DIR = "/var/lib/scaleset-runner"
+DEFAULT_RUNNER_DIR = "/opt/actions-runner"
+DEFAULT_POWEROFF_COMMAND = "systemctl poweroff || shutdown -h now || poweroff"
+
+# The sentinel files the default template writes under `sentinel_dir`, and the console markers.
+SETUP_COMPLETE = "setup-complete"
+SETUP_FAILED = "setup-failed"
+RUNNER_STARTED = "runner-started"
+RUN_COMPLETE = "run-complete"
+MARKER_PREFIX = "SCALESET-RUNNER"
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# `{arch}` is the only placeholder left for the VM; anything else in braces is a typo.
+_LEFTOVER_PLACEHOLDER = re.compile(r"\{(?!arch\})[^}]*\}")
+
+
+class BootstrapError(PermanentProvisionerError):
+    """The user_data cannot be produced from this spec and template."""
+
+
+class UserDataTooLarge(BootstrapError):
+    """The rendered user_data is over Nova's limit (both counted in base64 bytes)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"user_data is {size} bytes base64-encoded; Nova takes at most {limit} "
+            "(shrink the template or the extra variables)"
+        )
+
+
+@dataclass(frozen=True)
+class BootstrapSpec:
+    """What one VM's bootstrap needs. The documented template variables, plus sandbox knobs
+    (`root`, `poweroff_command`, `console_path`) that production leaves at their defaults and
+    tests or the simulator set to keep the script away from the host."""
+
+    runner_name: str
+    jit_config: str = field(repr=False)
+    runner_version: str
+    # May hold `{version}` (filled in here) and `{arch}` (x64/arm64/arm, filled in on the VM).
+    runner_download_url: str
+    runner_sha256: str | None = None
+    sentinel_dir: str = DEFAULT_SENTINEL_DIR
+    labels: tuple[str, ...] = ()
+    runner_user: str = "runner"
+    # When `<runner_dir>/run.sh` exists the image is pre-baked and nothing is downloaded.
+    runner_dir: str = DEFAULT_RUNNER_DIR
+    ssh_host_key_private: str | None = field(default=None, repr=False)
+    ssh_host_key_public: str | None = None
+    # Users may carry credentials (a registry token) in their own variables: kept out of repr.
+    extra: Mapping[str, object] = field(default_factory=dict, repr=False)
+    root: str = ""
+    poweroff_command: str = DEFAULT_POWEROFF_COMMAND
+    console_path: str = "/dev/console"
+
+    def __post_init__(self) -> None:
+        if not self.runner_name:
+            raise BootstrapError("runner_name must not be empty")
+        if not self.jit_config:
+            raise BootstrapError("jit_config must not be empty")
+        if self.runner_sha256 and not _SHA256_HEX.fullmatch(self.runner_sha256.lower()):
+            raise BootstrapError("runner_sha256 must be 64 hex digits (the tarball's SHA-256)")
+        if bool(self.ssh_host_key_private) != bool(self.ssh_host_key_public):
+            raise BootstrapError("give both parts of the SSH host key, or neither")
+        for name, path in (("sentinel_dir", self.sentinel_dir), ("runner_dir", self.runner_dir)):
+            if not path.startswith("/"):
+                raise BootstrapError(f"{name} must be an absolute path, got {path!r}")
+        if self.root and not self.root.startswith("/"):
+            raise BootstrapError(f"root must be empty or an absolute path, got {self.root!r}")
+        leftover = _LEFTOVER_PLACEHOLDER.search(self.resolved_download_url)
+        if leftover:
+            raise BootstrapError(
+                f"runner_download_url has an unknown placeholder {leftover.group(0)}; "
+                "only {version} and {arch} are filled in"
+            )
+        builtins = _BUILTIN_VARIABLES
+        for name in self.extra:
+            if not _IDENTIFIER.fullmatch(name):
+                raise BootstrapError(f"extra variable name {name!r} is not an identifier")
+            if name in builtins:
+                raise BootstrapError(f"extra variable {name!r} would hide the built-in one")
+
+    @property
+    def resolved_download_url(self) -> str:
+        """The download URL with `{version}` filled in; `{arch}` is left for the VM."""
+        return self.runner_download_url.replace("{version}", self.runner_version)
+
+    def variables(self) -> dict[str, object]:
+        """The template context: every built-in variable, then each extra variable by name
+        (custom templates may also write `extra.NAME`)."""
+        context: dict[str, object] = {
+            "runner_name": self.runner_name,
+            "jit_config": self.jit_config,
+            "runner_version": self.runner_version,
+            "runner_download_url": self.resolved_download_url,
+            "runner_sha256": (self.runner_sha256 or "").lower(),
+            "sentinel_dir": self.sentinel_dir,
+            "labels": self.labels,
+            "runner_user": self.runner_user,
+            "runner_dir": self.runner_dir,
+            # Without the trailing newline: templates write each key followed by one.
+            "ssh_host_key_private": (self.ssh_host_key_private or "").strip(),
+            "ssh_host_key_public": (self.ssh_host_key_public or "").strip(),
+            "extra": dict(self.extra),
+            "root": self.root,
+            "poweroff_command": self.poweroff_command,
+            "console_path": self.console_path,
+        }
+        context.update(self.extra)
+        return context
+
+
+_BUILTIN_VARIABLES = frozenset(
+    {
+        "runner_name",
+        "jit_config",
+        "runner_version",
+        "runner_download_url",
+        "runner_sha256",
+        "sentinel_dir",
+        "labels",
+        "runner_user",
+        "runner_dir",
+        "ssh_host_key_private",
+        "ssh_host_key_public",
+        "extra",
+        "root",
+        "poweroff_command",
+        "console_path",
+    }
+)
+
+
+def shquote(value: object) -> str:
+    """The `shquote` filter: one shell word that stands for `value` literally (None is '')."""
+    return shlex.quote("" if value is None else str(value))
+
+
+def render_user_data(spec: BootstrapSpec, template_path: Path | None = None) -> bytes:
+    """Render the default template, or the user's own (`CLOUD_INIT_TEMPLATE`), into user_data
+    bytes that Nova will accept."""
+    path = template_path or DEFAULT_TEMPLATE
+    try:
+        template = _load_template(path.resolve())
+        text = template.render(spec.variables())
+    except jinja2.TemplateNotFound as exc:
+        if exc.name == path.name:
+            raise BootstrapError(f"bootstrap template {path} does not exist") from None
+        raise BootstrapError(f"bootstrap template {path}: {exc.name} not found") from exc
+    except jinja2.TemplateSyntaxError as exc:
+        raise BootstrapError(
+            f"bootstrap template {path}, line {exc.lineno}: {exc.message}"
+        ) from exc
+    except jinja2.TemplateError as exc:
+        # UndefinedError's message names the variable ("'foo' is undefined").
+        raise BootstrapError(f"bootstrap template {path}: {exc.message}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BootstrapError(f"bootstrap template {path} cannot be read: {exc}") from exc
+    user_data = text.encode("utf-8")
+    size = len(base64.b64encode(user_data))
+    if size > NOVA_USER_DATA_LIMIT:
+        raise UserDataTooLarge(size, NOVA_USER_DATA_LIMIT)
+    return user_data
+
+
+@functools.lru_cache(maxsize=8)
+def _environment(directory: Path) -> jinja2.Environment:
+    # A shell script, not HTML: HTML escaping would corrupt it. Values are made safe by the
+    # `shquote` filter instead; StrictUndefined turns a misspelt variable into an error rather
+    # than an empty string in a command line.
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(directory),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,  # noqa: S701
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["shquote"] = shquote
+    return env
+
+
+def _load_template(path: Path) -> jinja2.Template:
+    # FileSystemLoader re-reads the file when it changes, so a cached environment is safe.
+    return _environment(path.parent).get_template(path.name)
+
+
+@dataclass(frozen=True)
+class HostKey:
+    """A per-VM SSH host key, handed to the bootstrap and pinned by the prober."""
+
+    private_openssh: str = field(repr=False)
+    public_openssh: str
+    fingerprint_sha256: str
+
+
+def generate_host_key(comment: str = "") -> HostKey:
+    """A fresh ed25519 host key in OpenSSH formats, with its `SHA256:...` fingerprint."""
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption()).decode()
+    public = key.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
+    if comment:
+        public = f"{public} {comment}"
+    return HostKey(
+        private_openssh=private,
+        public_openssh=public,
+        fingerprint_sha256=fingerprint_sha256(public),
+    )
+
+
+def fingerprint_sha256(public_openssh: str) -> str:
+    """The fingerprint `ssh-keygen -lf` prints for an OpenSSH public key line
+    (`SHA256:` + unpadded base64 of the SHA-256 of the key blob)."""
+    parts = public_openssh.split()
+    if len(parts) < 2:
+        raise BootstrapError("not an OpenSSH public key line (expected 'TYPE BASE64 [comment]')")
+    try:
+        blob = base64.b64decode(parts[1], validate=True)
+    except ValueError as exc:
+        raise BootstrapError(f"the public key's base64 is invalid: {exc}") from exc
+    return fingerprint_of_blob(blob)
+
+
+def fingerprint_of_blob(blob: bytes) -> str:
+    """The `SHA256:...` fingerprint of a raw SSH public key blob (what a server presents)."""
+    digest = base64.b64encode(hashlib.sha256(blob).digest()).decode("ascii")
+    return "SHA256:" + digest.rstrip("=")

@@ -1,0 +1,528 @@
+"""The bootstrap: rendering rules, and the rendered default script run for real in a sandbox."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import platform
+import pwd
+import re
+import shutil
+import stat
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_ssh_private_key,
+)
+
+from provisioners.bootstrap import (
+    NOVA_USER_DATA_LIMIT,
+    BootstrapError,
+    BootstrapSpec,
+    UserDataTooLarge,
+    generate_host_key,
+    render_user_data,
+    shquote,
+)
+from tests.provisioners.sandbox import (
+    RUNNER_VERSION,
+    RunnerServer,
+    Sandbox,
+    clean_env,
+    make_sandbox,
+    path_without,
+    serve_runner,
+    sha256_hex,
+    stub_run_sh,
+    stub_runner_tarball,
+)
+
+JIT = "eyJydW5uZXIiOiAiZmFrZSJ9" * 3
+MARKER_SETUP = "SCALESET-RUNNER setup-complete runner=linux-x64-abc123"
+TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+
+
+def spec(**overrides: object) -> BootstrapSpec:
+    values: dict[str, object] = {
+        "runner_name": "linux-x64-abc123",
+        "jit_config": JIT,
+        "runner_version": RUNNER_VERSION,
+        "runner_download_url": "https://example.test/v{version}/runner-{arch}-{version}.tar.gz",
+    }
+    values.update(overrides)
+    return BootstrapSpec(**values)  # type: ignore[arg-type]
+
+
+def vm_arch() -> str:
+    machine = platform.machine().lower()
+    return {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}[machine]
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Sandbox:
+    return make_sandbox(tmp_path)
+
+
+@pytest.fixture
+def server() -> Iterator[RunnerServer]:
+    with serve_runner() as running:
+        yield running
+
+
+# Rendering
+
+
+def test_rendered_script_carries_the_markers_and_the_jit_config_exactly_once() -> None:
+    text = render_user_data(spec()).decode()
+
+    assert text.startswith("#!/bin/bash\n")
+    assert text.count(JIT) == 1
+    assert f"JIT_CONFIG={shquote(JIT)}\n" in text
+    for marker in ("setup-complete", "run-complete", "setup-failed", "runner-started"):
+        assert marker in text
+    assert "SCALESET-RUNNER setup-complete runner=$RUNNER_NAME" in text
+    assert "SCALESET-RUNNER run-complete runner=$RUNNER_NAME exit=$code" in text
+
+
+def test_a_jit_config_with_shell_metacharacters_is_quoted_once() -> None:
+    jit = "a'b\"c$(d)`e`;f\ng"
+    text = render_user_data(spec(jit_config=jit)).decode()
+
+    assert text.count(shquote(jit)) == 1
+    assert f"JIT_CONFIG={shquote(jit)}\n" in text
+
+
+def test_the_default_script_never_turns_on_tracing() -> None:
+    code_lines = [
+        line
+        for line in render_user_data(spec()).decode().splitlines()
+        if not line.lstrip().startswith("#")
+    ]
+    assert not any(re.search(r"set\s+-[a-zA-Z]*x", line) for line in code_lines)
+    assert not any("xtrace" in line for line in code_lines)
+
+
+def test_version_is_filled_in_here_and_arch_is_left_for_the_vm() -> None:
+    text = render_user_data(spec()).decode()
+
+    url = "https://example.test/v2.330.0/runner-{arch}-2.330.0.tar.gz"
+    assert f"RUNNER_URL={shquote(url)}\n" in text
+
+
+def test_an_unknown_placeholder_in_the_download_url_is_refused() -> None:
+    with pytest.raises(BootstrapError, match=r"\{Version\}"):
+        spec(runner_download_url="https://example.test/{Version}/runner.tar.gz")
+
+
+def test_a_4kib_jit_config_stays_far_below_nova_limit() -> None:
+    user_data = render_user_data(spec(jit_config="J" * 4096))
+
+    assert len(base64.b64encode(user_data)) < NOVA_USER_DATA_LIMIT // 4
+
+
+def test_a_huge_extra_value_trips_the_nova_limit_naming_both_numbers(tmp_path: Path) -> None:
+    template = _template_using(tmp_path, "#!/bin/sh\n# {{ blob }}\n")
+    with pytest.raises(UserDataTooLarge) as raised:
+        render_user_data(spec(extra={"blob": "x" * 70_000}), template)
+
+    assert raised.value.limit == NOVA_USER_DATA_LIMIT
+    assert raised.value.size > NOVA_USER_DATA_LIMIT
+    assert str(raised.value.size) in str(raised.value)
+    assert str(NOVA_USER_DATA_LIMIT) in str(raised.value)
+
+
+def test_a_huge_jit_config_trips_the_limit() -> None:
+    with pytest.raises(UserDataTooLarge, match=r"Nova takes at most 65535"):
+        render_user_data(spec(jit_config="J" * 60_000))
+
+
+def test_the_limit_counts_base64_bytes_not_raw_bytes(tmp_path: Path) -> None:
+    # 50,000 raw bytes are under 65,535 but become 66,668 once base64-encoded.
+    template = _template_using(tmp_path, "{{ jit_config }}")
+    with pytest.raises(UserDataTooLarge) as raised:
+        render_user_data(spec(jit_config="J" * 50_000), template)
+    assert raised.value.size == 66_668
+
+    assert len(render_user_data(spec(jit_config="J" * 49_000), template)) == 49_000
+
+
+def test_a_custom_template_gets_the_same_variables(tmp_path: Path) -> None:
+    template = tmp_path / "mine.sh.j2"
+    names = [
+        "runner_name",
+        "jit_config",
+        "runner_version",
+        "runner_download_url",
+        "runner_sha256",
+        "sentinel_dir",
+        "runner_user",
+        "runner_dir",
+        "root",
+        "poweroff_command",
+        "console_path",
+        "ssh_host_key_public",
+    ]
+    template.write_text(
+        "#!/bin/sh\n"
+        + "".join(f"{name}={{{{ {name} | shquote }}}}\n" for name in names)
+        + "labels={{ labels | join(',') }}\n"
+        + "registry={{ registry }} via-extra={{ extra.registry }}\n"
+    )
+    key = generate_host_key()
+    rendered = render_user_data(
+        spec(
+            labels=("gpu", "linux"),
+            runner_sha256="AB" * 32,
+            extra={"registry": "mirror.example"},
+            ssh_host_key_private=key.private_openssh,
+            ssh_host_key_public=key.public_openssh,
+        ),
+        template,
+    ).decode()
+
+    assert f"jit_config={JIT}\n" in rendered
+    assert "runner_version=2.330.0\n" in rendered
+    assert "runner_name=linux-x64-abc123\n" in rendered
+    url = "https://example.test/v2.330.0/runner-{arch}-2.330.0.tar.gz"
+    assert f"runner_download_url={shquote(url)}\n" in rendered
+    assert f"runner_sha256={'ab' * 32}\n" in rendered
+    assert "sentinel_dir=/var/lib/scaleset-runner\n" in rendered
+    assert "runner_user=runner\n" in rendered
+    assert "runner_dir=/opt/actions-runner\n" in rendered
+    assert "root=''\n" in rendered
+    assert "console_path=/dev/console\n" in rendered
+    assert f"poweroff_command={shquote('systemctl poweroff || shutdown -h now || poweroff')}" in (
+        rendered
+    )
+    assert f"ssh_host_key_public={shquote(key.public_openssh.strip())}\n" in rendered
+    assert "labels=gpu,linux\n" in rendered
+    assert "registry=mirror.example via-extra=mirror.example\n" in rendered
+
+
+def test_a_custom_template_using_an_unknown_variable_names_it(tmp_path: Path) -> None:
+    template = tmp_path / "mine.sh.j2"
+    template.write_text("#!/bin/sh\necho {{ runner_name }} {{ flavour_of_the_day }}\n")
+
+    with pytest.raises(BootstrapError) as raised:
+        render_user_data(spec(), template)
+
+    assert "flavour_of_the_day" in str(raised.value)
+    assert str(template) in str(raised.value)
+
+
+def test_a_missing_template_file_names_its_path(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.sh.j2"
+
+    with pytest.raises(BootstrapError, match=re.escape(f"{missing} does not exist")):
+        render_user_data(spec(), missing)
+
+
+def test_a_template_syntax_error_names_the_path_line_and_jinja_message(tmp_path: Path) -> None:
+    template = tmp_path / "broken.sh.j2"
+    template.write_text("#!/bin/sh\n\n{% if runner_name %}\necho\n")
+
+    with pytest.raises(BootstrapError) as raised:
+        render_user_data(spec(), template)
+
+    message = str(raised.value)
+    assert str(template) in message
+    assert "line 4" in message
+    assert "endif" in message
+
+
+def test_reprs_hide_the_jit_config_the_private_key_and_extras() -> None:
+    key = generate_host_key()
+    the_spec = spec(
+        ssh_host_key_private=key.private_openssh,
+        ssh_host_key_public=key.public_openssh,
+        extra={"registry_token": "tok-secret"},
+    )
+
+    for text in (repr(the_spec), str(the_spec)):
+        assert JIT not in text
+        assert "OPENSSH PRIVATE KEY" not in text
+        assert "tok-secret" not in text
+        assert "linux-x64-abc123" in text
+    assert "OPENSSH PRIVATE KEY" not in repr(key)
+    assert key.fingerprint_sha256 in repr(key)
+
+
+def test_a_host_key_needs_both_parts() -> None:
+    key = generate_host_key()
+    with pytest.raises(BootstrapError, match="both parts"):
+        spec(ssh_host_key_private=key.private_openssh)
+    with pytest.raises(BootstrapError, match="both parts"):
+        spec(ssh_host_key_public=key.public_openssh)
+
+
+def test_extra_variables_cannot_hide_builtin_ones() -> None:
+    with pytest.raises(BootstrapError, match="'jit_config' would hide"):
+        spec(extra={"jit_config": "other"})
+    with pytest.raises(BootstrapError, match="not an identifier"):
+        spec(extra={"not-a-name": "x"})
+
+
+def test_a_sha256_that_is_not_64_hex_digits_is_refused() -> None:
+    with pytest.raises(BootstrapError, match="64 hex digits"):
+        spec(runner_sha256="abc")
+
+
+def test_an_empty_sha256_means_no_check() -> None:
+    assert "RUNNER_SHA256=''\n" in render_user_data(spec(runner_sha256="")).decode()
+
+
+def test_the_host_key_fingerprint_is_what_ssh_keygen_prints(tmp_path: Path) -> None:
+    key = generate_host_key(comment="linux-x64-abc123")
+
+    # Independently: the SSH wire blob is string "ssh-ed25519" then string <32 raw bytes>.
+    private = load_ssh_private_key(key.private_openssh.encode(), password=None)
+    raw = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    blob = _ssh_string(b"ssh-ed25519") + _ssh_string(raw)
+    expected = "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+    assert key.fingerprint_sha256 == expected
+    assert key.public_openssh.split()[1] == base64.b64encode(blob).decode()
+    assert key.public_openssh.endswith(" linux-x64-abc123")
+    assert key.private_openssh.startswith("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+
+    ssh_keygen = shutil.which("ssh-keygen")
+    if ssh_keygen is not None:
+        pub = tmp_path / "key.pub"
+        pub.write_text(key.public_openssh + "\n")
+        printed = subprocess.run(
+            [ssh_keygen, "-lf", str(pub)], capture_output=True, text=True, timeout=10, check=True
+        ).stdout
+        assert printed.split()[1] == key.fingerprint_sha256
+
+
+# The real thing: the rendered default script, executed by bash in a sandbox.
+
+
+@pytest.mark.parametrize("exit_code", [0, 3])
+def test_the_script_downloads_runs_the_runner_once_and_powers_off(
+    sandbox: Sandbox, server: RunnerServer, exit_code: int
+) -> None:
+    server.tarball = stub_runner_tarball(exit_code)
+    jit = "eyJhIjogMX0=" + "Zm9v" * 1000 + "+/="
+
+    result = sandbox.run(render_user_data(sandbox.spec(server.base_url, jit_config=jit)))
+
+    assert result.returncode == 0, result.stderr
+    assert server.paths == [f"/v2.330.0/actions-runner-linux-{vm_arch()}-2.330.0.tar.gz"]
+    assert sandbox.stub_args() == ["--jitconfig", jit]
+    assert sandbox.stub_calls() == 1
+    assert TIMESTAMP.fullmatch(sandbox.read(sandbox.sentinels / "setup-complete").strip())
+    assert sandbox.read(sandbox.sentinels / "run-complete") == f"{exit_code}\n"
+    assert not (sandbox.sentinels / "setup-failed").exists()
+    pid, boot_id = sandbox.read(sandbox.sentinels / "runner-started").splitlines()
+    assert pid.isdigit()
+    assert boot_id == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    run_marker = f"SCALESET-RUNNER run-complete runner=linux-x64-abc123 exit={exit_code}"
+    assert sandbox.read(sandbox.console) == f"{MARKER_SETUP}\n{run_marker}\n"
+    assert MARKER_SETUP in result.stdout.splitlines()
+    assert run_marker in result.stdout.splitlines()
+    assert sandbox.poweroff_calls() == 1
+    # The JIT config reaches run.sh and nothing else: not the log, not the console.
+    assert "Zm9vZm9v" not in result.stdout + result.stderr
+    assert "Zm9vZm9v" not in sandbox.read(sandbox.console)
+    assert not (sandbox.runner_dir / ".actions-runner.tar.gz").exists()
+    assert (sandbox.read(sandbox.runner_dir / "stub-cwd")).strip() == str(sandbox.runner_dir)
+
+
+def test_the_right_sha256_lets_the_runner_run(sandbox: Sandbox, server: RunnerServer) -> None:
+    server.tarball = stub_runner_tarball(0)
+    the_spec = sandbox.spec(server.base_url, runner_sha256=sha256_hex(server.tarball).upper())
+
+    result = sandbox.run(render_user_data(the_spec))
+
+    assert result.returncode == 0, result.stderr
+    assert sandbox.stub_calls() == 1
+    assert sandbox.read(sandbox.sentinels / "run-complete") == "0\n"
+
+
+def test_a_wrong_sha256_fails_setup_without_running_the_runner(
+    sandbox: Sandbox, server: RunnerServer
+) -> None:
+    server.tarball = stub_runner_tarball(0)
+    wrong = "0" * 64
+
+    result = sandbox.run(render_user_data(sandbox.spec(server.base_url, runner_sha256=wrong)))
+
+    assert result.returncode == 1
+    failed = sandbox.read(sandbox.sentinels / "setup-failed")
+    assert f"sha256 mismatch for {server.base_url}/" in failed
+    assert f"expected {wrong}, got {sha256_hex(server.tarball)}" in failed
+    assert sandbox.stub_calls() == 0
+    assert not (sandbox.runner_dir / "run.sh").exists()
+    assert not (sandbox.sentinels / "setup-complete").exists()
+    assert not (sandbox.sentinels / "run-complete").exists()
+    console = sandbox.read(sandbox.console)
+    assert console.startswith("SCALESET-RUNNER setup-failed runner=linux-x64-abc123 reason=sha256")
+    assert sandbox.poweroff_calls() == 1
+
+
+def test_a_failed_download_fails_setup_and_powers_off(
+    sandbox: Sandbox, server: RunnerServer
+) -> None:
+    server.missing = True
+
+    result = sandbox.run(render_user_data(sandbox.spec(server.base_url)))
+
+    assert result.returncode == 1
+    assert "download of http://127.0.0.1:" in sandbox.read(sandbox.sentinels / "setup-failed")
+    assert sandbox.poweroff_calls() == 1
+    assert len(server.requests) == 1  # a 404 is not retried
+
+
+def test_a_prebaked_runner_dir_skips_the_download(sandbox: Sandbox, server: RunnerServer) -> None:
+    sandbox.runner_dir.mkdir(parents=True)
+    run_sh = sandbox.runner_dir / "run.sh"
+    run_sh.write_text(stub_run_sh(0))
+    run_sh.chmod(0o755)
+
+    result = sandbox.run(render_user_data(sandbox.spec(server.base_url, runner_sha256="1" * 64)))
+
+    assert result.returncode == 0, result.stderr
+    assert server.requests == []
+    assert sandbox.stub_args() == ["--jitconfig", "eyJKSVQiOiAiZmFrZSJ9+/="]
+    assert sandbox.read(sandbox.sentinels / "run-complete") == "0\n"
+    assert sandbox.poweroff_calls() == 1
+
+
+def test_stale_sentinels_in_a_prebaked_image_are_cleared_first(
+    sandbox: Sandbox, server: RunnerServer
+) -> None:
+    server.tarball = stub_runner_tarball(0)
+    sandbox.sentinels.mkdir(parents=True)
+    (sandbox.sentinels / "setup-failed").write_text("from the image build\n")
+    (sandbox.sentinels / "run-complete").write_text("7\n")
+
+    result = sandbox.run(render_user_data(sandbox.spec(server.base_url)))
+
+    assert result.returncode == 0, result.stderr
+    assert not (sandbox.sentinels / "setup-failed").exists()
+    assert sandbox.read(sandbox.sentinels / "run-complete") == "0\n"
+
+
+def test_the_host_key_is_installed_under_root_with_owner_only_mode(
+    sandbox: Sandbox, server: RunnerServer
+) -> None:
+    server.tarball = stub_runner_tarball(0)
+    key = generate_host_key(comment="linux-x64-abc123")
+    the_spec = sandbox.spec(
+        server.base_url,
+        ssh_host_key_private=key.private_openssh,
+        ssh_host_key_public=key.public_openssh,
+    )
+
+    result = sandbox.run(render_user_data(the_spec))
+
+    assert result.returncode == 0, result.stderr
+    private = sandbox.root / "etc" / "ssh" / "ssh_host_ed25519_key"
+    public = sandbox.root / "etc" / "ssh" / "ssh_host_ed25519_key.pub"
+    assert private.read_text() == key.private_openssh
+    assert public.read_text() == key.public_openssh + "\n"
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert stat.S_IMODE(public.stat().st_mode) == 0o644
+    assert not (private.parent / "ssh_host_ed25519_key.new").exists()
+    assert "OPENSSH PRIVATE KEY" not in result.stdout + result.stderr
+
+
+def test_hostile_names_and_labels_execute_nothing(
+    sandbox: Sandbox, server: RunnerServer, tmp_path: Path
+) -> None:
+    server.tarball = stub_runner_tarball(0)
+    pwned = tmp_path / "pwned"
+    hostile = f"'$(touch {pwned})`touch {pwned}`;touch {pwned}"
+    the_spec = sandbox.spec(server.base_url, runner_name="x" + hostile, labels=(hostile, "linux"))
+
+    result = sandbox.run(render_user_data(the_spec))
+
+    assert result.returncode == 0, result.stderr
+    assert not pwned.exists()
+    assert f"SCALESET-RUNNER setup-complete runner=x{hostile}" in sandbox.read(sandbox.console)
+
+
+def test_wget_is_used_when_curl_is_missing(
+    sandbox: Sandbox, server: RunnerServer, tmp_path: Path
+) -> None:
+    if shutil.which("wget") is None:
+        pytest.skip("wget is not installed here")
+    server.tarball = stub_runner_tarball(0)
+    env = clean_env()
+    env["PATH"] = path_without(tmp_path / "bin", "curl")
+
+    result = sandbox.run(render_user_data(sandbox.spec(server.base_url)), env=env)
+
+    assert result.returncode == 0, result.stderr
+    assert [agent.split("/")[0] for _path, agent in server.requests] == ["Wget"]
+    assert sandbox.stub_calls() == 1
+
+
+@pytest.fixture
+def shared_root() -> Iterator[Path]:
+    """A sandbox parent another user can traverse (pytest's tmp_path is private to us)."""
+    parent = Path(tempfile.mkdtemp(prefix="bootstrap-"))
+    parent.chmod(0o755)
+    try:
+        yield parent
+    finally:
+        shutil.rmtree(parent)
+
+
+@pytest.mark.parametrize("switch", ["runuser", "su"])
+def test_the_runner_runs_as_the_runner_user_when_it_differs(
+    shared_root: Path, server: RunnerServer, switch: str
+) -> None:
+    if os.getuid() != 0 or shutil.which(switch, path="/usr/sbin:/usr/bin:/sbin:/bin") is None:
+        pytest.skip(f"needs root and {switch} to switch users")
+    try:
+        pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no 'nobody' user here")
+    sandbox = make_sandbox(shared_root)
+    server.tarball = stub_runner_tarball(5)
+    env = clean_env()
+    if switch == "su":
+        env["PATH"] = path_without(shared_root / "bin", "runuser")
+    the_spec = sandbox.spec(server.base_url, runner_user="nobody")
+
+    result = sandbox.run(render_user_data(the_spec), env=env)
+
+    assert result.returncode == 0, result.stderr
+    assert sandbox.read(sandbox.runner_dir / "stub-user") == "nobody\n"
+    assert sandbox.stub_args() == ["--jitconfig", "eyJKSVQiOiAiZmFrZSJ9+/="]
+    assert sandbox.runner_dir.stat().st_uid == pwd.getpwnam("nobody").pw_uid
+    assert sandbox.read(sandbox.sentinels / "run-complete") == "5\n"
+    assert sandbox.poweroff_calls() == 1
+
+
+def test_a_missing_runner_user_is_not_created_inside_a_sandbox(
+    sandbox: Sandbox, server: RunnerServer
+) -> None:
+    server.tarball = stub_runner_tarball(0)
+
+    result = sandbox.run(
+        render_user_data(sandbox.spec(server.base_url, runner_user="no-such-user-4711"))
+    )
+
+    assert result.returncode == 1
+    assert "no-such-user-4711 does not exist" in sandbox.read(sandbox.sentinels / "setup-failed")
+    assert server.requests == []
+    assert sandbox.poweroff_calls() == 1
+
+
+def _template_using(directory: Path, body: str) -> Path:
+    template = directory / "t.j2"
+    template.write_text(body)
+    return template
+
+
+def _ssh_string(data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + data
