@@ -120,11 +120,12 @@ def not_found(server_id: str) -> ApiError:
     return ApiError(404, f"Instance {server_id} could not be found.")
 
 
-def invalid_state(action: str, server: Server) -> ApiError:
-    if server.task_state is not None:
-        attr, state = "task_state", server.task_state
-    else:
+def invalid_state(action: str, server: Server, vm_states: tuple[str, ...] = ()) -> ApiError:
+    """Nova checks vm_state first, then task_state, and names the one that failed."""
+    if server.vm_state not in vm_states or server.task_state is None:
         attr, state = "vm_state", server.vm_state
+    else:
+        attr, state = "task_state", server.task_state
     return ApiError(409, f"Cannot '{action}' instance {server.id} while it is in {attr} {state}")
 
 
@@ -669,7 +670,7 @@ def create_server(ctx: Ctx) -> Reply:  # noqa: C901 - one validation pass, in No
     known_groups = {g.name for g in cloud.security_groups.values()} | set(cloud.security_groups)
     for name in sg_names:
         if name not in known_groups:
-            raise ApiError(400, f"Security group {name} not found.")
+            raise ApiError(400, f"Unable to find security_group with name or id '{name}'")
     sg_names = [
         cloud.security_groups[n].name if n in cloud.security_groups else n for n in sg_names
     ]
@@ -924,7 +925,7 @@ def _power(
     interim: str | None = None,
 ) -> Reply:
     if server.task_state is not None or server.vm_state not in from_states:
-        raise invalid_state(verb, server)
+        raise invalid_state(verb, server, from_states)
     cloud = ctx.cloud
     server.task_state = task_state
     if interim is not None:
@@ -960,7 +961,7 @@ def _console_output(ctx: Ctx, server: Server, args: Any) -> Reply:
         if length == -1:
             length = None
     if server.task_state == "deleting":
-        raise invalid_state("get_console_output", server)
+        raise invalid_state("get_console_output", server, (server.vm_state,))
     if server.host is None:
         raise ApiError(409, f"Instance {server.id} is not ready")
     # Like the fake driver's text: lines joined by newlines, none after the last one.
@@ -979,7 +980,7 @@ def _tag_target(ctx: Ctx, verb: str) -> Server:
     require_version(ctx, 2, 26)
     server = get_server(ctx)
     if verb and (server.vm_state not in TAG_STATES or server.task_state == "deleting"):
-        raise invalid_state(verb, server)
+        raise invalid_state(verb, server, TAG_STATES)
     return server
 
 
@@ -1039,7 +1040,7 @@ def delete_tag(ctx: Ctx) -> Reply:
 def _metadata_target(ctx: Ctx, verb: str) -> Server:
     server = get_server(ctx)
     if verb and (server.vm_state not in METADATA_STATES or server.task_state is not None):
-        raise invalid_state(verb, server)
+        raise invalid_state(verb, server, METADATA_STATES)
     return server
 
 

@@ -229,7 +229,7 @@ def filtered(ctx: Ctx, items: list[JSON]) -> list[JSON]:
             items = [i for i in items if _tags_match(key, tags, set(i.get("tags", [])))]
             continue
         if items and key not in sample_keys:
-            raise ApiError(400, f"[{key}] is invalid attribute for filtering")
+            raise ApiError(400, f"[{key!r}] is invalid attribute for filtering")
         items = [i for i in items if _matches(i.get(key), wanted)]
     if "fields" in ctx.query:
         fields = [f for value in ctx.query.getlist("fields") for f in value.split(",") if f]

@@ -324,3 +324,58 @@ def test_limits_and_keypairs(conn: connection.Connection, ids: Ids) -> None:
     conn.compute.delete_keypair("extra-key")
     with pytest.raises(exceptions.NotFoundException):
         conn.compute.get_keypair("extra-key")
+
+
+def test_changes_during_build_are_refused_as_measured_on_nova(
+    conn: connection.Connection, ids: Ids, control: CloudControl
+) -> None:
+    """Measured on Nova 34: tags, metadata and console output wait for the build."""
+    control.update_config(build_delay=5.0)  # the test never waits for ACTIVE
+    server = create(conn, ids, "young")
+    sid = server.id
+    # Before the scheduler has picked a host there is no console.
+    status, body = raw(
+        conn, "POST", f"/servers/{sid}/action", json={"os-getConsoleOutput": {"length": 1}}
+    )
+    assert (status, body["conflictingRequest"]["message"]) == (
+        409,
+        f"Instance {sid} is not ready",
+    )
+    assert raw(conn, "PUT", f"/servers/{sid}/tags/early")[1] == {
+        "conflictingRequest": {
+            "code": 409,
+            "message": f"Cannot 'update tag' instance {sid} while it is in vm_state building",
+        }
+    }
+    status, body = raw(conn, "POST", f"/servers/{sid}/metadata", json={"metadata": {"a": "b"}})
+    assert (status, body["conflictingRequest"]["message"]) == (
+        409,
+        f"Cannot 'update metadata' instance {sid} while it is in vm_state building",
+    )
+
+
+def test_more_create_errors_read_as_on_nova(conn: connection.Connection, ids: Ids) -> None:
+    def message(**extra: Any) -> str:
+        status, body = raw(conn, "POST", "/servers", json=server_body(ids, "bad", **extra))
+        assert status == 400
+        return str(body["badRequest"]["message"])
+
+    assert message(key_name="nope") == "Invalid key_name provided."
+    assert message(security_groups=[{"name": "nope"}]) == (
+        "Unable to find security_group with name or id 'nope'"
+    )
+    missing = str(uuid.uuid4())
+    assert message(networks=[{"uuid": missing}]) == f"Network {missing} could not be found."
+    assert raw(conn, "GET", "/servers?status=FOO") == (
+        400,
+        {"badRequest": {"code": 400, "message": "Invalid status value"}},
+    )
+    response = conn.network.get("/floatingips?foo=bar", raise_exc=False)
+    assert response.status_code == 400
+    assert response.json() == {
+        "NeutronError": {
+            "type": "HTTPBadRequest",
+            "message": "['foo'] is invalid attribute for filtering",
+            "detail": "",
+        }
+    }
