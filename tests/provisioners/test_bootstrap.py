@@ -27,6 +27,7 @@ from provisioners.bootstrap import (
     BootstrapError,
     BootstrapSpec,
     UserDataTooLarge,
+    fingerprint_sha256,
     generate_host_key,
     render_user_data,
     shquote,
@@ -301,6 +302,16 @@ def test_the_host_key_fingerprint_is_what_ssh_keygen_prints(tmp_path: Path) -> N
         assert printed.split()[1] == key.fingerprint_sha256
 
 
+def test_the_user_docs_name_every_variable_sentinel_and_marker() -> None:
+    docs = (Path(__file__).parents[2] / "docs" / "bootstrap.md").read_text()
+
+    for name in spec().variables():
+        assert f"| `{name}` |" in docs
+    for sentinel in ("setup-complete", "runner-started", "run-complete", "setup-failed"):
+        assert f"| `{sentinel}` |" in docs
+    assert "SCALESET-RUNNER run-complete runner=<runner_name> exit=<code>" in docs
+
+
 # The real thing: the rendered default script, executed by bash in a sandbox.
 
 
@@ -380,6 +391,21 @@ def test_a_failed_download_fails_setup_and_powers_off(
     assert len(server.requests) == 1  # a 404 is not retried
 
 
+def test_any_unexpected_failure_writes_setup_failed_and_powers_off(
+    sandbox: Sandbox, server: RunnerServer
+) -> None:
+    server.tarball = b"not a gzip archive"
+
+    result = sandbox.run(render_user_data(sandbox.spec(server.base_url)))
+
+    assert result.returncode == 1
+    failed = sandbox.read(sandbox.sentinels / "setup-failed")
+    assert re.fullmatch(r"command failed with exit \d+ at line \d+\n", failed)
+    assert sandbox.stub_calls() == 0
+    assert sandbox.read(sandbox.console).startswith("SCALESET-RUNNER setup-failed ")
+    assert sandbox.poweroff_calls() == 1
+
+
 def test_a_prebaked_runner_dir_skips_the_download(sandbox: Sandbox, server: RunnerServer) -> None:
     sandbox.runner_dir.mkdir(parents=True)
     run_sh = sandbox.runner_dir / "run.sh"
@@ -431,6 +457,7 @@ def test_the_host_key_is_installed_under_root_with_owner_only_mode(
     assert stat.S_IMODE(private.stat().st_mode) == 0o600
     assert stat.S_IMODE(public.stat().st_mode) == 0o644
     assert not (private.parent / "ssh_host_ed25519_key.new").exists()
+    assert fingerprint_sha256(public.read_text()) == key.fingerprint_sha256
     assert "OPENSSH PRIVATE KEY" not in result.stdout + result.stderr
 
 
