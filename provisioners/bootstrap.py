@@ -56,6 +56,7 @@ RUN_COMPLETE = "run-complete"
 MARKER_PREFIX = "SCALESET-RUNNER"
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_USER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # `{arch}` is the only placeholder left for the VM; anything else in braces is a typo.
 _LEFTOVER_PLACEHOLDER = re.compile(r"\{(?!arch\})[^}]*\}")
@@ -92,6 +93,9 @@ class BootstrapSpec:
     sentinel_dir: str = DEFAULT_SENTINEL_DIR
     labels: tuple[str, ...] = ()
     runner_user: str = "runner"
+    # Passwordless sudo for the runner user, as on GitHub-hosted runners (many actions use it);
+    # written only where the image has /etc/sudoers.d.
+    runner_sudo: bool = True
     # When `<runner_dir>/run.sh` exists the image is pre-baked and nothing is downloaded.
     runner_dir: str = DEFAULT_RUNNER_DIR
     ssh_host_key_private: str | None = field(default=None, repr=False)
@@ -111,6 +115,8 @@ class BootstrapSpec:
             raise BootstrapError("runner_sha256 must be 64 hex digits (the tarball's SHA-256)")
         if bool(self.ssh_host_key_private) != bool(self.ssh_host_key_public):
             raise BootstrapError("give both parts of the SSH host key, or neither")
+        if not _USER_NAME.fullmatch(self.runner_user):
+            raise BootstrapError(f"runner_user {self.runner_user!r} is not a valid user name")
         for name, path in (("sentinel_dir", self.sentinel_dir), ("runner_dir", self.runner_dir)):
             if not path.startswith("/"):
                 raise BootstrapError(f"{name} must be an absolute path, got {path!r}")
@@ -146,6 +152,7 @@ class BootstrapSpec:
             "sentinel_dir": self.sentinel_dir,
             "labels": self.labels,
             "runner_user": self.runner_user,
+            "runner_sudo": self.runner_sudo,
             "runner_dir": self.runner_dir,
             # Without the trailing newline: templates write each key followed by one.
             "ssh_host_key_private": (self.ssh_host_key_private or "").strip(),
@@ -169,6 +176,7 @@ _BUILTIN_VARIABLES = frozenset(
         "sentinel_dir",
         "labels",
         "runner_user",
+        "runner_sudo",
         "runner_dir",
         "ssh_host_key_private",
         "ssh_host_key_public",

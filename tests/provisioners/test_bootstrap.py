@@ -164,6 +164,7 @@ def test_a_custom_template_gets_the_same_variables(tmp_path: Path) -> None:
         "runner_sha256",
         "sentinel_dir",
         "runner_user",
+        "runner_sudo",
         "runner_dir",
         "root",
         "poweroff_command",
@@ -196,6 +197,7 @@ def test_a_custom_template_gets_the_same_variables(tmp_path: Path) -> None:
     assert f"runner_sha256={'ab' * 32}\n" in rendered
     assert "sentinel_dir=/var/lib/scaleset-runner\n" in rendered
     assert "runner_user=runner\n" in rendered
+    assert "runner_sudo=True\n" in rendered
     assert "runner_dir=/opt/actions-runner\n" in rendered
     assert "root=''\n" in rendered
     assert "console_path=/dev/console\n" in rendered
@@ -459,6 +461,30 @@ def test_the_host_key_is_installed_under_root_with_owner_only_mode(
     assert not (private.parent / "ssh_host_ed25519_key.new").exists()
     assert fingerprint_sha256(public.read_text()) == key.fingerprint_sha256
     assert "OPENSSH PRIVATE KEY" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("sudo", [True, False])
+def test_the_runner_user_gets_passwordless_sudo_unless_turned_off(
+    sandbox: Sandbox, server: RunnerServer, sudo: bool
+) -> None:
+    server.tarball = stub_runner_tarball(0)
+    (sandbox.root / "etc" / "sudoers.d").mkdir(parents=True)
+    the_spec = sandbox.spec(server.base_url, runner_sudo=sudo)
+
+    result = sandbox.run(render_user_data(the_spec))
+
+    assert result.returncode == 0, result.stderr
+    sudoers = sandbox.root / "etc" / "sudoers.d" / "90-scaleset-runner"
+    if sudo:
+        assert sudoers.read_text() == f"{the_spec.runner_user} ALL=(ALL) NOPASSWD:ALL\n"
+        assert stat.S_IMODE(sudoers.stat().st_mode) == 0o440
+    else:
+        assert not sudoers.exists()
+
+
+def test_a_runner_user_that_is_not_a_user_name_is_refused() -> None:
+    with pytest.raises(BootstrapError, match="not a valid user name"):
+        spec(runner_user="runner ALL=(ALL)")
 
 
 def test_hostile_names_and_labels_execute_nothing(
