@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 ROLE_TAG = "scaleset-runner"
+# A failed VM kept for debugging (KEEP_FAILED_VMS): no longer counted or swept.
+FAILED_TAG = "scaleset-failed"
 LISTENER_TAG_PREFIX = "scaleset-listener:"
 SCALE_SET_TAG_PREFIX = "scaleset-set:"
 

@@ -375,6 +375,12 @@ class OpenStackProvisioner:
 
         return await self._call("list owned servers", list_servers)
 
+    async def add_tag(self, server_id: str, tag: str) -> None:
+        def add(conn: openstack.connection.Connection) -> None:
+            conn.compute.get_server(server_id).add_tag(conn.compute, tag)
+
+        await self._call(f"tag server {server_id}", add)
+
     async def console_output(self, server_id: str, lines: int = 200) -> str:
         def console(conn: openstack.connection.Connection) -> str:
             answer = conn.compute.get_server_console_output(server_id, length=lines)

@@ -280,6 +280,18 @@ class ActionsClient:
             raise ProtocolError(f"{what}: {len(runners)} runners share that name")
         return parse_model(RunnerReference, runners[0], what)
 
+    async def list_runners(self, scale_set_id: int) -> list[RunnerReference]:
+        """Every runner registered in the scale set (the pool lists all; filtered here)."""
+        what = f"list runners of scale set {scale_set_id}"
+        answer = await self._call(
+            "GET", "_apis/distributedtask/pools/0/agents", expected={200}, what=what
+        )
+        runners = [
+            parse_model(RunnerReference, item, what)
+            for item in _list_value(answer.json(what), what)
+        ]
+        return [runner for runner in runners if runner.runner_scale_set_id == scale_set_id]
+
     async def remove_runner(self, runner_id: int) -> None:
         """Deregister a runner; already gone is success. JobStillRunning propagates."""
         try:

@@ -13,6 +13,7 @@ integration where it has one). Rules:
 from __future__ import annotations
 
 import enum
+import hashlib
 import ipaddress
 import os
 import re
@@ -226,6 +227,18 @@ class Settings(BaseSettings):
     openstack_server_active_timeout: Duration = 600.0
     provision_concurrency: int = Field(default=8, ge=1, le=256)
 
+    # Runner lifecycle (DESIGN.md section 5)
+    boot_timeout: Duration = 600.0
+    idle_runner_timeout: Duration = 300.0
+    max_runner_lifetime: Duration = 86400.0
+    runner_deregistration_timeout: Duration = 30.0
+    vm_tracker_interval: Duration = 300.0
+    keep_failed_vms: int = Field(default=0, ge=0, le=100)
+    dry_run: bool = False
+    # Written on every server so that two deployments (staging, prod) can share a project;
+    # empty: derived from GITHUB_URL, stable across restarts.
+    listener_instance_id: str = ""
+
     # Observability
     log_level: LogLevel = LogLevel.INFO
     log_format: LogFormat = LogFormat.TEXT
@@ -246,6 +259,21 @@ class Settings(BaseSettings):
             _EnvFileWithoutOpenStack(settings_cls, env_file=env_file),
             file_secret_settings,
         )
+
+    @field_validator("listener_instance_id")
+    @classmethod
+    def _instance_id_fits_a_tag(cls, value: str) -> str:
+        value = value.strip()
+        if value and not re.fullmatch(r"[A-Za-z0-9._-]{1,40}", value):
+            raise ValueError("use 1-40 letters, digits, '.', '_' or '-' (it becomes a server tag)")
+        return value
+
+    @property
+    def effective_listener_instance_id(self) -> str:
+        if self.listener_instance_id:
+            return self.listener_instance_id
+        digest = hashlib.sha256(self.github_target.config_url.lower().encode()).hexdigest()
+        return f"gh-{digest[:12]}"
 
     @field_validator("runner_sha256")
     @classmethod

@@ -33,8 +33,12 @@ def max_capacity_header(max_runners: int, cloud_capacity: int = UNLIMITED) -> in
 class Scaler(Protocol):
     """What the listener needs from whoever turns demand into runners."""
 
+    def bind_scale_set(self, scale_set_id: int) -> None:
+        """The scale set the listener serves (again: it may be re-created with a new id)."""
+        ...
+
     def cloud_capacity(self) -> int:
-        """How many more runners the cloud could start now (UNLIMITED when unknown)."""
+        """How many runners the cloud could run now (UNLIMITED when unknown)."""
         ...
 
     async def handle_desired_runner_count(self, desired: int, statistics: Statistics) -> None: ...
@@ -50,6 +54,9 @@ class LoggingScaler:
     def __init__(self, scale_set_name: str) -> None:
         self._log = log.bind(scale_set=scale_set_name)
         self.desired_history: list[int] = []
+
+    def bind_scale_set(self, scale_set_id: int) -> None:
+        self._log.info("scale_set_bound", scale_set_id=scale_set_id)
 
     def cloud_capacity(self) -> int:
         return UNLIMITED

@@ -12,16 +12,24 @@ import asyncio
 import signal
 import socket
 from collections.abc import Callable
+from datetime import datetime
+from typing import Protocol, runtime_checkable
 
 import structlog
 
+from provisioners.base import Provisioner, ServerSpec
+from provisioners.bootstrap import HostKey
+from provisioners.naming import Ownership
+from provisioners.openstack import OpenStackProvisioner
 from scaleset_listener.actions_client import ActionsClient
 from scaleset_listener.auth import ActionsAdminAuth, build_credential
+from scaleset_listener.cloud import missing_cloud_settings, openstack_config, server_spec
 from scaleset_listener.config import ScaleSetSpec, Settings
-from scaleset_listener.errors import ListenerError
+from scaleset_listener.errors import ConfigError, ListenerError
 from scaleset_listener.http import HttpChannel
 from scaleset_listener.listener import Listener, ListenerOptions
 from scaleset_listener.retrying import RetryPolicy
+from scaleset_listener.scaler import Lifecycle, VMScaler
 from scaleset_listener.scaling import LoggingScaler, Scaler
 
 log = structlog.get_logger(__name__)
@@ -53,6 +61,80 @@ def _install_signal_handlers(stop: asyncio.Event, main: asyncio.Task[object]) ->
 ScalerFactory = Callable[[ScaleSetSpec], Scaler]
 
 
+def lifecycle(settings: Settings) -> Lifecycle:
+    return Lifecycle(
+        boot_timeout=settings.boot_timeout,
+        idle_runner_timeout=settings.idle_runner_timeout,
+        max_runner_lifetime=settings.max_runner_lifetime,
+        deregistration_timeout=settings.runner_deregistration_timeout,
+        sweep_interval=settings.vm_tracker_interval,
+        keep_failed_vms=settings.keep_failed_vms,
+    )
+
+
+def vm_scalers(
+    settings: Settings, client: ActionsClient, provisioner: Provisioner
+) -> ScalerFactory:
+    """One VMScaler per scale set, all sharing the provisioning slots."""
+    slots = asyncio.Semaphore(settings.provision_concurrency)
+
+    def make(spec: ScaleSetSpec) -> VMScaler:
+        def server_spec_for(
+            ownership: Ownership, name: str, jit: str, host_key: HostKey, now: datetime
+        ) -> ServerSpec:
+            return server_spec(settings, spec, ownership, name, jit, host_key, now)
+
+        return VMScaler(
+            spec,
+            client,
+            provisioner,
+            server_spec_for,
+            settings.effective_listener_instance_id,
+            lifecycle(settings),
+            slots,
+            dry_run=settings.dry_run,
+        )
+
+    return make
+
+
+@runtime_checkable
+class _RunnableScaler(Protocol):
+    """A scaler with a loop of its own (VMScaler); the logging one has none."""
+
+    async def run(self, stop: asyncio.Event) -> None: ...
+
+
+async def _serve_scale_set(listener: Listener, scaler: Scaler, stop: asyncio.Event) -> bool:
+    """One scale set's listener and scaler; a fatal failure here stops only this set."""
+    set_stop = asyncio.Event()
+
+    async def relay_stop() -> None:
+        await stop.wait()
+        set_stop.set()
+
+    relay = asyncio.create_task(relay_stop())
+    scaler_task = (
+        asyncio.create_task(scaler.run(set_stop)) if isinstance(scaler, _RunnableScaler) else None
+    )
+    try:
+        await listener.run(set_stop)
+    except ListenerError as failure:
+        log.error(
+            "scale_set_failed",
+            scale_set=listener.name,
+            error=str(failure),
+            error_type=type(failure).__name__,
+        )
+        return False
+    finally:
+        set_stop.set()
+        relay.cancel()
+        if scaler_task is not None:
+            await scaler_task
+    return True
+
+
 async def run_service(
     settings: Settings,
     stop: asyncio.Event | None = None,
@@ -63,15 +145,15 @@ async def run_service(
     """Serve every configured scale set until stopped; the process exit code.
 
     `stop` and `scaler_factory` let an embedding program (and the tests) drive the service
-    without signals; the default scaler only logs its decisions.
+    without signals. Without a cloud configured the scaler only logs its decisions.
     """
     stop = stop or asyncio.Event()
     current = asyncio.current_task()
     if handle_signals and current is not None:
         _install_signal_handlers(stop, current)
-    make_scaler: ScalerFactory = scaler_factory or (lambda spec: LoggingScaler(spec.name))
     policy = retry_policy(settings)
     http = HttpChannel(policy)
+    provisioner: OpenStackProvisioner | None = None
     try:
         target = settings.github_target
         credential = build_credential(
@@ -91,15 +173,32 @@ async def run_service(
             auth="github_app" if settings.uses_github_app else "pat",
             scale_sets=[spec.name for spec in settings.runners],
             manage_runner_scale_sets=settings.manage_runner_scale_sets,
+            dry_run=settings.dry_run,
         )
+        make_scaler = scaler_factory
+        if make_scaler is None:
+            missing = missing_cloud_settings(settings)
+            if missing:
+                log.warning(
+                    "no_cloud_configured",
+                    missing=missing,
+                    effect="runners are only logged, never created; set the missing settings "
+                    "(and OS_CLOUD or OS_*) to create VMs",
+                )
+                make_scaler = lambda spec: LoggingScaler(spec.name)  # noqa: E731
+            else:
+                provisioner = OpenStackProvisioner(openstack_config(settings))
+                make_scaler = vm_scalers(settings, client, provisioner)
         if settings.enable_reconciliation:
-            log.info("reconciliation_skipped", reason="no provisioner configured yet")
+            log.info("reconciliation_skipped", reason="startup reconciliation is not built yet")
         owner = socket.gethostname()
-        listeners = [
-            Listener(
+        pairs = []
+        for spec in settings.runners:
+            scaler = make_scaler(spec)
+            listener = Listener(
                 client,
                 http,
-                make_scaler(spec),
+                scaler,
                 ListenerOptions(
                     spec=spec,
                     manage_scale_set=settings.manage_runner_scale_sets,
@@ -109,20 +208,25 @@ async def run_service(
                 ),
                 policy,
             )
-            for spec in settings.runners
-        ]
+            pairs.append((listener, scaler))
         async with asyncio.TaskGroup() as group:
-            for spec, listener in zip(settings.runners, listeners, strict=True):
-                group.create_task(listener.run(stop), name=f"listener:{spec.name}")
-    except* ListenerError as failures:
-        for failure in failures.exceptions:
-            log.error("service_failed", error=str(failure), error_type=type(failure).__name__)
-        exit_code = 1
+            tasks = [
+                group.create_task(
+                    _serve_scale_set(listener, scaler, stop), name=f"scale-set:{listener.name}"
+                )
+                for listener, scaler in pairs
+            ]
+        healthy = [task.result() for task in tasks]
+    except ConfigError as failure:
+        log.error("service_failed", error=str(failure), error_type=type(failure).__name__)
+        exit_code = 2
     else:
-        log.info("service_stopped")
-        exit_code = 0
+        exit_code = 0 if all(healthy) else 1
+        log.info("service_stopped", failed_scale_sets=healthy.count(False))
     finally:
         await http.aclose()
+        if provisioner is not None:
+            await provisioner.close()
         if handle_signals and current is not None:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 asyncio.get_running_loop().remove_signal_handler(signum)

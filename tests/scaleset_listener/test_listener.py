@@ -145,7 +145,7 @@ async def test_an_unknown_runner_group_fails_at_start(github_sim_factory: GitHub
             async with asyncio.timeout(5):
                 exit_code = await service.task
     assert exit_code == 1
-    failures = [entry for entry in logs if entry["event"] == "service_failed"]
+    failures = [entry for entry in logs if entry["event"] == "scale_set_failed"]
     assert failures
     assert "nope" in failures[0]["error"]
 
@@ -157,7 +157,7 @@ async def test_bad_credentials_fail_at_start(github_sim_factory: GitHubSimFactor
             async with asyncio.timeout(5):
                 exit_code = await service.task
     assert exit_code == 1
-    (failure,) = [entry for entry in logs if entry["event"] == "service_failed"]
+    (failure,) = [entry for entry in logs if entry["event"] == "scale_set_failed"]
     assert failure["error_type"] == "AuthenticationFailed"
     assert "ghp_wrong" not in str(logs)
 

@@ -54,6 +54,11 @@ class RecordingScaler:
     completed: list[JobCompleted] = field(default_factory=list)
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
+    scale_set_ids: list[int] = field(default_factory=list)
+
+    def bind_scale_set(self, scale_set_id: int) -> None:
+        self.scale_set_ids.append(scale_set_id)
+
     def cloud_capacity(self) -> int:
         return self.capacity
 

@@ -1,0 +1,604 @@
+"""The scaler: turns one scale set's demand into runner VMs and takes them away again.
+
+    creating ──> booting ──> idle ──> busy ──> finished ──> deleted
+        └──────────┴──────────┴─────────┴──────────┴──> failed (deleted, or kept for debugging)
+
+* Level-triggered: the listener hands on `desired` (from the statistics); the scaler's own loop
+  converges `owned` (creating + booting + idle + busy) to it. Handlers only record and wake the
+  loop, so the listener never waits for a VM.
+* Provisioning: JIT config for `<scale-set>-<8 hex>`, then a server with the rendered bootstrap;
+  bounded by a process-wide semaphore (PROVISION_CONCURRENCY). Failures back off (doubling,
+  capped); a permanent error (unknown image...) is logged once and reported as not ready.
+* Retiring: only idle runners past IDLE_RUNNER_TIMEOUT, oldest first, and only after GitHub
+  accepted the removal of the registration (400 JobStillRunning: it just took a job, keep it).
+* Deletion after a job: JobCompleted plus a second signal (the runner is gone from GitHub, or
+  the VM powered itself off), or RUNNER_DEREGISTRATION_TIMEOUT after JobCompleted; never while
+  GitHub reports the runner busy, except past MAX_RUNNER_LIFETIME (a warning and a counter).
+* The sweep (every VM_TRACKER_INTERVAL) reads the cloud and GitHub: a VM whose runner is missing
+  from GitHub on two sweeps in a row (outside its boot window) is deleted, an ERROR or powered-off
+  VM is cleaned up, and a registration with no VM is removed.
+* DRY_RUN: every decision is logged as what would be done; nothing is created, deleted or removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import structlog
+
+from provisioners.base import (
+    PermanentProvisionerError,
+    Provisioner,
+    ProvisionerError,
+    RunnerVM,
+    ServerFailed,
+    ServerSpec,
+)
+from provisioners.bootstrap import HostKey, generate_host_key
+from provisioners.naming import FAILED_TAG, Ownership, parse_ownership, runner_name
+from scaleset_listener.config import ScaleSetSpec
+from scaleset_listener.errors import JobStillRunning, ListenerError
+from scaleset_listener.scaling import UNLIMITED
+from scaleset_listener.wire import JitConfig, JobCompleted, JobStarted, RunnerReference, Statistics
+
+Clock = Callable[[], float]
+
+
+class RunnerRegistry(Protocol):
+    """What the scaler needs from the Actions service."""
+
+    async def generate_jit_config(
+        self, scale_set_id: int, runner_name: str, work_folder: str = ""
+    ) -> JitConfig: ...
+
+    async def list_runners(self, scale_set_id: int) -> list[RunnerReference]: ...
+
+    async def remove_runner(self, runner_id: int) -> None: ...
+
+
+ServerSpecFactory = Callable[[Ownership, str, str, HostKey, datetime], ServerSpec]
+
+
+class Phase(enum.StrEnum):
+    CREATING = "creating"
+    BOOTING = "booting"
+    IDLE = "idle"
+    BUSY = "busy"
+    FINISHED = "finished"
+    DELETED = "deleted"
+    FAILED = "failed"
+
+
+OWNED_PHASES = frozenset({Phase.CREATING, Phase.BOOTING, Phase.IDLE, Phase.BUSY})
+
+
+@dataclass(frozen=True)
+class Lifecycle:
+    """The lifecycle settings, in seconds."""
+
+    boot_timeout: float = 600.0
+    idle_runner_timeout: float = 300.0
+    max_runner_lifetime: float = 86400.0
+    deregistration_timeout: float = 30.0
+    sweep_interval: float = 300.0
+    keep_failed_vms: int = 0
+    create_backoff_max: float = 300.0
+
+    @property
+    def tick(self) -> float:
+        """How often timers are checked: fine enough for the shortest timer, at most 2 s."""
+        shortest = min(self.boot_timeout, self.idle_runner_timeout, self.deregistration_timeout)
+        return max(0.02, min(2.0, shortest / 10))
+
+
+@dataclass
+class TrackedRunner:
+    name: str
+    phase: Phase
+    created_at: float
+    phase_since: float
+    runner_id: int | None = None
+    server_id: str | None = None
+    job_completed_at: float | None = None
+    busy_warned: bool = False
+    durations: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ScalerCounters:
+    created: int = 0
+    create_failures: int = 0
+    deleted: int = 0
+    retired_idle: int = 0
+    boot_timeouts: int = 0
+    lifetime_exceeded: int = 0
+    registrations_removed: int = 0
+    sweep_deleted: int = 0
+
+
+class VMScaler:
+    """One scale set's runners: the Scaler the listener talks to, plus a loop that converges."""
+
+    def __init__(
+        self,
+        spec: ScaleSetSpec,
+        registry: RunnerRegistry,
+        provisioner: Provisioner,
+        make_server_spec: ServerSpecFactory,
+        listener_instance: str,
+        lifecycle: Lifecycle,
+        provision_slots: asyncio.Semaphore,
+        *,
+        dry_run: bool = False,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.spec = spec
+        self._registry = registry
+        self._provisioner = provisioner
+        self._make_server_spec = make_server_spec
+        self._listener_instance = listener_instance
+        self._lifecycle = lifecycle
+        self._slots = provision_slots
+        self._dry_run = dry_run
+        self._clock = clock
+        self._log = structlog.get_logger(__name__).bind(scale_set=spec.name)
+        self._wake = asyncio.Event()
+        self._scale_set_bound = asyncio.Event()
+        self._scale_set_id = 0
+        self._desired = 0
+        self._capacity = UNLIMITED
+        self.runners: dict[str, TrackedRunner] = {}
+        self._creations: set[asyncio.Task[None]] = set()
+        self._next_create_at = 0.0
+        self._create_backoff = 0.0
+        self.permanent_error: str | None = None
+        self._missing_strikes: dict[str, int] = {}
+        self._kept_failed = 0
+        self._last_dry_run_decision: tuple[int, int] | None = None
+        self.counters = ScalerCounters()
+
+    # The listener's side (Scaler protocol) ------------------------------------------------
+
+    def bind_scale_set(self, scale_set_id: int) -> None:
+        if self._scale_set_id and self._scale_set_id != scale_set_id:
+            self._log.warning("scale_set_replaced", old_id=self._scale_set_id, new_id=scale_set_id)
+        self._scale_set_id = scale_set_id
+        self._scale_set_bound.set()
+        self._wake.set()
+
+    def cloud_capacity(self) -> int:
+        return self._capacity
+
+    async def handle_desired_runner_count(self, desired: int, statistics: Statistics) -> None:
+        if desired != self._desired:
+            self._log.info("desired_runners", desired=desired, owned=len(self.owned()))
+        self._desired = desired
+        self._wake.set()
+
+    async def handle_job_started(self, job: JobStarted) -> None:
+        runner = self.runners.get(job.runner_name)
+        if runner is None:
+            self._log.info("job_started_on_unknown_runner", runner_name=job.runner_name)
+            return
+        if runner.phase in (Phase.CREATING, Phase.BOOTING, Phase.IDLE):
+            self._transition(runner, Phase.BUSY, job_id=job.job_id)
+
+    async def handle_job_completed(self, job: JobCompleted) -> None:
+        if not job.runner_name:
+            # A withdrawn assignment: no runner had it, no VM changes.
+            self._log.info("job_canceled_before_assignment", job_id=job.job_id)
+            return
+        runner = self.runners.get(job.runner_name)
+        if runner is None:
+            self._log.info("job_completed_on_unknown_runner", runner_name=job.runner_name)
+            return
+        if runner.phase in OWNED_PHASES:
+            runner.job_completed_at = self._clock()
+            self._transition(runner, Phase.FINISHED, result=job.result)
+        self._wake.set()
+
+    # Views ---------------------------------------------------------------------------------
+
+    def owned(self) -> list[TrackedRunner]:
+        return [runner for runner in self.runners.values() if runner.phase in OWNED_PHASES]
+
+    @property
+    def ready(self) -> bool:
+        return self.permanent_error is None
+
+    def _ownership(self) -> Ownership:
+        return Ownership(self._listener_instance, self._scale_set_id)
+
+    def _transition(self, runner: TrackedRunner, phase: Phase, **details: Any) -> None:
+        now = self._clock()
+        spent = now - runner.phase_since
+        runner.durations[runner.phase.value] = runner.durations.get(runner.phase.value, 0.0) + spent
+        self._log.info(
+            "runner_state",
+            runner_name=runner.name,
+            previous=runner.phase.value,
+            state=phase.value,
+            seconds_in_previous=round(spent, 3),
+            **details,
+        )
+        runner.phase = phase
+        runner.phase_since = now
+
+    # The loop ------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Converge until `stop`; in-flight creations finish (their VMs are then owned)."""
+        stopper = asyncio.create_task(stop.wait())
+        binder = asyncio.create_task(self._scale_set_bound.wait())
+        try:
+            await asyncio.wait({stopper, binder}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            binder.cancel()
+        next_sweep = self._clock() + self._lifecycle.sweep_interval
+        try:
+            while not stop.is_set():
+                await self._converge_safely()
+                if self._clock() >= next_sweep:
+                    await self._sweep_safely()
+                    next_sweep = self._clock() + self._lifecycle.sweep_interval
+                self._wake.clear()
+                waker = asyncio.create_task(self._wake.wait())
+                try:
+                    await asyncio.wait(
+                        {waker, stopper},
+                        timeout=self._lifecycle.tick,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                finally:
+                    waker.cancel()
+        finally:
+            stopper.cancel()
+            if self._creations:
+                # A creation in flight finishes: its VM is tagged, so the next start finds it.
+                await asyncio.gather(*self._creations, return_exceptions=True)
+
+    async def _converge_safely(self) -> None:
+        try:
+            await self.converge()
+        except (ListenerError, ProvisionerError) as exc:
+            self._log.error("converge_failed", error=str(exc), error_type=type(exc).__name__)
+
+    async def _sweep_safely(self) -> None:
+        try:
+            await self.sweep()
+        except (ListenerError, ProvisionerError) as exc:
+            self._log.error("sweep_failed", error=str(exc), error_type=type(exc).__name__)
+
+    async def converge(self) -> None:
+        """One pass: refresh capacity, advance runners, create or retire toward `desired`."""
+        capacity = await self._provisioner.capacity()
+        self._capacity = UNLIMITED if capacity is None else len(self._creations) + capacity
+        await self._advance_runners()
+        owned = len(self.owned())
+        if owned < self._desired:
+            self._provision(self._desired - owned)
+        elif owned > self._desired:
+            await self._retire_idle(owned - self._desired)
+
+    # Provisioning --------------------------------------------------------------------------
+
+    def _provision(self, missing: int) -> None:
+        now = self._clock()
+        if now < self._next_create_at:
+            return
+        if self._dry_run:
+            decision = (self._desired, len(self.owned()))
+            if decision != self._last_dry_run_decision:
+                self._last_dry_run_decision = decision
+                self._log.info("dry_run_would_create", count=missing, desired=self._desired)
+            return
+        for _ in range(missing):
+            runner = TrackedRunner(
+                name=runner_name(self.spec.name),
+                phase=Phase.CREATING,
+                created_at=now,
+                phase_since=now,
+            )
+            self.runners[runner.name] = runner
+            self._log.info("runner_state", runner_name=runner.name, state=Phase.CREATING.value)
+            task = asyncio.create_task(self._create(runner), name=f"create:{runner.name}")
+            self._creations.add(task)
+            task.add_done_callback(self._creations.discard)
+
+    async def _create(self, runner: TrackedRunner) -> None:
+        async with self._slots:
+            try:
+                jit = await self._registry.generate_jit_config(self._scale_set_id, runner.name)
+                runner.runner_id = jit.runner.id
+                spec = self._make_server_spec(
+                    self._ownership(),
+                    runner.name,
+                    jit.encoded_jit_config,
+                    generate_host_key(comment=runner.name),
+                    datetime.now(UTC),
+                )
+                vm = await self._provisioner.create(spec)
+            except (ListenerError, ProvisionerError) as exc:
+                await self._creation_failed(runner, exc)
+                return
+        runner.server_id = vm.id
+        self.counters.created += 1
+        self._create_backoff = 0.0
+        self.permanent_error = None
+        if runner.phase is Phase.CREATING:
+            self._transition(runner, Phase.BOOTING, server_id=vm.id, address=vm.address)
+        self._wake.set()
+
+    async def _creation_failed(self, runner: TrackedRunner, exc: Exception) -> None:
+        self.counters.create_failures += 1
+        permanent = isinstance(exc, PermanentProvisionerError)
+        cap = self._lifecycle.create_backoff_max
+        self._create_backoff = cap if permanent else min(cap, max(1.0, self._create_backoff * 2))
+        self._next_create_at = self._clock() + self._create_backoff
+        fault = exc.fault if isinstance(exc, ServerFailed) else None
+        if permanent:
+            if self.permanent_error != str(exc):
+                self._log.error("provisioning_misconfigured", error=str(exc))
+            self.permanent_error = str(exc)
+        else:
+            self._log.warning(
+                "runner_create_failed",
+                runner_name=runner.name,
+                error=str(exc),
+                error_type=type(exc).__name__,
+                fault=fault,
+                retry_in_seconds=round(self._create_backoff, 1),
+            )
+        self._transition(runner, Phase.FAILED, reason=type(exc).__name__)
+        await self._remove_registration(runner)
+        self._forget(runner)
+        self._wake.set()
+
+    # Advancing runners ---------------------------------------------------------------------
+
+    async def _advance_runners(self) -> None:
+        now = self._clock()
+        waiting = [r for r in self.runners.values() if r.phase in (Phase.BOOTING, Phase.FINISHED)]
+        registrations: dict[str, RunnerReference] = {}
+        if waiting:
+            registrations = {
+                reg.name: reg for reg in await self._registry.list_runners(self._scale_set_id)
+            }
+        for runner in list(self.runners.values()):
+            registration = registrations.get(runner.name)
+            if now - runner.created_at >= self._lifecycle.max_runner_lifetime and (
+                runner.phase in OWNED_PHASES or runner.phase is Phase.FINISHED
+            ):
+                await self._lifetime_exceeded(runner)
+            elif runner.phase is Phase.BOOTING:
+                await self._advance_booting(runner, registration, now)
+            elif runner.phase is Phase.FINISHED:
+                await self._advance_finished(runner, registration, now)
+
+    async def _advance_booting(
+        self, runner: TrackedRunner, registration: RunnerReference | None, now: float
+    ) -> None:
+        if registration is not None and registration.busy:
+            self._transition(runner, Phase.BUSY)
+        elif registration is not None and registration.status.lower() == "online":
+            self._transition(runner, Phase.IDLE)
+        elif now - runner.phase_since >= self._lifecycle.boot_timeout:
+            self.counters.boot_timeouts += 1
+            self._log.warning(
+                "runner_boot_timeout",
+                runner_name=runner.name,
+                boot_timeout=self._lifecycle.boot_timeout,
+                registration=None if registration is None else registration.status,
+            )
+            await self._fail(runner, "boot_timeout")
+
+    async def _advance_finished(
+        self, runner: TrackedRunner, registration: RunnerReference | None, now: float
+    ) -> None:
+        waited = now - (runner.job_completed_at or now)
+        if registration is None:
+            await self._delete(runner, reason="job done, runner deregistered")
+            return
+        vm = await self._get_vm(runner)
+        if vm is None or vm.status == "SHUTOFF":
+            await self._delete(runner, reason="job done, VM powered off")
+            return
+        if waited < self._lifecycle.deregistration_timeout:
+            return
+        if registration.busy:
+            # JobCompleted but GitHub says busy: a false completion; never kill a busy runner.
+            if not runner.busy_warned:
+                runner.busy_warned = True
+                self._log.warning("finished_runner_still_busy", runner_name=runner.name)
+            return
+        await self._delete(runner, reason="deregistration timeout after job")
+
+    async def _get_vm(self, runner: TrackedRunner) -> RunnerVM | None:
+        if runner.server_id is None:
+            return None
+        return await self._provisioner.get(runner.server_id)
+
+    async def _lifetime_exceeded(self, runner: TrackedRunner) -> None:
+        self.counters.lifetime_exceeded += 1
+        self._log.warning(
+            "runner_lifetime_exceeded",
+            runner_name=runner.name,
+            max_runner_lifetime=self._lifecycle.max_runner_lifetime,
+            phase=runner.phase.value,
+        )
+        await self._delete(runner, reason="max runner lifetime exceeded", force=True)
+
+    # Retiring and deleting -----------------------------------------------------------------
+
+    async def _retire_idle(self, surplus: int) -> None:
+        now = self._clock()
+        candidates = sorted(
+            (
+                runner
+                for runner in self.runners.values()
+                if runner.phase is Phase.IDLE
+                and now - runner.phase_since >= self._lifecycle.idle_runner_timeout
+            ),
+            key=lambda runner: runner.created_at,
+        )
+        for runner in candidates[:surplus]:
+            if self._dry_run:
+                self._log.info("dry_run_would_retire", runner_name=runner.name)
+                continue
+            if runner.runner_id is not None:
+                try:
+                    await self._registry.remove_runner(runner.runner_id)
+                except JobStillRunning:
+                    # It took a job between our look and the removal: keep it.
+                    self._log.info("retire_skipped_runner_took_a_job", runner_name=runner.name)
+                    self._transition(runner, Phase.BUSY)
+                    continue
+                self.counters.registrations_removed += 1
+            self.counters.retired_idle += 1
+            await self._delete(runner, reason="idle beyond demand", registration_removed=True)
+
+    async def _fail(self, runner: TrackedRunner, reason: str) -> None:
+        self._transition(runner, Phase.FAILED, reason=reason)
+        keep = runner.server_id is not None and self._kept_failed < self._lifecycle.keep_failed_vms
+        if keep and not self._dry_run and runner.server_id is not None:
+            self._kept_failed += 1
+            await self._provisioner.add_tag(runner.server_id, FAILED_TAG)
+            await self._remove_registration(runner)
+            self._log.warning("failed_vm_kept", runner_name=runner.name, server_id=runner.server_id)
+            self._forget(runner)
+            return
+        await self._delete(runner, reason=reason, from_failed=True)
+
+    async def _delete(
+        self,
+        runner: TrackedRunner,
+        *,
+        reason: str,
+        force: bool = False,
+        registration_removed: bool = False,
+        from_failed: bool = False,
+    ) -> None:
+        """Delete the VM, then make sure the registration is gone too."""
+        if self._dry_run:
+            self._log.info("dry_run_would_delete", runner_name=runner.name, reason=reason)
+            return
+        if runner.server_id is not None:
+            await self._provisioner.delete(runner.server_id)
+        if not registration_removed:
+            await self._remove_registration(runner, force=force)
+        self.counters.deleted += 1
+        if not from_failed:
+            self._transition(runner, Phase.DELETED, reason=reason, durations=runner.durations)
+        else:
+            self._log.info("runner_deleted", runner_name=runner.name, reason=reason)
+        self._forget(runner)
+
+    async def _remove_registration(self, runner: TrackedRunner, force: bool = False) -> None:
+        if runner.runner_id is None or self._dry_run:
+            return
+        try:
+            await self._registry.remove_runner(runner.runner_id)
+            self.counters.registrations_removed += 1
+        except JobStillRunning:
+            # Only reachable when forced past the lifetime: the VM is gone, GitHub will notice.
+            self._log.warning("registration_still_busy", runner_name=runner.name, forced=force)
+
+    def _forget(self, runner: TrackedRunner) -> None:
+        self.runners.pop(runner.name, None)
+        self._missing_strikes.pop(runner.name, None)
+
+    # The sweep -----------------------------------------------------------------------------
+
+    async def sweep(self) -> None:
+        """Compare the cloud with GitHub (not with memory) and clean up what has gone wrong."""
+        if not self._scale_set_id:
+            return
+        vms = await self._provisioner.list_owned(self._ownership().tags())
+        registrations = {r.name: r for r in await self._registry.list_runners(self._scale_set_id)}
+        now_wall = datetime.now(UTC)
+        names_with_vm: set[str] = set()
+        findings: dict[str, int] = {}
+        for vm in vms:
+            if FAILED_TAG in vm.tags:
+                continue
+            info = parse_ownership(vm.tags, vm.metadata)
+            name = info.runner_name if info and info.runner_name else vm.name
+            names_with_vm.add(name)
+            registration = registrations.get(name)
+            tracked = self.runners.get(name)
+            age = (now_wall - vm.created_at).total_seconds() if vm.created_at else 0.0
+            in_boot_window = (
+                tracked is not None and tracked.phase in (Phase.CREATING, Phase.BOOTING)
+            ) or (age < self._lifecycle.boot_timeout)
+            busy = registration is not None and registration.busy
+            if vm.status == "ERROR" and not busy:
+                self._log.error("sweep_vm_error", runner_name=name, fault=vm.fault)
+                findings["error"] = findings.get("error", 0) + 1
+                await self._sweep_delete(vm, name, registration, "server ERROR")
+            elif vm.status == "SHUTOFF" and not busy:
+                findings["powered_off"] = findings.get("powered_off", 0) + 1
+                await self._sweep_delete(vm, name, registration, "VM powered off")
+            elif registration is None and not in_boot_window:
+                strikes = self._missing_strikes.get(name, 0) + 1
+                self._missing_strikes[name] = strikes
+                if strikes >= 2:
+                    findings["runner_missing"] = findings.get("runner_missing", 0) + 1
+                    await self._sweep_delete(vm, name, None, "runner missing from GitHub twice")
+            else:
+                self._missing_strikes.pop(name, None)
+                if tracked is None and registration is not None:
+                    self._adopt(name, vm, registration)
+        creating = {r.name for r in self.runners.values() if r.phase is Phase.CREATING}
+        for name, registration in registrations.items():
+            if name in names_with_vm or name in creating or registration.busy:
+                continue
+            findings["registration_without_vm"] = findings.get("registration_without_vm", 0) + 1
+            if self._dry_run:
+                self._log.info("dry_run_would_remove_registration", runner_name=name)
+                continue
+            with contextlib.suppress(JobStillRunning):
+                await self._registry.remove_runner(registration.id)
+                self.counters.registrations_removed += 1
+                self._log.info("sweep_registration_removed", runner_name=name)
+            tracked = self.runners.get(name)
+            if tracked is not None and tracked.server_id is None:
+                self._forget(tracked)
+        self._log.info("sweep", vms=len(vms), registrations=len(registrations), **findings)
+
+    def _adopt(self, name: str, vm: RunnerVM, registration: RunnerReference) -> None:
+        now = self._clock()
+        phase = Phase.BUSY if registration.busy else Phase.IDLE
+        if registration.status.lower() != "online" and not registration.busy:
+            phase = Phase.BOOTING
+        self.runners[name] = TrackedRunner(
+            name=name,
+            phase=phase,
+            created_at=now,
+            phase_since=now,
+            runner_id=registration.id,
+            server_id=vm.id,
+        )
+        self._log.info("runner_adopted", runner_name=name, state=phase.value, server_id=vm.id)
+
+    async def _sweep_delete(
+        self, vm: RunnerVM, name: str, registration: RunnerReference | None, reason: str
+    ) -> None:
+        if self._dry_run:
+            self._log.info("dry_run_would_delete", runner_name=name, reason=reason)
+            return
+        self.counters.sweep_deleted += 1
+        await self._provisioner.delete(vm.id)
+        if registration is not None:
+            with contextlib.suppress(JobStillRunning):
+                await self._registry.remove_runner(registration.id)
+        tracked = self.runners.get(name)
+        if tracked is not None:
+            self._forget(tracked)
+        self._log.info("sweep_vm_deleted", runner_name=name, server_id=vm.id, reason=reason)
