@@ -165,6 +165,10 @@ class CloudControl:
     def server(self, id_or_name: str) -> ServerInfo:
         return ServerInfo.from_json(self._call("GET", f"/servers/{id_or_name}"))
 
+    def console(self, id_or_name: str) -> list[str]:
+        """A server's whole console log, one string a line (what os-getConsoleOutput shows)."""
+        return [str(line) for line in self._call("GET", f"/servers/{id_or_name}/console")["lines"]]
+
     def append_console(self, id_or_name: str, *lines: str) -> int:
         """Append lines to a server's console log; returns the number of lines now held."""
         result = self._call("POST", f"/servers/{id_or_name}/console", {"lines": list(lines)})

@@ -137,6 +137,10 @@ def get_server(cloud: Cloud, request: Request, body: Any, params: Params) -> Rep
     return _ok(cloud.dump_server(_server(cloud, params["server"])))
 
 
+def get_console(cloud: Cloud, request: Request, body: Any, params: Params) -> Reply:
+    return _ok({"lines": list(_server(cloud, params["server"]).console)})
+
+
 def append_console(cloud: Cloud, request: Request, body: Any, params: Params) -> Reply:
     server = _server(cloud, params["server"])
     lines = body.get("lines") if isinstance(body, dict) else None
@@ -190,6 +194,7 @@ ROUTES = [
     _r("DELETE", "/_sim/faults", clear_faults),
     _r("DELETE", "/_sim/faults/{fault_id}", delete_fault),
     _r("GET", "/_sim/servers/{server}", get_server),
+    _r("GET", "/_sim/servers/{server}/console", get_console),
     _r("POST", "/_sim/servers/{server}/console", append_console),
     _r("POST", "/_sim/servers/{server}/status", set_status),
     _r("GET", "/_sim/clouds.yaml", get_clouds_yaml),
