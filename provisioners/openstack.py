@@ -317,6 +317,8 @@ class OpenStackProvisioner:
 
     async def _wait_active(self, server_id: str, name: str) -> RunnerVM:
         deadline = time.monotonic() + self._config.active_timeout
+        # Look early and then less often: fast clouds are ACTIVE within seconds.
+        interval = min(0.1, self._config.poll_interval)
         while True:
             vm = await self.get(server_id)
             if vm is None:
@@ -329,7 +331,8 @@ class OpenStackProvisioner:
                 raise ActiveTimeout(
                     f"server {name} still {vm.status} after {self._config.active_timeout:g} s"
                 )
-            await asyncio.sleep(self._config.poll_interval)
+            await asyncio.sleep(interval)
+            interval = min(interval * 2, self._config.poll_interval)
 
     async def _delete_quietly(self, server_id: str) -> None:
         # The caller's error is the one worth raising; the sweep deletes any leftover.
@@ -345,13 +348,15 @@ class OpenStackProvisioner:
 
         await self._call(f"delete server {server_id}", delete_server)
         deadline = time.monotonic() + self._config.delete_timeout
+        interval = min(0.1, self._config.poll_interval)
         while await self.get(server_id) is not None:
             if time.monotonic() >= deadline:
                 raise TemporaryProvisionerError(
                     f"server {server_id} still present {self._config.delete_timeout:g} s "
                     "after delete"
                 )
-            await asyncio.sleep(self._config.poll_interval)
+            await asyncio.sleep(interval)
+            interval = min(interval * 2, self._config.poll_interval)
 
     async def get(self, server_id: str) -> RunnerVM | None:
         def get_server(conn: openstack.connection.Connection) -> RunnerVM | None:

@@ -372,6 +372,10 @@ class VMScaler:
                 reg.name: reg for reg in await self._registry.list_runners(self._scale_set_id)
             }
         for runner in list(self.runners.values()):
+            if runner.server_id is None:
+                # Its create call is still in flight: nothing to delete yet; its task finishes
+                # first (lifecycle events can outrun the create call's wait for ACTIVE).
+                continue
             registration = registrations.get(runner.name)
             if now - runner.created_at >= self._lifecycle.max_runner_lifetime and (
                 runner.phase in OWNED_PHASES or runner.phase is Phase.FINISHED

@@ -9,6 +9,7 @@ delete its session and return; a second one cancels at once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 import socket
 from collections.abc import Callable
@@ -74,7 +75,7 @@ def lifecycle(settings: Settings) -> Lifecycle:
 
 def vm_scalers(
     settings: Settings, client: ActionsClient, provisioner: Provisioner
-) -> ScalerFactory:
+) -> Callable[[ScaleSetSpec], VMScaler]:
     """One VMScaler per scale set, all sharing the provisioning slots."""
     slots = asyncio.Semaphore(settings.provision_concurrency)
 
@@ -140,12 +141,14 @@ async def run_service(
     stop: asyncio.Event | None = None,
     *,
     scaler_factory: ScalerFactory | None = None,
+    scaler_factory_builder: Callable[[ActionsClient, Provisioner], ScalerFactory] | None = None,
     handle_signals: bool = True,
 ) -> int:
     """Serve every configured scale set until stopped; the process exit code.
 
-    `stop` and `scaler_factory` let an embedding program (and the tests) drive the service
-    without signals. Without a cloud configured the scaler only logs its decisions.
+    `stop` and `scaler_factory` (or `scaler_factory_builder`, given the client and the
+    provisioner) let an embedding program and the tests drive the service without signals.
+    Without a cloud configured the scaler only logs its decisions.
     """
     stop = stop or asyncio.Event()
     current = asyncio.current_task()
@@ -188,7 +191,8 @@ async def run_service(
                 make_scaler = lambda spec: LoggingScaler(spec.name)  # noqa: E731
             else:
                 provisioner = OpenStackProvisioner(openstack_config(settings))
-                make_scaler = vm_scalers(settings, client, provisioner)
+                build = scaler_factory_builder or functools.partial(vm_scalers, settings)
+                make_scaler = build(client, provisioner)
         if settings.enable_reconciliation:
             log.info("reconciliation_skipped", reason="startup reconciliation is not built yet")
         owner = socket.gethostname()
