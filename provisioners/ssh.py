@@ -571,7 +571,9 @@ class SSHProber:
             attempt.attach(sock, transport)
             transport.set_log_channel(PARAMIKO_LOG_CHANNEL)
             transport.banner_timeout = cfg.banner_timeout
-            transport.handshake_timeout = cfg.banner_timeout
+            # paramiko's own limit on banner + key exchange (an EOFError when it fires) stays
+            # behind ours, so a stalled key exchange reads as a timeout, not as a closed peer.
+            transport.handshake_timeout = 2 * cfg.banner_timeout + 1
             transport.auth_timeout = cfg.auth_timeout
             transport.channel_timeout = cfg.command_timeout
             if attempt.pinned is not None:
