@@ -456,6 +456,10 @@ class Fleet:
             except (httpx.HTTPError, ControlAPIError, ControlApiError, KeyError) as exc:
                 with self._cond:
                     self._record("", "error", f"{type(exc).__name__}: {exc}", errors=1)
+            except Exception as exc:  # a bug here must not silently stop every VM
+                log.exception("fleet: unexpected error")
+                with self._cond:
+                    self._record("", "error", f"{type(exc).__name__}: {exc}", errors=1)
             self._stop.wait(self._sleep_time())
 
     def _sleep_time(self) -> float:
