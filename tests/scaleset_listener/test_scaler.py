@@ -7,12 +7,26 @@ checks the outcome in the two simulators: which VMs existed, which jobs ran, wha
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
+from provisioners.base import ServerSpec
+from provisioners.naming import Ownership, ownership_metadata
+from provisioners.openstack import OpenStackProvisioner
+from scaleset_listener.actions_client import ActionsClient
+from scaleset_listener.auth import ActionsAdminAuth, PersonalAccessToken
+from scaleset_listener.cloud import openstack_config
+from scaleset_listener.github_urls import parse_github_url
+from scaleset_listener.http import HttpChannel
+from scaleset_listener.retrying import RetryPolicy
+from scaleset_listener.scaler import VMScaler
 from simulator.fleet import FleetConfig
 from tests.testsupport.world import World, serving, simulated_world
 
@@ -144,3 +158,166 @@ async def test_dry_run_creates_nothing_but_says_what_it_would_do(world: World) -
     would = [entry for entry in logs if entry["event"] == "dry_run_would_create"]
     assert would
     assert would[-1]["count"] == 2
+
+
+async def test_a_busy_runner_survives_scale_down_and_sweeps(world: World) -> None:
+    async with serving(world, world.settings(vm_tracker_interval=0.2)):
+        await world.wait_github(lambda s: any(not x["ghost"] for x in s["sessions"]))
+        (job_id,) = world.github.control.enqueue_jobs(["linux"], count=1)
+        await world.wait_event("job-started")
+        scaler = world.scalers["linux"]
+        # Statistics from before the job existed: demand 0 while the runner is busy.
+        world.github.control.add_statistics_fault(lag=50)
+        world.github.control.enqueue_jobs(["other-label"], count=1)
+        await scaler_passes(world, 20)
+        (server,) = world.servers()
+        assert server["status"] == "ACTIVE"
+        assert scaler.counters.retired_idle == 0
+        assert scaler.counters.sweep_deleted == 0
+        world.github.control.clear_statistics_faults()
+        world.github.control.finish_job(job_id)
+        await world.wait_no_servers()
+
+
+async def scaler_passes(world: World, ticks: int) -> None:
+    """Let the world go on for a while without sleeping: the fleet's ticks are the clock."""
+    await asyncio.to_thread(world.fleet.wait_idle_ticks, ticks)
+
+
+async def test_a_runner_whose_vm_stays_up_is_deleted_after_the_deregistration_timeout(
+    world: World,
+) -> None:
+    # "wedge": the runner dies once its job runs and the VM stays up without a word.
+    world.fleet.next_boots_fail(1, "wedge")
+    async with serving(world, world.settings()):
+        await world.wait_github(lambda s: any(not x["ghost"] for x in s["sessions"]))
+        world.github.control.enqueue_jobs(["linux"], count=1)
+        await world.wait_github(lambda s: all_done(s, 1))
+        await world.wait_no_servers()
+    assert world.github.control.state()["runners"] == []
+
+
+async def test_jobs_are_matched_to_runners_by_name_not_by_the_job_that_spawned_them(
+    world: World,
+) -> None:
+    async with serving(world, world.settings()):
+        await world.wait_github(lambda s: any(not x["ghost"] for x in s["sessions"]))
+        world.github.control.enqueue_jobs(["linux"], count=3, duration=0.2)
+        state = await world.wait_github(lambda s: all_done(s, 3), timeout=30)
+        await world.wait_no_servers()
+        scaler = world.scalers["linux"]
+    # Whichever runner took whichever job, each VM was deleted after its own runner's job.
+    assert len({job["runner_name"] for job in state["jobs"]}) == 3
+    assert scaler.counters.deleted == 3
+    assert scaler.runners == {}
+
+
+async def test_reassigned_jobs_do_not_leak_or_double_provision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    github = {"assign_timeout": 0.3, "max_reassignments": 3, "reassign_base_delay": 0.05}
+    with simulated_world(tmp_path, monkeypatch, github, FleetConfig(boot_seconds=0.4)) as world:
+        async with serving(world, world.settings()):
+            await world.wait_github(lambda s: any(not x["ghost"] for x in s["sessions"]))
+            world.github.control.enqueue_jobs(["linux"], count=1, duration=0.1)
+            state = await world.wait_github(
+                lambda s: all_done(s, 1) and s["jobs"][0]["result"] == "succeeded", timeout=40
+            )
+            await world.wait_no_servers()
+        assert state["jobs"][0]["withdrawals"] >= 1
+        assert world.max_concurrent_servers() <= 2
+        assert world.github.control.state()["runners"] == []
+
+
+async def test_two_scale_sets_are_served_independently(world: World) -> None:
+    runners = [{"name": "linux", "max_runners": 2}, {"name": "gpu", "max_runners": 1}]
+    async with serving(world, world.settings(runners=runners)):
+        await world.wait_github(lambda s: len([x for x in s["sessions"] if not x["ghost"]]) == 2)
+        world.github.control.enqueue_jobs(["linux"], count=2, duration=0.1)
+        world.github.control.enqueue_jobs(["gpu"], count=1, duration=0.1)
+        state = await world.wait_github(lambda s: all_done(s, 3), timeout=30)
+        await world.wait_no_servers()
+    by_set = {job["runner_name"].split("-")[0] for job in state["jobs"]}
+    assert by_set == {"linux", "gpu"}
+
+
+async def test_one_failing_scale_set_does_not_stop_the_others(world: World) -> None:
+    runners = [{"name": "linux"}, {"name": "broken", "runner_group": "no-such-group"}]
+    with capture_logs() as logs:
+        async with serving(world, world.settings(runners=runners)) as service:
+            await world.wait_github(lambda s: any(not x["ghost"] for x in s["sessions"]))
+            world.github.control.enqueue_jobs(["linux"], count=1, duration=0.1)
+            await world.wait_github(lambda s: all_done(s, 1), timeout=30)
+            assert not service.done()
+    assert service.result() == 1
+    failed = [entry for entry in logs if entry["event"] == "scale_set_failed"]
+    assert [entry["scale_set"] for entry in failed] == ["broken"]
+
+
+async def test_a_misconfigured_image_is_logged_once_without_a_hot_loop(world: World) -> None:
+    with capture_logs() as logs:
+        async with serving(world, world.settings(openstack_image="no-such-image")):
+            await world.wait_github(lambda s: any(not x["ghost"] for x in s["sessions"]))
+            world.github.control.enqueue_jobs(["linux"], count=2)
+            scaler = await wait_scaler(world)
+            await world.wait_fleet(lambda: scaler.permanent_error is not None)
+            await scaler_passes(world, 20)
+            assert not scaler.ready
+    misconfigured = [entry for entry in logs if entry["event"] == "provisioning_misconfigured"]
+    assert len(misconfigured) == 1
+    assert "no-such-image" in misconfigured[0]["error"]
+    # Two runners wanted, one attempt each at most: the backoff holds off the rest.
+    assert len(world.github.control.requests(endpoint="generate_jit_config")) <= 2
+    assert world.github.control.state()["runners"] == []
+
+
+async def wait_scaler(world: World) -> VMScaler:
+    await world.wait_fleet(lambda: "linux" in world.scalers)
+    return world.scalers["linux"]
+
+
+async def test_the_sweep_deletes_an_orphan_vm_and_removes_a_registration_without_vm(
+    world: World,
+) -> None:
+    async with serving(world, world.settings(vm_tracker_interval=0.2, boot_timeout=0.3)):
+        state = await world.wait_github(lambda s: any(not x["ghost"] for x in s["sessions"]))
+        scaler = await wait_scaler(world)
+        scale_set_id = state["scale_sets"][0]["id"]
+        # A registration nobody has a VM for (a crashed listener's).
+        async with admin_client_for(world) as client:
+            await client.generate_jit_config(scale_set_id, "linux-orphanreg")
+        # A VM of ours whose runner GitHub never heard of (its registration was lost).
+        await create_orphan_vm(world, scale_set_id, "linux-orphanvm")
+        await world.wait_fleet(lambda: not world.servers(), timeout=20)
+        await world.wait_github(lambda s: s["runners"] == [], timeout=20)
+        assert scaler.counters.sweep_deleted == 1
+
+
+@contextlib.asynccontextmanager
+async def admin_client_for(world: World) -> AsyncIterator[ActionsClient]:
+    http = HttpChannel(RetryPolicy(max_attempts=2, max_wait=0.01))
+    target = parse_github_url(f"{world.github.base_url}/acme")
+    auth = ActionsAdminAuth(target, PersonalAccessToken(world.github.config.pats[0]), http)
+    try:
+        yield ActionsClient(auth, http)
+    finally:
+        await http.aclose()
+
+
+async def create_orphan_vm(world: World, scale_set_id: int, name: str) -> None:
+    settings = world.settings()
+    ownership = Ownership(settings.effective_listener_instance_id, scale_set_id)
+    provisioner = OpenStackProvisioner(
+        dataclasses.replace(openstack_config(settings), poll_interval=0.05)
+    )
+    try:
+        await provisioner.create(
+            ServerSpec(
+                name=name,
+                user_data=b"#!/bin/bash\necho not our bootstrap\n",
+                tags=ownership.tags(),
+                metadata=ownership_metadata(name, "linux", datetime.now(UTC) - timedelta(hours=1)),
+            )
+        )
+    finally:
+        await provisioner.close()
