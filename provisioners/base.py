@@ -97,6 +97,14 @@ class Provisioner(Protocol):
         """Create the server and wait until it is ACTIVE (deleting it again on failure)."""
         ...
 
+    async def submit(self, spec: ServerSpec) -> str:
+        """The create request alone (the part worth bounding); returns the server id."""
+        ...
+
+    async def finish_create(self, server_id: str, name: str) -> RunnerVM:
+        """Wait for a submitted server to be ACTIVE, deleting it again on failure."""
+        ...
+
     async def delete(self, server_id: str) -> None:
         """Delete the server and wait until it is gone; an unknown id is success."""
         ...

@@ -243,6 +243,10 @@ class OpenStackProvisioner:
         return len(await self._free_floating_ips())
 
     async def create(self, spec: ServerSpec) -> RunnerVM:
+        return await self.finish_create(await self.submit(spec), spec.name)
+
+    async def submit(self, spec: ServerSpec) -> str:
+        """Send the create request; the server id. The boot itself is `finish_create`'s."""
         await self.check_microversion()
         encoded = base64.b64encode(spec.user_data)
         if len(encoded) > USER_DATA_LIMIT:
@@ -250,11 +254,14 @@ class OpenStackProvisioner:
                 f"user_data of {spec.name} is {len(encoded)} bytes base64-encoded; "
                 f"Nova takes at most {USER_DATA_LIMIT}"
             )
-        server_id = await self._call(
+        return await self._call(
             f"create server {spec.name}", functools.partial(self._create_server, spec, encoded)
         )
+
+    async def finish_create(self, server_id: str, name: str) -> RunnerVM:
+        """Wait until the server is ACTIVE (and has its floating IP); delete it on failure."""
         try:
-            vm = await self._wait_active(server_id, spec.name)
+            vm = await self._wait_active(server_id, name)
             if self._config.floating_ips:
                 vm = await self._attach_floating_ip(vm)
         except BaseException:

@@ -313,8 +313,10 @@ class VMScaler:
             task.add_done_callback(self._creations.discard)
 
     async def _create(self, runner: TrackedRunner) -> None:
-        async with self._slots:
-            try:
+        try:
+            # The slots bound the API work (JIT config, create request), not the boot: a
+            # cloud that takes a minute to boot must not cap how many VMs boot at once.
+            async with self._slots:
                 jit = await self._registry.generate_jit_config(self._scale_set_id, runner.name)
                 runner.runner_id = jit.runner.id
                 spec = self._make_server_spec(
@@ -324,10 +326,11 @@ class VMScaler:
                     generate_host_key(comment=runner.name),
                     datetime.now(UTC),
                 )
-                vm = await self._provisioner.create(spec)
-            except (ListenerError, ProvisionerError) as exc:
-                await self._creation_failed(runner, exc)
-                return
+                server_id = await self._provisioner.submit(spec)
+            vm = await self._provisioner.finish_create(server_id, runner.name)
+        except (ListenerError, ProvisionerError) as exc:
+            await self._creation_failed(runner, exc)
+            return
         runner.server_id = vm.id
         self.counters.created += 1
         self._create_backoff = 0.0
