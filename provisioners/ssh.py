@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import concurrent.futures
 import contextlib
 import enum
 import errno
 import hashlib
+import itertools
 import logging
 import re
 import shlex
@@ -133,7 +133,14 @@ class SSHProbeConfig:
             raise SSHProbeConfigError("sentinel_dir must be an absolute path")
         if not self.user:
             raise SSHProbeConfigError("user must not be empty")
-        object.__setattr__(self, "host_key_policy", HostKeyPolicy(self.host_key_policy))
+        try:
+            policy = HostKeyPolicy(self.host_key_policy)
+        except ValueError:
+            allowed = ", ".join(item.value for item in HostKeyPolicy)
+            raise SSHProbeConfigError(
+                f"SSH_HOST_KEY_POLICY {self.host_key_policy!r} is not one of: {allowed}"
+            ) from None
+        object.__setattr__(self, "host_key_policy", policy)
 
     @classmethod
     def from_timeout(
@@ -330,7 +337,7 @@ def parse_public_key(line: str) -> paramiko.PKey:
     try:
         blob = base64.b64decode(parts[1], validate=True)
         return paramiko.PKey.from_type_string(parts[0], blob)
-    except (binascii.Error, paramiko.SSHException, ValueError, TypeError) as exc:
+    except Exception as exc:  # paramiko's UnknownKeyType is a bare Exception
         raise ValueError(f"not a usable {parts[0]} public key") from exc
 
 
@@ -403,6 +410,9 @@ class _Attempt:
                 sock.shutdown(socket.SHUT_RDWR)
 
 
+_PROBER_NUMBERS = itertools.count(1)
+
+
 class SSHProber:
     """Probes VMs over SSH. Create it in the event loop that will use it; `close()` it."""
 
@@ -421,8 +431,10 @@ class SSHProber:
                 f"({type(exc).__name__}; it must be an unencrypted OpenSSH or PEM key)"
             ) from None
         self._command = remote_command(config.sentinel_dir)
+        # Its workers' names start with this (one prefix per prober, for tests and debugging).
+        self.thread_name_prefix = f"ssh-probe-{next(_PROBER_NUMBERS)}"
         self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=config.max_workers, thread_name_prefix="ssh-probe"
+            max_workers=config.max_workers, thread_name_prefix=self.thread_name_prefix
         )
         self._slots = asyncio.Semaphore(config.max_workers)
         self._attempts: set[_Attempt] = set()

@@ -494,22 +494,23 @@ class SSHHostFactory:
             listener.symlink_to(self._sleep)
         launch_sh = vm_dir / "launch.sh"
         launch_sh.write_text(self._launch_script(vm_dir, spec.runner))
-        process = subprocess.Popen(
-            [
-                self._unshare,
-                "--pid",
-                "--fork",
-                "--mount-proc",
-                "--mount",
-                "--kill-child=SIGTERM",
-                "/bin/sh",
-                str(launch_sh),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=(vm_dir / "log" / "start.err").open("wb"),
-            start_new_session=True,
-        )
+        with (vm_dir / "log" / "start.err").open("wb") as start_err:
+            process = subprocess.Popen(
+                [
+                    self._unshare,
+                    "--pid",
+                    "--fork",
+                    "--mount-proc",
+                    "--mount",
+                    "--kill-child=SIGTERM",
+                    "/bin/sh",
+                    str(launch_sh),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=start_err,
+                start_new_session=True,
+            )
         host = SSHHost(
             spec.label or "vm",
             address,
