@@ -276,14 +276,26 @@ class VMScaler:
         except (ListenerError, ProvisionerError) as exc:
             self._log.error("sweep_failed", error=str(exc), error_type=type(exc).__name__)
 
+    async def refresh_capacity(self) -> None:
+        """Learn what the cloud can run before the first poll announces it to GitHub."""
+        free = await self._provisioner.capacity()
+        self._capacity = UNLIMITED if free is None else len(self.owned()) + free
+
     async def converge(self) -> None:
         """One pass: refresh capacity, advance runners, create or retire toward `desired`."""
-        capacity = await self._provisioner.capacity()
-        self._capacity = UNLIMITED if capacity is None else len(self._creations) + capacity
+        free = await self._provisioner.capacity()
         await self._advance_runners()
         owned = len(self.owned())
+        in_flight = len(self._creations)
+        if free is None:
+            self._capacity = UNLIMITED
+            startable = UNLIMITED
+        else:
+            # Creates in flight have not taken their floating IP yet: they will, from `free`.
+            startable = max(0, free - in_flight)
+            self._capacity = owned - in_flight + free
         if owned < self._desired:
-            self._provision(self._desired - owned)
+            self._provision(min(self._desired - owned, startable))
         elif owned > self._desired:
             await self._retire_idle(owned - self._desired)
 
@@ -291,7 +303,7 @@ class VMScaler:
 
     def _provision(self, missing: int) -> None:
         now = self._clock()
-        if now < self._next_create_at:
+        if missing <= 0 or now < self._next_create_at:
             return
         if self._dry_run:
             decision = (self._desired, len(self.owned()))

@@ -18,7 +18,7 @@ from typing import Protocol, runtime_checkable
 
 import structlog
 
-from provisioners.base import Provisioner, ServerSpec
+from provisioners.base import Provisioner, ProvisionerError, ServerSpec
 from provisioners.bootstrap import HostKey
 from provisioners.naming import Ownership
 from provisioners.openstack import OpenStackProvisioner
@@ -115,6 +115,11 @@ async def _serve_scale_set(listener: Listener, scaler: Scaler, stop: asyncio.Eve
         set_stop.set()
 
     relay = asyncio.create_task(relay_stop())
+    if isinstance(scaler, VMScaler):
+        try:
+            await scaler.refresh_capacity()
+        except ProvisionerError as exc:
+            log.warning("cloud_capacity_unknown", scale_set=listener.name, error=str(exc))
     scaler_task = (
         asyncio.create_task(scaler.run(set_stop)) if isinstance(scaler, _RunnableScaler) else None
     )

@@ -321,3 +321,54 @@ async def create_orphan_vm(world: World, scale_set_id: int, name: str) -> None:
         )
     finally:
         await provisioner.close()
+
+
+async def test_failed_vms_up_to_keep_failed_vms_are_kept_tagged_and_not_counted(
+    world: World,
+) -> None:
+    world.fleet.next_boots_fail(2, "hang")
+    settings = world.settings(boot_timeout=0.5, keep_failed_vms=1)
+    async with serving(world, settings):
+        await world.wait_github(lambda s: any(not x["ghost"] for x in s["sessions"]))
+        world.github.control.enqueue_jobs(["linux"], count=1, duration=0.1)
+        await world.wait_github(lambda s: all_done(s, 1), timeout=30)
+        await world.wait_fleet(lambda: len(world.servers()) == 1, timeout=20)
+        scaler = world.scalers["linux"]
+        assert scaler.counters.boot_timeouts == 2
+    (kept,) = world.servers()
+    assert "scaleset-failed" in kept["tags"]
+    assert world.github.control.state()["runners"] == []
+
+
+async def test_past_max_runner_lifetime_even_a_busy_runner_is_deleted_with_a_warning(
+    world: World,
+) -> None:
+    with capture_logs() as logs:
+        async with serving(world, world.settings(max_runner_lifetime=1.5)):
+            await world.wait_github(lambda s: any(not x["ghost"] for x in s["sessions"]))
+            world.github.control.enqueue_jobs(["linux"], count=1)
+            await world.wait_event("job-started")
+            await world.wait_event("runner-killed", timeout=20)
+            scaler = world.scalers["linux"]
+            assert scaler.counters.lifetime_exceeded >= 1
+    assert any(entry["event"] == "runner_lifetime_exceeded" for entry in logs)
+
+
+async def test_the_capacity_header_is_the_free_floating_ips_when_a_pool_is_set(
+    world: World,
+) -> None:
+    pool = ",".join(world.cloud.floating_ip_pool[:2])
+    settings = world.settings(
+        openstack_floating_ips=pool, runners=[{"name": "linux", "max_runners": 5}]
+    )
+    async with serving(world, settings):
+        await world.wait_github(lambda s: any(not x["ghost"] for x in s["sessions"]))
+        world.github.control.enqueue_jobs(["linux"], count=3, duration=0.2)
+        state = await world.wait_github(lambda s: all_done(s, 3), timeout=40)
+        await world.wait_no_servers()
+    assert {job["result"] for job in state["jobs"]} == {"succeeded"}
+    # Two addresses: never more than two VMs, and GitHub was told so.
+    assert world.max_concurrent_servers() <= 2
+    history = world.github.control.state()["scale_sets"][0]["max_capacity_history"]
+    assert 2 in history
+    assert max(value for value in history if value is not None) <= 2
