@@ -551,6 +551,14 @@ class SSHProber:
                 elapsed_seconds=time.monotonic() - started,
                 detail=f"cut off during {attempt.stage}",
             )
+        except Exception as exc:  # noqa: BLE001 - one odd host must not fail a whole reconcile
+            result = ProbeResult(
+                attempt.address,
+                ProbeOutcome.PROTOCOL_ERROR,
+                elapsed_seconds=time.monotonic() - started,
+                detail=f"unexpected during {attempt.stage}: {_describe(exc)}",
+                host_key=host_key,
+            )
         else:
             result = ProbeResult(
                 attempt.address,
