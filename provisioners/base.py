@@ -101,7 +101,9 @@ class Provisioner(Protocol):
         """The create request alone (the part worth bounding); returns the server id."""
         ...
 
-    async def finish_create(self, server_id: str, name: str) -> RunnerVM:
+    async def finish_create(
+        self, server_id: str, name: str, tags: tuple[str, ...] = ()
+    ) -> RunnerVM:
         """Wait for a submitted server to be ACTIVE, deleting it again on failure."""
         ...
 

@@ -173,6 +173,10 @@ class OpenStackProvisioner:
         # Serialises picking a free floating IP, so two creates never take the same address.
         self._floating_ip_lock = asyncio.Lock()
         self._checked_microversion = False
+        self._snapshots: dict[
+            tuple[str, ...], tuple[float, asyncio.Future[dict[str, RunnerVM]]]
+        ] = {}
+        self._snapshot_max_age = min(1.0, config.poll_interval / 2)
 
     def __repr__(self) -> str:
         return f"OpenStackProvisioner(cloud={self._config.cloud!r})"
@@ -243,7 +247,7 @@ class OpenStackProvisioner:
         return len(await self._free_floating_ips())
 
     async def create(self, spec: ServerSpec) -> RunnerVM:
-        return await self.finish_create(await self.submit(spec), spec.name)
+        return await self.finish_create(await self.submit(spec), spec.name, spec.tags)
 
     async def submit(self, spec: ServerSpec) -> str:
         """Send the create request; the server id. The boot itself is `finish_create`'s."""
@@ -258,10 +262,16 @@ class OpenStackProvisioner:
             f"create server {spec.name}", functools.partial(self._create_server, spec, encoded)
         )
 
-    async def finish_create(self, server_id: str, name: str) -> RunnerVM:
-        """Wait until the server is ACTIVE (and has its floating IP); delete it on failure."""
+    async def finish_create(
+        self, server_id: str, name: str, tags: tuple[str, ...] = ()
+    ) -> RunnerVM:
+        """Wait until the server is ACTIVE (and has its floating IP); delete it on failure.
+
+        `tags` (the server's ownership tags) let every waiter share one list call per interval
+        instead of one GET per booting server.
+        """
         try:
-            vm = await self._wait_active(server_id, name)
+            vm = await self._wait_active(server_id, name, tags)
             if self._config.floating_ips:
                 vm = await self._attach_floating_ip(vm)
         except BaseException:
@@ -322,15 +332,47 @@ class OpenStackProvisioner:
         server = conn.compute.create_server(**attrs)
         return str(server.id)
 
-    async def _wait_active(self, server_id: str, name: str) -> RunnerVM:
+    async def _snapshot(self, tags: tuple[str, ...]) -> dict[str, RunnerVM]:
+        """The servers carrying `tags`, from one list call shared by everyone who asks within
+        half a poll interval: 500 booting VMs cost one request per interval, not 500."""
+        now = time.monotonic()
+        taken = self._snapshots.get(tags)
+        if taken is None or (taken[1].done() and now - taken[0] >= self._snapshot_max_age):
+
+            def list_servers(conn: openstack.connection.Connection) -> dict[str, RunnerVM]:
+                servers = conn.compute.servers(details=True, tags=",".join(tags))
+                return {vm.id: vm for vm in map(_to_vm, servers)}
+
+            task = asyncio.ensure_future(self._call("list servers", list_servers))
+            taken = (now, task)
+            self._snapshots[tags] = taken
+        return await asyncio.shield(taken[1])
+
+    async def _observe(self, server_id: str, tags: tuple[str, ...]) -> RunnerVM | None:
+        if tags:
+            seen = (await self._snapshot(tags)).get(server_id)
+            if seen is not None:
+                return seen
+        # Not in the shared list: it may predate the server, so ask for this one directly.
+        return await self.get(server_id)
+
+    async def _wait_active(self, server_id: str, name: str, tags: tuple[str, ...]) -> RunnerVM:
         deadline = time.monotonic() + self._config.active_timeout
         # Look early and then less often: fast clouds are ACTIVE within seconds.
         interval = min(0.1, self._config.poll_interval)
         while True:
-            vm = await self.get(server_id)
+            try:
+                vm = await self._observe(server_id, tags)
+            except TemporaryProvisionerError as exc:
+                # One failed look is not a failed boot; the deadline still holds.
+                if time.monotonic() >= deadline:
+                    raise ActiveTimeout(f"server {name}: {exc}") from exc
+                await asyncio.sleep(interval)
+                continue
             if vm is None:
                 raise ServerFailed(name, "the server disappeared while booting")
-            if vm.status == "ACTIVE":
+            if vm.status not in ("BUILD", "ERROR"):
+                # ACTIVE, or already past it (a fast job can power the VM off before we look).
                 return vm
             if vm.status == "ERROR":
                 raise ServerFailed(name, vm.fault or "ERROR without a fault message")

@@ -294,6 +294,11 @@ class VMScaler:
             # Creates in flight have not taken their floating IP yet: they will, from `free`.
             startable = max(0, free - in_flight)
             self._capacity = owned - in_flight + free
+        # max_runners caps VMs, not only runners: a finished VM awaiting deletion still costs.
+        with_vm = sum(
+            1 for r in self.runners.values() if r.phase in OWNED_PHASES | {Phase.FINISHED}
+        )
+        startable = min(startable, self.spec.max_runners - with_vm)
         if owned < self._desired:
             self._provision(min(self._desired - owned, startable))
         elif owned > self._desired:
@@ -339,7 +344,7 @@ class VMScaler:
                     datetime.now(UTC),
                 )
                 server_id = await self._provisioner.submit(spec)
-            vm = await self._provisioner.finish_create(server_id, runner.name)
+            vm = await self._provisioner.finish_create(server_id, runner.name, spec.tags)
         except (ListenerError, ProvisionerError) as exc:
             await self._creation_failed(runner, exc)
             return
@@ -552,6 +557,9 @@ class VMScaler:
             names_with_vm.add(name)
             registration = registrations.get(name)
             tracked = self.runners.get(name)
+            if tracked is not None and tracked.server_id is None:
+                # Its create call is still waiting for this VM: the create path owns it.
+                continue
             age = (now_wall - vm.created_at).total_seconds() if vm.created_at else 0.0
             in_boot_window = (
                 tracked is not None and tracked.phase in (Phase.CREATING, Phase.BOOTING)
