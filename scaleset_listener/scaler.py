@@ -360,8 +360,13 @@ class VMScaler:
         self.counters.create_failures += 1
         permanent = isinstance(exc, PermanentProvisionerError)
         cap = self._lifecycle.create_backoff_max
-        self._create_backoff = cap if permanent else min(cap, max(1.0, self._create_backoff * 2))
-        self._next_create_at = self._clock() + self._create_backoff
+        now = self._clock()
+        if permanent:
+            self._create_backoff = cap
+        elif now >= self._next_create_at:
+            # Grow once per wave: twenty creates failing together are one incident.
+            self._create_backoff = min(cap, max(1.0, self._create_backoff * 2))
+        self._next_create_at = max(self._next_create_at, now + self._create_backoff)
         fault = exc.fault if isinstance(exc, ServerFailed) else None
         if permanent:
             if self.permanent_error != str(exc):

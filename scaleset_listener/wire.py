@@ -103,8 +103,10 @@ class Statistics(WireModel):
     def inconsistencies(self) -> list[str]:
         """What disagrees within this snapshot (protocol reference section 4.9)."""
         problems = []
-        if self.total_registered_runners != self.total_busy_runners + self.total_idle_runners:
-            problems.append("registered != busy + idle")
+        # Registered runners that are still offline (booting) are neither busy nor idle, so
+        # only fewer registered than busy + idle is a contradiction (seen: Registered 0, Busy 2).
+        if self.total_registered_runners < self.total_busy_runners + self.total_idle_runners:
+            problems.append("registered < busy + idle")
         if self.total_running_jobs > self.total_assigned_jobs:
             problems.append("running > assigned")
         return problems

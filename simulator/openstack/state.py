@@ -26,6 +26,7 @@ from simulator.openstack.config import CloudConfig
 from simulator.openstack.faults import FaultBook
 from simulator.openstack.model import (
     JSON,
+    ApiError,
     AppCredential,
     Domain,
     Flavor,
@@ -182,10 +183,11 @@ class Cloud:
             name=SUBNET_NAME,
             network_id=net.id,
             project_id=pid,
-            cidr="10.0.0.0/24",
+            # Room for a 1,000-VM benchmark; the first addresses are 10.0.0.x as before.
+            cidr="10.0.0.0/20",
             gateway_ip="10.0.0.1",
             pool_start="10.0.0.2",
-            pool_end="10.0.0.254",
+            pool_end="10.0.15.254",
         )
         net.subnet_ids.append(subnet.id)
         admin_project = stable_hex("project:admin")
@@ -333,7 +335,8 @@ class Cloud:
             None,
         )
         if address is None:
-            raise RuntimeError(f"subnet {subnet.name} has no free address")
+            # Neutron's answer, relayed by Nova as a failed build; not a simulator crash.
+            raise ApiError(409, f"No more IP addresses available on network {network.id}.")
         groups = [g.id for g in self.security_groups.values() if g.name in sg_names]
         mac = "fa:16:3e:" + ":".join(f"{self.rng.randrange(256):02x}" for _ in range(3))
         port = Port(

@@ -132,6 +132,10 @@ def test_sigterm_deletes_the_session_and_exits_0(
     assert state["counters"]["sessions_deleted"] == 1
     assert "Runner Set Statistics - Available: 0, Acquired: 0, Assigned: 0" in stderr
     assert sim.pat not in stderr
+    # No cloud in this env file: `run` says which settings are missing, and only logs.
+    assert "no_cloud_configured" in stderr
+    assert "OPENSTACK_IMAGE" in stderr
+    assert "OPENSTACK_FLAVOR" in stderr
 
 
 def test_sigterm_finishes_the_message_in_hand_first(

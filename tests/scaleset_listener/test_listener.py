@@ -319,4 +319,4 @@ async def test_inconsistent_statistics_are_logged_and_demand_still_follows_assig
     if bad_statistics == "registered_zero":
         inconsistent = [entry for entry in logs if entry["event"] == "statistics_inconsistent"]
         assert inconsistent
-        assert "registered != busy + idle" in inconsistent[-1]["problems"]
+        assert "registered < busy + idle" in inconsistent[-1]["problems"]

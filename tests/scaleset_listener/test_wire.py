@@ -92,4 +92,4 @@ def test_statistics_report_their_own_inconsistencies() -> None:
         total_busy_runners=2,
         total_running_jobs=3,
         total_assigned_jobs=2,
-    ).inconsistencies() == ["registered != busy + idle", "running > assigned"]
+    ).inconsistencies() == ["registered < busy + idle", "running > assigned"]
