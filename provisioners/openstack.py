@@ -173,6 +173,8 @@ class OpenStackProvisioner:
         # Serialises picking a free floating IP, so two creates never take the same address.
         self._floating_ip_lock = asyncio.Lock()
         self._checked_microversion = False
+        self._resolved: dict[tuple[str, str], str] = {}
+        self._resolved_lock = threading.Lock()
         self._snapshots: dict[
             tuple[str, ...], tuple[float, asyncio.Future[dict[str, RunnerVM]]]
         ] = {}
@@ -284,29 +286,18 @@ class OpenStackProvisioner:
         self, spec: ServerSpec, encoded_user_data: bytes, conn: openstack.connection.Connection
     ) -> str:
         config = self._config
-        image_ref = spec.image or config.image
-        flavor_ref = spec.flavor or config.flavor
-        try:
-            image = conn.image.find_image(image_ref, ignore_missing=False)
-        except openstack.exceptions.ResourceNotFound as exc:
-            raise PermanentProvisionerError(f"image {image_ref!r} not found") from exc
-        try:
-            flavor = conn.compute.find_flavor(flavor_ref, ignore_missing=False)
-        except openstack.exceptions.ResourceNotFound as exc:
-            raise PermanentProvisionerError(f"flavor {flavor_ref!r} not found") from exc
+        image_id = self._resolve("image", spec.image or config.image, conn.image.find_image)
+        flavor_id = self._resolve("flavor", spec.flavor or config.flavor, conn.compute.find_flavor)
         attrs: dict[str, Any] = {
             "name": spec.name,
-            "flavor_id": flavor.id,
+            "flavor_id": flavor_id,
             "user_data": encoded_user_data.decode("ascii"),
             "metadata": {**config.server_metadata, **spec.metadata},
             "tags": list(spec.tags),
         }
         if config.network:
-            try:
-                network = conn.network.find_network(config.network, ignore_missing=False)
-            except openstack.exceptions.ResourceNotFound as exc:
-                raise PermanentProvisionerError(f"network {config.network!r} not found") from exc
-            attrs["networks"] = [{"uuid": network.id}]
+            network_id = self._resolve("network", config.network, conn.network.find_network)
+            attrs["networks"] = [{"uuid": network_id}]
         else:
             attrs["networks"] = "auto"
         if config.security_groups:
@@ -319,7 +310,7 @@ class OpenStackProvisioner:
             attrs["block_device_mapping"] = [
                 {
                     "boot_index": 0,
-                    "uuid": image.id,
+                    "uuid": image_id,
                     "source_type": "image",
                     "destination_type": "volume",
                     "volume_size": config.boot_volume_size_gb,
@@ -328,9 +319,30 @@ class OpenStackProvisioner:
             ]
             attrs["image_id"] = ""
         else:
-            attrs["image_id"] = image.id
-        server = conn.compute.create_server(**attrs)
+            attrs["image_id"] = image_id
+        try:
+            server = conn.compute.create_server(**attrs)
+        except openstack.exceptions.BadRequestException:
+            # Perhaps an image or flavor we resolved earlier was replaced: look them up again.
+            with self._resolved_lock:
+                self._resolved.clear()
+            raise
         return str(server.id)
+
+    def _resolve(self, kind: str, ref: str, find: Callable[..., Any]) -> str:
+        """The id of an image, flavor or network by name or id, looked up once per process:
+        at 100 ms per API call, four lookups per create would dominate a burst."""
+        with self._resolved_lock:
+            cached = self._resolved.get((kind, ref))
+        if cached is not None:
+            return cached
+        try:
+            found = find(ref, ignore_missing=False)
+        except openstack.exceptions.ResourceNotFound as exc:
+            raise PermanentProvisionerError(f"{kind} {ref!r} not found") from exc
+        with self._resolved_lock:
+            self._resolved[(kind, ref)] = str(found.id)
+        return str(found.id)
 
     async def _snapshot(self, tags: tuple[str, ...]) -> dict[str, RunnerVM]:
         """The servers carrying `tags`, from one list call shared by everyone who asks within
