@@ -240,6 +240,9 @@ class Settings(BaseSettings):
     listener_instance_id: str = ""
 
     # Observability
+    enable_metrics: bool = False
+    # host:port of the health endpoints (/healthz, /readyz); ":8080" means every interface.
+    metrics_addr: str = ":8080"
     log_level: LogLevel = LogLevel.INFO
     log_format: LogFormat = LogFormat.TEXT
 
@@ -274,6 +277,14 @@ class Settings(BaseSettings):
             return self.listener_instance_id
         digest = hashlib.sha256(self.github_target.config_url.lower().encode()).hexdigest()
         return f"gh-{digest[:12]}"
+
+    @field_validator("metrics_addr")
+    @classmethod
+    def _addr_has_a_port(cls, value: str) -> str:
+        host, separator, port = value.strip().rpartition(":")
+        if not separator or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("expected host:port or :port, e.g. :8080 or 127.0.0.1:9090")
+        return f"{host}:{port}"
 
     @field_validator("runner_sha256")
     @classmethod

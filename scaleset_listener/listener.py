@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import dataclass
 
 import structlog
@@ -118,6 +119,8 @@ class Listener:
         self._latest_statistics: Statistics | None = None
         self.scale_set: ScaleSet | None = None
         self.messages_handled = 0
+        # Monotonic time of the last poll that got an answer (message or not): readiness.
+        self.last_poll_at: float | None = None
 
     # Public ------------------------------------------------------------------------------
 
@@ -323,7 +326,9 @@ class Listener:
                     await poll
         if poll.cancelled():
             return None
-        return poll.result()
+        envelope = poll.result()
+        self.last_poll_at = time.monotonic()
+        return envelope
 
     async def _hand_on_demand(self, stats: Statistics) -> None:
         desired = desired_runner_count(

@@ -27,6 +27,7 @@ from scaleset_listener.auth import ActionsAdminAuth, build_credential
 from scaleset_listener.cloud import missing_cloud_settings, openstack_config, server_spec
 from scaleset_listener.config import ScaleSetSpec, Settings
 from scaleset_listener.errors import ConfigError, ListenerError
+from scaleset_listener.health import HealthServer, ScaleSetHealth
 from scaleset_listener.http import HttpChannel
 from scaleset_listener.listener import Listener, ListenerOptions
 from scaleset_listener.retrying import RetryPolicy
@@ -99,6 +100,16 @@ def vm_scalers(
     return make
 
 
+def _health_of(listener: Listener, scaler: Scaler) -> ScaleSetHealth:
+    def last_poll_at() -> float | None:
+        return listener.last_poll_at
+
+    def problem() -> str | None:
+        return scaler.permanent_error if isinstance(scaler, VMScaler) else None
+
+    return ScaleSetHealth(listener.name, last_poll_at, problem)
+
+
 @runtime_checkable
 class _RunnableScaler(Protocol):
     """A scaler with a loop of its own (VMScaler); the logging one has none."""
@@ -162,6 +173,7 @@ async def run_service(
     policy = retry_policy(settings)
     http = HttpChannel(policy)
     provisioner: OpenStackProvisioner | None = None
+    health: HealthServer | None = None
     try:
         target = settings.github_target
         credential = build_credential(
@@ -218,6 +230,13 @@ async def run_service(
                 policy,
             )
             pairs.append((listener, scaler))
+        if settings.enable_metrics:
+            health = HealthServer(
+                [_health_of(listener, scaler) for listener, scaler in pairs],
+                settings.metrics_addr,
+            )
+            health.start()
+            log.info("health_endpoints", addr=settings.metrics_addr, paths=["/healthz", "/readyz"])
         async with asyncio.TaskGroup() as group:
             tasks = [
                 group.create_task(
@@ -233,6 +252,8 @@ async def run_service(
         exit_code = 0 if all(healthy) else 1
         log.info("service_stopped", failed_scale_sets=healthy.count(False))
     finally:
+        if health is not None:
+            health.stop()
         await http.aclose()
         if provisioner is not None:
             await provisioner.close()

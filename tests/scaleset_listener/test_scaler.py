@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from structlog.testing import capture_logs
 
@@ -24,6 +26,7 @@ from scaleset_listener.actions_client import ActionsClient
 from scaleset_listener.auth import ActionsAdminAuth, PersonalAccessToken
 from scaleset_listener.cloud import openstack_config
 from scaleset_listener.github_urls import parse_github_url
+from scaleset_listener.health import POLL_STALE_AFTER, ScaleSetHealth, readiness
 from scaleset_listener.http import HttpChannel
 from scaleset_listener.retrying import RetryPolicy
 from scaleset_listener.scaler import VMScaler
@@ -372,3 +375,41 @@ async def test_the_capacity_header_is_the_free_floating_ips_when_a_pool_is_set(
     history = world.github.control.state()["scale_sets"][0]["max_capacity_history"]
     assert 2 in history
     assert max(value for value in history if value is not None) <= 2
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def test_readiness_reports_a_misconfigured_scale_set_and_health_stays_up(
+    world: World,
+) -> None:
+    addr = f"127.0.0.1:{free_port()}"
+    settings = world.settings(
+        enable_metrics=True,
+        metrics_addr=addr,
+        runners=[{"name": "linux"}, {"name": "gpu", "image": "no-such-image"}],
+    )
+    async with serving(world, settings), httpx.AsyncClient(base_url=f"http://{addr}") as http:
+        await world.wait_github(lambda s: len([x for x in s["sessions"] if not x["ghost"]]) == 2)
+        world.github.control.enqueue_jobs(["gpu"], count=1)
+        await world.wait_fleet(lambda: "gpu" in world.scalers)
+        await world.wait_fleet(lambda: world.scalers["gpu"].permanent_error is not None)
+        assert (await http.get("/healthz")).status_code == 200
+        ready = await http.get("/readyz")
+        assert ready.status_code == 503
+        (reason,) = ready.json()["reasons"]
+        assert reason.startswith("gpu: ")
+        assert "no-such-image" in reason
+
+
+def test_readiness_needs_a_recent_poll_from_every_scale_set() -> None:
+    fresh = ScaleSetHealth("a", lambda: 100.0, lambda: None)
+    never = ScaleSetHealth("b", lambda: None, lambda: None)
+    stale = ScaleSetHealth("c", lambda: 100.0 - POLL_STALE_AFTER - 1, lambda: None)
+    assert readiness([fresh], now=130.0) == []
+    assert readiness([never], now=130.0) == ["b: no message-queue poll answered yet"]
+    assert readiness([stale], now=100.0) == ["c: last poll answered 121 s ago"]

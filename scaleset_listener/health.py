@@ -1,0 +1,89 @@
+"""Health endpoints for orchestrators: `/healthz` (the process is up) and `/readyz`.
+
+Ready means: every scale set's listener got an answer from the message queue recently (within
+two long polls: the broker holds a poll for about 50 s) and no scaler is stuck on a
+configuration error (an unknown image, say). `/readyz` answers 503 with the reasons otherwise,
+so a Kubernetes readiness probe or a load balancer sees what an operator would grep for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route
+
+POLL_STALE_AFTER = 120.0
+
+
+@dataclass(frozen=True)
+class ScaleSetHealth:
+    name: str
+    last_poll_at: Callable[[], float | None]
+    problem: Callable[[], str | None]
+
+
+def readiness(sets: Sequence[ScaleSetHealth], now: float) -> list[str]:
+    """Why the service is not ready (empty: ready)."""
+    reasons = []
+    for health in sets:
+        polled = health.last_poll_at()
+        if polled is None:
+            reasons.append(f"{health.name}: no message-queue poll answered yet")
+        elif now - polled > POLL_STALE_AFTER:
+            reasons.append(f"{health.name}: last poll answered {now - polled:.0f} s ago")
+        problem = health.problem()
+        if problem:
+            reasons.append(f"{health.name}: {problem}")
+    return reasons
+
+
+def health_app(sets: Sequence[ScaleSetHealth]) -> Starlette:
+    async def healthz(_: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok\n")
+
+    async def readyz(_: Request) -> JSONResponse:
+        reasons = readiness(sets, time.monotonic())
+        return JSONResponse(
+            {"ready": not reasons, "reasons": reasons}, status_code=503 if reasons else 200
+        )
+
+    return Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz)])
+
+
+class HealthServer:
+    """The endpoints on a thread of their own: uvicorn then leaves the process's signal
+    handling to the service, and a busy event loop never delays a probe."""
+
+    def __init__(self, sets: Sequence[ScaleSetHealth], addr: str) -> None:
+        self._server = _uvicorn_server(sets, addr)
+        self._thread = threading.Thread(
+            target=asyncio.run, args=(self._server.serve(),), name="health", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=5)
+
+
+def _uvicorn_server(sets: Sequence[ScaleSetHealth], addr: str) -> uvicorn.Server:
+    host, _, port = addr.rpartition(":")
+    config = uvicorn.Config(
+        health_app(sets),
+        host=host or "0.0.0.0",  # noqa: S104 (":port" means every interface, as documented)
+        port=int(port),
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+    )
+    return uvicorn.Server(config)
