@@ -14,7 +14,7 @@ import socket
 import struct
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -36,14 +36,10 @@ from simulator.github.model import (
 from simulator.github.state import World
 from simulator.github.tokens import App, AppJwtError, verify_app_jwt
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+# serving.py's uvicorn protocol puts the connection's transport under TRANSPORT_KEY so that
+# the "drop" fault can reset the TCP connection instead of answering.
+from simulator.serving import TRANSPORT_KEY, Receive, Scope, Send
 
-# The uvicorn protocol in server.py puts the connection's transport here so that the "drop"
-# fault can reset the TCP connection instead of answering.
-TRANSPORT_KEY = "simulator.transport"
 API_VERSION = "6.0-preview"
 BOM = b"\xef\xbb\xbf"
 LOGGED_HEADERS = ("accept", "x-scalesetmaxcapacity", "content-type", "user-agent")

@@ -13,7 +13,6 @@ import socket
 import struct
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from starlette.requests import Request
@@ -32,14 +31,10 @@ from simulator.openstack.web import (
     unauthorized,
 )
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+# serving.py's uvicorn protocol puts the connection's transport under TRANSPORT_KEY so that
+# the "drop" fault can reset the TCP connection instead of answering.
+from simulator.serving import TRANSPORT_KEY, Receive, Scope, Send
 
-# server.py's uvicorn protocol puts the connection's transport here so that the "drop" fault
-# can reset the TCP connection instead of answering.
-TRANSPORT_KEY = "simulator.openstack.transport"
 SERVICE_PREFIXES = (
     ("/identity", "identity"),
     ("/compute", "compute"),

@@ -8,48 +8,19 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import MutableMapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from simulator.openstack.app import TRANSPORT_KEY, CloudApp, Receive, Scope, Send
+from simulator.openstack.app import CloudApp
 from simulator.openstack.cloudsyaml import clouds_yaml_text
 from simulator.openstack.config import CloudConfig
 from simulator.openstack.control import CloudControl
 from simulator.openstack.state import Cloud
+from simulator.serving import Receive, Scope, Send, bind, uvicorn_server
 
 TICK_INTERVAL = 0.05
-
-
-class _TransportExposingH11(H11Protocol):
-    """uvicorn's h11 protocol, plus the connection's transport in the ASGI scope.
-
-    ASGI gives an application no way to reset a connection; the "drop" fault needs one so that
-    clients see a genuine transport error rather than an HTTP status.
-    """
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        inner = self.app
-
-        async def app(scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
-            scope[TRANSPORT_KEY] = transport
-            await inner(scope, receive, send)
-
-        self.app = app
-
-
-def bind(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock
 
 
 def build_server(
@@ -62,18 +33,9 @@ def build_server(
     async def entry(scope: Scope, receive: Receive, send: Send) -> None:
         await asgi(scope, receive, send)
 
-    uv_config = uvicorn.Config(
-        entry,
-        http=_TransportExposingH11,
-        ws="none",
-        lifespan="off",
-        log_config=None,
-        log_level="critical",  # a dropped connection makes uvicorn log an error; it is ours
-        access_log=False,
-        timeout_graceful_shutdown=graceful,
-        timeout_keep_alive=30,
-    )
-    return uvicorn.Server(uv_config), cloud
+    # log level  # a dropped connection makes uvicorn log an error; it is ours
+    # A dropped connection (a fault we inject) makes uvicorn log an error: it is ours.
+    return uvicorn_server(entry, graceful, "critical"), cloud
 
 
 async def _ticker(cloud: Cloud) -> None:
