@@ -1,14 +1,11 @@
-"""`scaleset-listener demo`: the real listener against the built-in simulator, no accounts needed.
+"""`scaleset-listener demo`: the real listener against the built-in world, no accounts needed.
 
-The demo is a driver on the simulator's side of the wire: it starts the simulated GitHub +
-Actions service, writes a temporary env file, runs `scaleset-listener run` as a subprocess
-(exactly as a user would), plays GitHub users who queue a stream of jobs, and watches both
-sides: the service's state through the control API and the listener's JSON log lines.
-
-Until the OpenStack provisioner lands, the listener's scaler only logs the runners it would
-start, so nobody runs the jobs: the demo's users cancel them after a while, and the summary
-checks that demand rose to the number of queued jobs, fell back to zero, every message was
-acknowledged once and the session was deleted on SIGTERM.
+The demo is a driver on the simulators' side of the wire. It starts the simulated GitHub +
+Actions service, the simulated OpenStack cloud and the light fleet that plays the VMs (each
+server the listener creates boots, connects its runner with the JIT config from its user_data,
+runs one job and powers off). It writes a temporary env file, runs `scaleset-listener run` as a
+subprocess exactly as a user would, queues a stream of jobs, shows progress and ends with a
+summary that checks the outcome: every job served, every VM and registration gone.
 """
 
 from __future__ import annotations
@@ -17,6 +14,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -28,8 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from simulator.fleet import Fleet, FleetConfig
 from simulator.github.config import SimulatorConfig
-from simulator.github.server import RunningSimulator, run_in_thread
+from simulator.github.server import RunningSimulator
+from simulator.github.server import run_in_thread as run_github
+from simulator.openstack.cloudsyaml import APP_CREDENTIAL_CLOUD
+from simulator.openstack.config import CloudConfig
+from simulator.openstack.server import RunningCloud
+from simulator.openstack.server import run_in_thread as run_cloud
+from simulator.openstack.state import FLAVOR_NAMES, IMAGE_NAME, NETWORK_NAME
 
 SCALE_SET = "demo-linux"
 
@@ -56,36 +61,49 @@ class ListenerLog:
             return [event for event in self.events if event.get("event") == name]
 
 
-def _env_file(directory: Path, sim: RunningSimulator, max_runners: int) -> Path:
+def _env_file(
+    directory: Path, sim: RunningSimulator, cloud: RunningCloud, max_runners: int
+) -> Path:
+    clouds_yaml = cloud.write_clouds_yaml(directory / "clouds.yaml")
     path = directory / "demo.env"
     runners = [{"name": SCALE_SET, "labels": ["demo"], "max_runners": max_runners}]
     path.write_text(
         f"GITHUB_URL={sim.base_url}/demo-org\n"
         f"GITHUB_TOKEN={sim.config.pats[0]}\n"
         f"RUNNERS={json.dumps(runners)}\n"
+        f"OS_CLIENT_CONFIG_FILE={clouds_yaml}\n"
+        f"OS_CLOUD={APP_CREDENTIAL_CLOUD}\n"
+        f"OPENSTACK_IMAGE={IMAGE_NAME}\n"
+        f"OPENSTACK_FLAVOR={FLAVOR_NAMES[0]}\n"
+        f"OPENSTACK_NETWORK={NETWORK_NAME}\n"
         "LOG_FORMAT=json\n"
         "ENABLE_RECONCILIATION=false\n"
+        "IDLE_RUNNER_TIMEOUT=5s\n"
+        "RUNNER_DEREGISTRATION_TIMEOUT=5s\n"
+        "VM_TRACKER_INTERVAL=10s\n"
         "RETRY_MAX_WAIT=1s\n"
         "RECOVERY_BACKOFF_MAX=2s\n"
     )
     return path
 
 
-def _progress(started: float, sim: RunningSimulator, log: ListenerLog) -> str:
-    state = sim.control.state()
-    jobs = state["jobs"]
-    by_state: dict[str, int] = {}
-    for job in jobs:
-        by_state[job["state"]] = by_state.get(job["state"], 0) + 1
-    desired = log.named("desired_runners")
+def _counts(items: list[dict[str, Any]], key: str) -> str:
+    totals: dict[str, int] = {}
+    for item in items:
+        totals[str(item[key])] = totals.get(str(item[key]), 0) + 1
+    return ", ".join(f"{name} {count}" for name, count in sorted(totals.items())) or "none"
+
+
+def _progress(started: float, sim: RunningSimulator, cloud: RunningCloud, log: ListenerLog) -> str:
+    jobs = sim.control.state()["jobs"]
+    servers = cloud.control.state()["servers"]
     stats = log.named("runner_statistics")
     last = stats[-1] if stats else {}
     return (
-        f"[{time.monotonic() - started:5.1f}s] jobs queued {len(jobs)}: "
-        + ", ".join(f"{name} {count}" for name, count in sorted(by_state.items()))
-        + f" | desired runners {desired[-1]['desired'] if desired else '-'}"
-        + f" | statistics: assigned {last.get('assigned', '-')}, running {last.get('running', '-')}"
-        + f" | messages acked {state['counters'].get('messages_acked', 0)}"
+        f"[{time.monotonic() - started:5.1f}s] jobs: {_counts(jobs, 'state')}"
+        f" | VMs: {_counts(servers, 'status')}"
+        f" | statistics: assigned {last.get('assigned', '-')}, running {last.get('running', '-')}"
+        f", registered {last.get('registered', '-')}"
     )
 
 
@@ -94,7 +112,7 @@ def _wait(
     timeout: float,
     what: str,
     started: float,
-    sim: RunningSimulator,
+    world: tuple[RunningSimulator, RunningCloud],
     log: ListenerLog,
 ) -> None:
     """Wait for `condition` (checked on every listener log line), printing progress each second."""
@@ -105,60 +123,67 @@ def _wait(
         if remaining <= 0:
             raise TimeoutError(f"demo: {what} did not happen within {timeout:.0f} s")
         if time.monotonic() - last_print >= 1.0:
-            print(_progress(started, sim, log), flush=True)
+            print(_progress(started, *world, log), flush=True)
             last_print = time.monotonic()
         with log.changed:
             log.changed.wait(timeout=min(1.0, remaining))
 
 
-def run_demo(jobs: int, job_seconds: float, keep: bool, as_json: bool) -> int:
+def _phase_seconds(log: ListenerLog) -> dict[str, float]:
+    """Mean seconds per lifecycle phase, from the listener's runner_state events."""
+    spent: dict[str, list[float]] = {}
+    for event in log.named("runner_state"):
+        if "previous" in event and "seconds_in_previous" in event:
+            spent.setdefault(event["previous"], []).append(float(event["seconds_in_previous"]))
+    return {phase: round(sum(values) / len(values), 2) for phase, values in spent.items()}
+
+
+def run_demo(jobs: int, max_seconds: float, max_runners: int, keep: bool, as_json: bool) -> int:
     started = time.monotonic()
-    config = SimulatorConfig(long_poll_timeout=5.0)
-    with run_in_thread(config) as sim, tempfile.TemporaryDirectory() as scratch:
-        env_file = _env_file(Path(scratch), sim, max_runners=max(jobs, 1))
-        print(f"simulator.github at {sim.base_url}; env file {env_file}", flush=True)
+    rng = random.Random(7)
+    with (
+        run_github(SimulatorConfig(long_poll_timeout=5.0)) as sim,
+        run_cloud(CloudConfig(build_delay=1.0, delete_delay=0.5)) as cloud,
+        Fleet(sim.base_url, cloud.base_url, FleetConfig(boot_seconds=2.0)) as fleet,
+        tempfile.TemporaryDirectory() as scratch,
+    ):
+        env_file = _env_file(Path(scratch), sim, cloud, max_runners)
+        print(f"simulated GitHub at {sim.base_url}, simulated OpenStack at {cloud.base_url}")
+        print(f"listener: scaleset-listener run --env-file {env_file}", flush=True)
         listener = subprocess.Popen(  # noqa: S603 (our own command)
             [sys.executable, "-m", "scaleset_listener", "run", "--env-file", str(env_file)],
             stderr=subprocess.PIPE,
             text=True,
-            env={key: value for key, value in os.environ.items() if not key.startswith("GITHUB_")},
+            env={k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "OS_"))},
         )
         log = ListenerLog()
         reader = threading.Thread(target=log.follow, args=(listener.stderr,), daemon=True)
         reader.start()
+        world = (sim, cloud)
         try:
-            _wait(lambda: bool(log.named("session_created")), 30, "session", started, sim, log)
-            job_ids = sim.control.enqueue_jobs([SCALE_SET], count=jobs)
-            print(f"queued {jobs} jobs for runs-on: {SCALE_SET}", flush=True)
-            _wait(
-                lambda: any(e["desired"] == jobs for e in log.named("desired_runners")),
-                30,
-                "demand",
-                started,
-                sim,
-                log,
-            )
-            print(
-                f"the listener wants {jobs} runners (the scaler logs them until the "
-                "OpenStack provisioner lands); the users cancel the jobs in "
-                f"{job_seconds:.0f} s",
-                flush=True,
-            )
-            deadline = time.monotonic() + job_seconds
-            _wait(lambda: time.monotonic() >= deadline, job_seconds + 5, "wait", started, sim, log)
-            for job_id in job_ids:
-                sim.control.cancel_job(job_id)
-            _wait(
-                lambda: log.named("desired_runners")[-1]["desired"] == 0,
-                30,
-                "demand back to zero",
-                started,
-                sim,
-                log,
-            )
-            print(_progress(started, sim, log), flush=True)
+            _wait(lambda: bool(log.named("session_created")), 30, "session", started, world, log)
+            # A stream: jobs arrive over a few seconds, each runs for a random while.
+            queued = 0
+            while queued < jobs:
+                batch = min(jobs - queued, rng.randint(1, 3))
+                for _ in range(batch):
+                    sim.control.enqueue_jobs(
+                        [SCALE_SET], duration=round(rng.uniform(2.0, max_seconds), 1)
+                    )
+                queued += batch
+                print(f"queued {queued}/{jobs} jobs (runs-on: {SCALE_SET})", flush=True)
+                deadline = time.monotonic() + rng.uniform(0.5, 2.0)
+                _wait(lambda d=deadline: time.monotonic() >= d, 5, "pause", started, world, log)
+
+            def all_served() -> bool:
+                done = [j for j in sim.control.state()["jobs"] if j["state"] == "completed"]
+                return len(done) == jobs
+
+            _wait(all_served, 60 + jobs * max_seconds, "all jobs served", started, world, log)
+            _wait(lambda: not cloud.control.state()["servers"], 60, "VMs gone", started, world, log)
+            print(_progress(started, sim, cloud, log), flush=True)
             if keep:
-                print("--keep: listener and simulator keep running; Ctrl-C to stop", flush=True)
+                print("--keep: everything keeps running; Ctrl-C to stop", flush=True)
                 with contextlib.suppress(KeyboardInterrupt):
                     listener.wait()
         finally:
@@ -170,31 +195,40 @@ def run_demo(jobs: int, job_seconds: float, keep: bool, as_json: bool) -> int:
                 listener.kill()
                 exit_code = listener.wait()
             reader.join(timeout=5)
-        state = sim.control.state()
-    counters = state["counters"]
-    summary = {
+        github_state = sim.control.state()
+        cloud_state = cloud.control.state()
+        counters = fleet.counters
+    served = [j for j in github_state["jobs"] if j["result"] == "succeeded"]
+    summary: dict[str, Any] = {
         "jobs_queued": jobs,
+        "jobs_served": len(served),
+        "vms_created": counters.seen,
+        "vms_deleted": counters.seen - len(cloud_state["servers"]),
         "peak_desired_runners": max(
             (e["desired"] for e in log.named("desired_runners")), default=0
         ),
-        "messages_created": counters.get("messages_created", 0),
-        "messages_acked": counters.get("messages_acked", 0),
-        "duplicate_acks": counters.get("duplicate_acks", 0),
-        "statistics_events": len(log.named("runner_statistics")),
-        "sessions_created": counters.get("sessions_created", 0),
-        "sessions_left_open": sum(1 for s in state["sessions"] if not s["ghost"]),
+        "leaked_vms": len(cloud_state["servers"]),
+        "leaked_registrations": len(github_state["runners"]),
+        "messages_acked": github_state["counters"].get("messages_acked", 0),
+        "messages_created": github_state["counters"].get("messages_created", 0),
+        "seconds_per_phase": _phase_seconds(log),
         "listener_exit_code": exit_code,
         "seconds": round(time.monotonic() - started, 1),
     }
     ok = (
         exit_code == 0
-        and summary["peak_desired_runners"] == jobs
+        and summary["jobs_served"] == jobs
+        and summary["leaked_vms"] == 0
+        and summary["leaked_registrations"] == 0
         and summary["messages_acked"] == summary["messages_created"]
-        and summary["duplicate_acks"] == 0
-        and summary["sessions_left_open"] == 0
     )
     summary["ok"] = ok
-    print("summary: " + ", ".join(f"{key} {value}" for key, value in summary.items()), flush=True)
+    print(
+        "summary: "
+        + ", ".join(f"{key} {value}" for key, value in summary.items() if key != "ok")
+        + ("  -> OK" if ok else "  -> PROBLEM"),
+        flush=True,
+    )
     if not ok and log.other_lines:
         print("listener output:\n" + "\n".join(log.other_lines[-20:]), file=sys.stderr)
     if as_json:
@@ -204,16 +238,19 @@ def run_demo(jobs: int, job_seconds: float, keep: bool, as_json: bool) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scaleset-listener demo", description=__doc__)
-    parser.add_argument("--jobs", type=int, default=5, help="jobs to queue (default 5)")
+    parser.add_argument("--jobs", type=int, default=12, help="jobs to queue (default 12)")
     parser.add_argument(
-        "--job-seconds", type=float, default=5.0, help="how long the jobs stay queued"
+        "--job-seconds", type=float, default=8.0, help="longest job duration (default 8 s)"
     )
+    parser.add_argument("--max-runners", type=int, default=5, help="max_runners (default 5)")
     parser.add_argument("--keep", action="store_true", help="leave everything running at the end")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON last")
     args = parser.parse_args(argv)
-    if args.jobs < 1:
-        parser.error("--jobs must be at least 1")
-    return run_demo(args.jobs, args.job_seconds, args.keep, args.json)
+    if args.jobs < 1 or args.max_runners < 1:
+        parser.error("--jobs and --max-runners must be at least 1")
+    if args.job_seconds < 2.0:
+        parser.error("--job-seconds must be at least 2")
+    return run_demo(args.jobs, args.job_seconds, args.max_runners, args.keep, args.json)
 
 
 if __name__ == "__main__":
