@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import enum
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -553,56 +554,76 @@ class VMScaler:
         registrations = {r.name: r for r in await self._registry.list_runners(self._scale_set_id)}
         now_wall = datetime.now(UTC)
         names_with_vm: set[str] = set()
-        findings: dict[str, int] = {}
+        findings: Counter[str] = Counter()
         for vm in vms:
             if FAILED_TAG in vm.tags:
                 continue
             info = parse_ownership(vm.tags, vm.metadata)
             name = info.runner_name if info and info.runner_name else vm.name
             names_with_vm.add(name)
-            registration = registrations.get(name)
-            tracked = self.runners.get(name)
-            if tracked is not None and tracked.server_id is None:
-                # Its create call is still waiting for this VM: the create path owns it.
-                continue
-            age = (now_wall - vm.created_at).total_seconds() if vm.created_at else 0.0
-            in_boot_window = (
-                tracked is not None and tracked.phase in (Phase.CREATING, Phase.BOOTING)
-            ) or (age < self._lifecycle.boot_timeout)
-            busy = registration is not None and registration.busy
-            if vm.status == "ERROR" and not busy:
-                self._log.error("sweep_vm_error", runner_name=name, fault=vm.fault)
-                findings["error"] = findings.get("error", 0) + 1
-                await self._sweep_delete(vm, name, registration, "server ERROR")
-            elif vm.status == "SHUTOFF" and not busy:
-                findings["powered_off"] = findings.get("powered_off", 0) + 1
-                await self._sweep_delete(vm, name, registration, "VM powered off")
-            elif registration is None and not in_boot_window:
-                strikes = self._missing_strikes.get(name, 0) + 1
-                self._missing_strikes[name] = strikes
-                if strikes >= 2:
-                    findings["runner_missing"] = findings.get("runner_missing", 0) + 1
-                    await self._sweep_delete(vm, name, None, "runner missing from GitHub twice")
-            else:
-                self._missing_strikes.pop(name, None)
-                if tracked is None and registration is not None:
-                    self._adopt(name, vm, registration)
+            finding = await self._sweep_vm(vm, name, registrations.get(name), now_wall)
+            if finding:
+                findings[finding] += 1
         creating = {r.name for r in self.runners.values() if r.phase is Phase.CREATING}
         for name, registration in registrations.items():
-            if name in names_with_vm or name in creating or registration.busy:
-                continue
-            findings["registration_without_vm"] = findings.get("registration_without_vm", 0) + 1
-            if self._dry_run:
-                self._log.info("dry_run_would_remove_registration", runner_name=name)
-                continue
-            with contextlib.suppress(JobStillRunning):
-                await self._registry.remove_runner(registration.id)
-                self.counters.registrations_removed += 1
-                self._log.info("sweep_registration_removed", runner_name=name)
-            tracked = self.runners.get(name)
-            if tracked is not None and tracked.server_id is None:
-                self._forget(tracked)
+            if name not in names_with_vm and name not in creating and not registration.busy:
+                findings["registration_without_vm"] += 1
+                await self._sweep_registration(name, registration)
         self._log.info("sweep", vms=len(vms), registrations=len(registrations), **findings)
+
+    async def _sweep_vm(
+        self, vm: RunnerVM, name: str, registration: RunnerReference | None, now: datetime
+    ) -> str | None:
+        """Act on one owned VM; what was found wrong with it, if anything."""
+        tracked = self.runners.get(name)
+        if tracked is not None and tracked.server_id is None:
+            # Its create call is still waiting for this VM: the create path owns it.
+            return None
+        age = (now - vm.created_at).total_seconds() if vm.created_at else 0.0
+        in_boot_window = (
+            tracked is not None and tracked.phase in (Phase.CREATING, Phase.BOOTING)
+        ) or age < self._lifecycle.boot_timeout
+        busy = registration is not None and registration.busy
+        if vm.status == "ERROR" and not busy:
+            self._log.error("sweep_vm_error", runner_name=name, fault=vm.fault)
+            await self._sweep_delete(vm, name, registration, "server ERROR")
+            return "error"
+        if vm.status == "SHUTOFF" and not busy:
+            await self._sweep_delete(vm, name, registration, "VM powered off")
+            return "powered_off"
+        if registration is None and not in_boot_window:
+            strikes = self._missing_strikes.get(name, 0) + 1
+            self._missing_strikes[name] = strikes
+            if strikes < 2:
+                return None
+            await self._sweep_delete(vm, name, None, "runner missing from GitHub twice")
+            return "runner_missing"
+        self._missing_strikes.pop(name, None)
+        if tracked is None and registration is not None:
+            self._adopt(name, vm, registration)
+        elif (
+            tracked is not None
+            and tracked.phase is Phase.BUSY
+            and registration is not None
+            and not registration.busy
+            and registration.status.lower() == "online"
+        ):
+            # Thought busy (a refused retirement, a JobStarted we missed) but GitHub says
+            # idle: count it as idle again so that it can be retired.
+            self._transition(tracked, Phase.IDLE, reason="GitHub reports it idle")
+        return None
+
+    async def _sweep_registration(self, name: str, registration: RunnerReference) -> None:
+        if self._dry_run:
+            self._log.info("dry_run_would_remove_registration", runner_name=name)
+            return
+        with contextlib.suppress(JobStillRunning):
+            await self._registry.remove_runner(registration.id)
+            self.counters.registrations_removed += 1
+            self._log.info("sweep_registration_removed", runner_name=name)
+        tracked = self.runners.get(name)
+        if tracked is not None and tracked.server_id is None:
+            self._forget(tracked)
 
     def _adopt(self, name: str, vm: RunnerVM, registration: RunnerReference) -> None:
         now = self._clock()

@@ -413,3 +413,30 @@ def test_readiness_needs_a_recent_poll_from_every_scale_set() -> None:
     assert readiness([fresh], now=130.0) == []
     assert readiness([never], now=130.0) == ["b: no message-queue poll answered yet"]
     assert readiness([stale], now=100.0) == ["c: last poll answered 121 s ago"]
+
+
+async def test_a_refused_retirement_keeps_the_runner_until_github_says_it_is_idle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with simulated_world(tmp_path, monkeypatch, fleet=FleetConfig(boot_seconds=0.6)) as world:
+        # The first removal is refused as if the runner had just taken a job.
+        world.github.control.add_fault(
+            "remove_runner",
+            status=400,
+            times=1,
+            type_name="GitHub.DistributedTask.WebApi.JobStillRunningException, GitHub",
+            message="job still running",
+        )
+        with capture_logs() as logs:
+            async with serving(world, world.settings(vm_tracker_interval=0.3)):
+                await world.wait_github(lambda s: any(not x["ghost"] for x in s["sessions"]))
+                (job_id,) = world.github.control.enqueue_jobs(["linux"], count=1)
+                await world.wait_event("seen")
+                world.github.control.cancel_job(job_id)
+                await world.wait_event("connected")
+                await world.wait_no_servers(timeout=20)
+                scaler = world.scalers["linux"]
+                assert scaler.counters.retired_idle == 1
+        events = [entry["event"] for entry in logs]
+        assert "retire_skipped_runner_took_a_job" in events
+        assert world.github.control.state()["runners"] == []
