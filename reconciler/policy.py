@@ -1,0 +1,183 @@
+"""The reconciler's one decision: what to do with an owned VM found at startup (DESIGN.md §8).
+
+`decide()` is pure: it reads the facts gathered about one VM (cloud status and age, the GitHub
+runner, the SSH probe, the console markers read when SSH cannot answer) and returns an action
+with a reason. The rows, in the order they are checked:
+
+| situation                                                   | action        |
+| ----------------------------------------------------------- | ------------- |
+| tagged as a failed VM kept for debugging                    | skip          |
+| status ERROR                                                | delete        |
+| run-complete (probe or console), or powered off (SHUTOFF)   | clean_up      |
+| no GitHub runner and no run-complete                        | delete        |
+| setup-failed (probe or console marker)                      | delete        |
+| probe ok: setup-complete, runner process alive              | adopt_idle/busy |
+| probe ok: setup-complete, no runner process (crashed)       | delete        |
+| probe ok: setup-complete, process hidden (hidepid)          | as GitHub, or by age |
+| probe ok: setup not complete, younger than BOOT_TIMEOUT     | adopt_booting |
+| probe ok: setup not complete, older than BOOT_TIMEOUT       | delete        |
+| unreachable, GitHub says busy (never kill it on a failed probe) | adopt_busy |
+| unreachable, not busy, younger than BOOT_TIMEOUT            | adopt_booting |
+| unreachable, not busy, older than BOOT_TIMEOUT              | delete        |
+
+"Unreachable" is every probe outcome but `ok` (a host key mismatch included), and a VM that was
+not probed (not ACTIVE yet, or no address).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+
+class Action(enum.StrEnum):
+    ADOPT_IDLE = "adopt_idle"
+    ADOPT_BUSY = "adopt_busy"
+    ADOPT_BOOTING = "adopt_booting"
+    CLEAN_UP = "clean_up"  # remove the runner registration, then delete the VM
+    DELETE = "delete"
+    SKIP = "skip"  # not ours to touch now (a failed VM kept for debugging)
+
+    @property
+    def adopts(self) -> bool:
+        return self in (Action.ADOPT_IDLE, Action.ADOPT_BUSY, Action.ADOPT_BOOTING)
+
+
+@dataclass(frozen=True)
+class GitHubRunnerFacts:
+    """The runner registration GitHub holds for the VM's runner name."""
+
+    id: int
+    busy: bool
+    online: bool
+
+
+@dataclass(frozen=True)
+class ConsoleFacts:
+    """The bootstrap's marker lines found in the VM's console log (docs/bootstrap.md)."""
+
+    setup_complete: bool = False
+    run_complete: bool = False
+    setup_failed: bool = False
+
+
+@dataclass(frozen=True)
+class VMFacts:
+    """Everything `decide()` reads about one owned VM. Probe facts are None unless the probe
+    ended `ok` (`probe_ok`)."""
+
+    status: str
+    created_at: datetime | None
+    runner: GitHubRunnerFacts | None
+    probe_outcome: str | None = None  # None: not probed
+    setup_complete: bool | None = None
+    setup_failed: bool | None = None
+    run_complete_exit_code: int | None = None
+    runner_alive: bool | None = None
+    console: ConsoleFacts | None = None  # read only when the probe did not answer
+    kept_failed: bool = False
+
+    @property
+    def probe_ok(self) -> bool:
+        return self.probe_outcome == "ok"
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    reason: str
+
+
+def _age(facts: VMFacts, now: datetime) -> timedelta | None:
+    return None if facts.created_at is None else now - facts.created_at
+
+
+def _adopt_running(runner: GitHubRunnerFacts, why: str) -> Decision:
+    if runner.busy:
+        return Decision(Action.ADOPT_BUSY, f"{why}; GitHub reports the runner busy")
+    return Decision(Action.ADOPT_IDLE, f"{why}; GitHub reports the runner idle")
+
+
+def _by_age(facts: VMFacts, now: datetime, boot_timeout: timedelta, what: str) -> Decision:
+    age = _age(facts, now)
+    if age is None:
+        # No creation time to keep a deadline with: the boot deadline restarts now.
+        return Decision(Action.ADOPT_BOOTING, f"{what}; creation time unknown, deadline restarts")
+    if age < boot_timeout:
+        return Decision(
+            Action.ADOPT_BOOTING,
+            f"{what}; {int(age.total_seconds())}s old, younger than BOOT_TIMEOUT "
+            f"({int(boot_timeout.total_seconds())}s)",
+        )
+    return Decision(
+        Action.DELETE,
+        f"{what}; {int(age.total_seconds())}s old, past BOOT_TIMEOUT "
+        f"({int(boot_timeout.total_seconds())}s)",
+    )
+
+
+def decide(facts: VMFacts, now: datetime, boot_timeout: timedelta) -> Decision:
+    """The action for one owned VM, with the reason the table gives."""
+    if facts.kept_failed:
+        return Decision(Action.SKIP, "failed VM kept for debugging (KEEP_FAILED_VMS)")
+    if facts.status == "ERROR":
+        return Decision(Action.DELETE, "server status ERROR")
+    console = facts.console or ConsoleFacts()
+    if facts.probe_ok and facts.run_complete_exit_code is not None:
+        return Decision(
+            Action.CLEAN_UP, f"run-complete present (exit {facts.run_complete_exit_code})"
+        )
+    if not facts.probe_ok and console.run_complete:
+        return Decision(Action.CLEAN_UP, "run-complete marker on the console")
+    if facts.status == "SHUTOFF":
+        return Decision(Action.CLEAN_UP, "powered off after a run")
+    runner = facts.runner
+    if runner is None:
+        return Decision(Action.DELETE, "no GitHub runner and no run-complete")
+    if facts.probe_ok:
+        return _decide_reachable(facts, runner, now, boot_timeout)
+    return _decide_unreachable(facts, runner, console, now, boot_timeout)
+
+
+def _decide_reachable(
+    facts: VMFacts, runner: GitHubRunnerFacts, now: datetime, boot_timeout: timedelta
+) -> Decision:
+    """The probe answered: its facts decide, GitHub only for idle or busy."""
+    if facts.setup_failed:
+        return Decision(Action.DELETE, "setup-failed sentinel present")
+    if facts.setup_complete:
+        if facts.runner_alive is True:
+            return _adopt_running(runner, "setup complete, runner process alive")
+        if facts.runner_alive is False:
+            return Decision(
+                Action.DELETE, "setup complete, no runner process, no run-complete (crashed)"
+            )
+        if runner.busy or runner.online:
+            return _adopt_running(runner, "setup complete, runner process not visible")
+        return _by_age(
+            facts, now, boot_timeout, "setup complete, runner process not visible, offline"
+        )
+    return _by_age(facts, now, boot_timeout, "setup not complete")
+
+
+def _decide_unreachable(
+    facts: VMFacts,
+    runner: GitHubRunnerFacts,
+    console: ConsoleFacts,
+    now: datetime,
+    boot_timeout: timedelta,
+) -> Decision:
+    """The probe did not answer (or was not made): GitHub and the console decide."""
+    if runner.busy:
+        return Decision(
+            Action.ADOPT_BUSY,
+            f"probe {facts.probe_outcome or 'not made'}, GitHub says busy "
+            "(never kill a busy runner on a failed probe)",
+        )
+    if console.setup_failed:
+        return Decision(Action.DELETE, "setup-failed marker on the console")
+    what = f"probe {facts.probe_outcome or 'not made'}, not busy"
+    if console.setup_complete:
+        what += " (setup-complete marker on the console)"
+    return _by_age(facts, now, boot_timeout, what)
