@@ -17,15 +17,34 @@ BUSY = GitHubRunnerFacts(id=7, busy=True, online=True)
 OFFLINE = GitHubRunnerFacts(id=7, busy=False, online=False)
 
 
-def ok(**facts: object) -> dict[str, object]:
-    return {"probe_outcome": "ok", "setup_complete": False, "setup_failed": False, **facts}
+def ok(
+    status: str,
+    created_at: datetime,
+    runner: GitHubRunnerFacts | None,
+    *,
+    setup_complete: bool = False,
+    setup_failed: bool = False,
+    run_complete_exit_code: int | None = None,
+    runner_alive: bool | None = None,
+) -> VMFacts:
+    """The facts of a VM whose probe answered."""
+    return VMFacts(
+        status,
+        created_at,
+        runner,
+        "ok",
+        setup_complete=setup_complete,
+        setup_failed=setup_failed,
+        run_complete_exit_code=run_complete_exit_code,
+        runner_alive=runner_alive,
+    )
 
 
 ROWS: list[tuple[str, VMFacts, Action]] = [
-    ("error_status", VMFacts("ERROR", YOUNG, BUSY, **ok(runner_alive=True)), Action.DELETE),
+    ("error_status", ok("ERROR", YOUNG, BUSY, runner_alive=True), Action.DELETE),
     (
         "run_complete_probe",
-        VMFacts("ACTIVE", OLD, IDLE, **ok(setup_complete=True, run_complete_exit_code=0)),
+        ok("ACTIVE", OLD, IDLE, setup_complete=True, run_complete_exit_code=0),
         Action.CLEAN_UP,
     ),
     (
@@ -34,26 +53,26 @@ ROWS: list[tuple[str, VMFacts, Action]] = [
         Action.CLEAN_UP,
     ),
     ("powered_off", VMFacts("SHUTOFF", OLD, None), Action.CLEAN_UP),
-    ("no_runner_reachable", VMFacts("ACTIVE", YOUNG, None, **ok()), Action.DELETE),
+    ("no_runner_reachable", ok("ACTIVE", YOUNG, None), Action.DELETE),
     ("no_runner_unreachable", VMFacts("ACTIVE", YOUNG, None, "timeout"), Action.DELETE),
     (
         "alive_idle",
-        VMFacts("ACTIVE", OLD, IDLE, **ok(setup_complete=True, runner_alive=True)),
+        ok("ACTIVE", OLD, IDLE, setup_complete=True, runner_alive=True),
         Action.ADOPT_IDLE,
     ),
     (
         "alive_busy",
-        VMFacts("ACTIVE", OLD, BUSY, **ok(setup_complete=True, runner_alive=True)),
+        ok("ACTIVE", OLD, BUSY, setup_complete=True, runner_alive=True),
         Action.ADOPT_BUSY,
     ),
     (
         "crashed",
-        VMFacts("ACTIVE", YOUNG, IDLE, **ok(setup_complete=True, runner_alive=False)),
+        ok("ACTIVE", YOUNG, IDLE, setup_complete=True, runner_alive=False),
         Action.DELETE,
     ),
-    ("setup_young", VMFacts("ACTIVE", YOUNG, OFFLINE, **ok()), Action.ADOPT_BOOTING),
-    ("setup_old", VMFacts("ACTIVE", OLD, OFFLINE, **ok()), Action.DELETE),
-    ("setup_failed", VMFacts("ACTIVE", YOUNG, OFFLINE, **ok(setup_failed=True)), Action.DELETE),
+    ("setup_young", ok("ACTIVE", YOUNG, OFFLINE), Action.ADOPT_BOOTING),
+    ("setup_old", ok("ACTIVE", OLD, OFFLINE), Action.DELETE),
+    ("setup_failed", ok("ACTIVE", YOUNG, OFFLINE, setup_failed=True), Action.DELETE),
     ("unreachable_busy", VMFacts("ACTIVE", OLD, BUSY, "host_key_mismatch"), Action.ADOPT_BUSY),
     ("unreachable_young", VMFacts("ACTIVE", YOUNG, OFFLINE, "timeout"), Action.ADOPT_BOOTING),
     ("unreachable_old", VMFacts("ACTIVE", OLD, IDLE, "unreachable"), Action.DELETE),
@@ -65,7 +84,7 @@ ROWS: list[tuple[str, VMFacts, Action]] = [
     ),
     (
         "hidden_process_online",
-        VMFacts("ACTIVE", OLD, IDLE, **ok(setup_complete=True, runner_alive=None)),
+        ok("ACTIVE", OLD, IDLE, setup_complete=True, runner_alive=None),
         Action.ADOPT_IDLE,
     ),
     ("kept_failed", VMFacts("ERROR", OLD, None, kept_failed=True), Action.SKIP),
