@@ -1,0 +1,276 @@
+"""One reconciliation pass: gather (cloud by ownership tags, GitHub runners, SSH probes in
+parallel, console markers when SSH cannot answer), decide per VM, act, report.
+
+Acting is idempotent: deleting a server that is already gone, or removing a registration that is
+already gone, is success. With `dry_run` nothing is changed: the report holds the decisions.
+Adopting needs no cloud or GitHub call; the caller feeds `ReconcileReport.adopted` to its scaler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import structlog
+
+from provisioners.base import Provisioner, RunnerVM, ServerNotFound
+from provisioners.naming import FAILED_TAG, Ownership, parse_ownership
+from provisioners.ssh import ProbeResult
+from reconciler.inventory import parse_console
+from reconciler.policy import (
+    Action,
+    ConsoleFacts,
+    Decision,
+    GitHubRunnerFacts,
+    VMFacts,
+    decide,
+)
+from reconciler.ports import Prober, RunnerRegistration, RunnerRegistry
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class VMRow:
+    """One owned VM: what was found, what was decided, and whether acting on it worked."""
+
+    vm: RunnerVM
+    runner_name: str
+    age_seconds: float | None
+    registration: RunnerRegistration | None
+    probe: ProbeResult | None
+    console: ConsoleFacts | None
+    decision: Decision
+    error: str | None = None
+
+    @property
+    def probe_text(self) -> str:
+        if self.probe is None:
+            return "not probed"
+        return str(self.probe.outcome)
+
+
+@dataclass
+class OrphanRow:
+    """A registration in the scale set with no VM of ours behind it."""
+
+    registration: RunnerRegistration
+    removed: bool = False
+    error: str | None = None
+
+
+@dataclass
+class ReconcileReport:
+    dry_run: bool
+    rows: list[VMRow] = field(default_factory=list)
+    orphans: list[OrphanRow] = field(default_factory=list)
+    elapsed_seconds: float = 0.0
+
+    @property
+    def adopted(self) -> list[VMRow]:
+        return [row for row in self.rows if row.decision.action.adopts]
+
+    def counts(self) -> dict[str, int]:
+        counts = {action.value: 0 for action in Action}
+        for row in self.rows:
+            counts[row.decision.action.value] += 1
+        counts["orphan_registrations"] = len(self.orphans)
+        return counts
+
+    def slowest_probes(self, n: int = 3) -> list[tuple[str, float]]:
+        probed = [row for row in self.rows if row.probe is not None]
+        probed.sort(key=lambda row: row.probe.elapsed_seconds if row.probe else 0.0, reverse=True)
+        return [
+            (row.vm.name, round(row.probe.elapsed_seconds, 3)) for row in probed[:n] if row.probe
+        ]
+
+    def table(self) -> str:
+        """The decision table: VM, age, status, runner, probe result, action, reason."""
+        header = ("VM", "AGE", "STATUS", "RUNNER", "PROBE", "ACTION", "REASON")
+        lines: list[tuple[str, ...]] = [header]
+        for row in self.rows:
+            registration = row.registration
+            runner = (
+                "absent"
+                if registration is None
+                else ("busy" if registration.busy else registration.status.lower() or "?")
+            )
+            age = "?" if row.age_seconds is None else f"{int(row.age_seconds)}s"
+            reason = row.decision.reason + (f" [error: {row.error}]" if row.error else "")
+            lines.append(
+                (
+                    row.vm.name,
+                    age,
+                    row.vm.status,
+                    runner,
+                    row.probe_text,
+                    row.decision.action.value,
+                    reason,
+                )
+            )
+        for orphan in self.orphans:
+            state = "busy" if orphan.registration.busy else orphan.registration.status.lower()
+            lines.append(
+                (
+                    orphan.registration.name,
+                    "-",
+                    "no VM",
+                    state,
+                    "-",
+                    "remove_registration",
+                    "registered in the scale set with no VM"
+                    + (f" [error: {orphan.error}]" if orphan.error else ""),
+                )
+            )
+        widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
+        return "\n".join(
+            "  ".join(cell.ljust(width) for cell, width in zip(line[:-1], widths, strict=True))
+            + "  "
+            + line[-1]
+            for line in lines
+        )
+
+
+def _runner_facts(registration: RunnerRegistration | None) -> GitHubRunnerFacts | None:
+    if registration is None:
+        return None
+    return GitHubRunnerFacts(
+        id=registration.id,
+        busy=registration.busy,
+        online=registration.status.lower() == "online",
+    )
+
+
+async def run_once(
+    *,
+    provisioner: Provisioner,
+    registry: RunnerRegistry,
+    prober: Prober | None,
+    ownership: Ownership,
+    boot_timeout: timedelta,
+    concurrency: int = 20,
+    dry_run: bool = False,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> ReconcileReport:
+    """Gather, decide and (unless `dry_run`) act for every VM `ownership` owns."""
+    started = time.monotonic()
+    report = ReconcileReport(dry_run=dry_run)
+    vms = await provisioner.list_owned(ownership.tags())
+    registrations = list(await registry.list_runners(ownership.scale_set_id))
+    by_name = {registration.name: registration for registration in registrations}
+    gate = asyncio.Semaphore(max(1, concurrency))
+
+    async def examine(vm: RunnerVM) -> VMRow:
+        async with gate:
+            return await _examine(vm, by_name, provisioner, prober, boot_timeout, now())
+
+    async with asyncio.TaskGroup() as group:
+        tasks = [group.create_task(examine(vm)) for vm in vms]
+    report.rows = [task.result() for task in tasks]
+
+    names = {row.runner_name for row in report.rows}
+    report.orphans = [OrphanRow(r) for r in registrations if r.name not in names]
+
+    if not dry_run:
+
+        async def act(row: VMRow) -> None:
+            async with gate:
+                await _act(row, provisioner, registry)
+
+        async def remove(orphan: OrphanRow) -> None:
+            async with gate:
+                try:
+                    await registry.remove_runner(orphan.registration.id)
+                    orphan.removed = True
+                except Exception as exc:  # noqa: BLE001 - a busy one (JobStillRunning) stays; reported
+                    orphan.error = f"{type(exc).__name__}: {exc}"
+
+        async with asyncio.TaskGroup() as group:
+            for row in report.rows:
+                group.create_task(act(row))
+            for orphan in report.orphans:
+                group.create_task(remove(orphan))
+
+    report.elapsed_seconds = time.monotonic() - started
+    log.info(
+        "reconcile_summary",
+        scale_set_id=ownership.scale_set_id,
+        dry_run=dry_run,
+        counts=report.counts(),
+        slowest_probes=report.slowest_probes(),
+        errors=sum(1 for row in report.rows if row.error)
+        + sum(1 for orphan in report.orphans if orphan.error),
+        elapsed_seconds=round(report.elapsed_seconds, 3),
+    )
+    return report
+
+
+async def _examine(
+    vm: RunnerVM,
+    by_name: dict[str, RunnerRegistration],
+    provisioner: Provisioner,
+    prober: Prober | None,
+    boot_timeout: timedelta,
+    now: datetime,
+) -> VMRow:
+    info = parse_ownership(vm.tags, vm.metadata)
+    runner_name = (info.runner_name if info else "") or vm.name
+    created_at = (info.created_at if info else None) or vm.created_at
+    registration = by_name.get(runner_name)
+    probe: ProbeResult | None = None
+    if prober is not None and vm.status == "ACTIVE" and vm.address:
+        probe = await prober.probe(vm.address, info.host_public_key if info else None)
+    console: ConsoleFacts | None = None
+    if (probe is None or not probe.reachable) and vm.status in ("ACTIVE", "SHUTOFF"):
+        try:
+            console = parse_console(await provisioner.console_output(vm.id), runner_name)
+        except Exception as exc:  # noqa: BLE001 - the fallback channel is best effort
+            log.info("reconcile_console_unavailable", server_id=vm.id, error=str(exc))
+    facts = VMFacts(
+        status=vm.status,
+        created_at=created_at,
+        runner=_runner_facts(registration),
+        probe_outcome=None if probe is None else str(probe.outcome),
+        setup_complete=probe.setup_complete if probe else None,
+        setup_failed=(probe.setup_failed_reason is not None) if probe and probe.reachable else None,
+        run_complete_exit_code=probe.run_complete_exit_code if probe else None,
+        runner_alive=probe.runner_alive if probe else None,
+        console=console,
+        kept_failed=FAILED_TAG in vm.tags,
+    )
+    age = None if created_at is None else (now - created_at).total_seconds()
+    return VMRow(
+        vm=vm,
+        runner_name=runner_name,
+        age_seconds=age,
+        registration=registration,
+        probe=probe,
+        console=console,
+        decision=decide(facts, now, boot_timeout),
+    )
+
+
+async def _act(row: VMRow, provisioner: Provisioner, registry: RunnerRegistry) -> None:
+    action = row.decision.action
+    if action not in (Action.CLEAN_UP, Action.DELETE):
+        return
+    try:
+        registration = row.registration
+        if registration is not None and not registration.busy:
+            await registry.remove_runner(registration.id)
+        with contextlib.suppress(ServerNotFound):  # "not found" is success
+            await provisioner.delete(row.vm.id)
+        log.info(
+            "reconcile_vm_removed",
+            runner_name=row.runner_name,
+            server_id=row.vm.id,
+            action=action.value,
+            reason=row.decision.reason,
+        )
+    except Exception as exc:  # noqa: BLE001 - one VM's failure is reported, others go on
+        row.error = f"{type(exc).__name__}: {exc}"
+        log.warning("reconcile_action_failed", server_id=row.vm.id, error=row.error)
