@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import sys
-import threading
-import time
 from types import TracebackType
 
 import uvicorn
@@ -17,7 +14,7 @@ from simulator.github.app import SimulatorApp
 from simulator.github.config import SimulatorConfig
 from simulator.github.control import SimulatorControl
 from simulator.github.state import World
-from simulator.serving import Receive, Scope, Send, bind, uvicorn_server
+from simulator.serving import Receive, Scope, Send, ServerThread, bind, uvicorn_server
 
 log = logging.getLogger(__name__)
 
@@ -43,41 +40,21 @@ class RunningSimulator:
         self._sock = bind("127.0.0.1", 0)
         self.port: int = self._sock.getsockname()[1]
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self._server, self.world = build_server(config, self._sock, graceful=1)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._failure: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="simulator.github", daemon=True)
+        server, self.world = build_server(config, self._sock, graceful=1)
+        self._thread = ServerThread(
+            "simulator.github",
+            server,
+            lambda: server.serve(sockets=[self._sock]),
+            on_stop=self.world.shutdown,
+        )
         self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if self._failure is not None or not self._thread.is_alive():
-                raise RuntimeError("simulator.github failed to start") from self._failure
-            if time.monotonic() > deadline:
-                raise RuntimeError("simulator.github did not start within 10 s")
-            time.sleep(0.002)
         self.control = SimulatorControl(self.base_url)
 
-    def _run(self) -> None:
-        async def main() -> None:
-            self._loop = asyncio.get_running_loop()
-            await self._server.serve(sockets=[self._sock])
-
-        try:
-            asyncio.run(main())
-        except Exception as exc:
-            log.exception("simulator.github server thread failed")
-            self._failure = exc
-
     def stop(self) -> None:
-        if not self._thread.is_alive():
+        if not self._thread.alive:
             return
         self.control.close()
-        self._server.should_exit = True
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # the loop closed in between
-                loop.call_soon_threadsafe(self.world.shutdown)
-        self._thread.join(timeout=5)
+        self._thread.stop()
         self._sock.close()
 
     def __enter__(self) -> RunningSimulator:

@@ -6,8 +6,6 @@ import asyncio
 import contextlib
 import socket
 import sys
-import threading
-import time
 from pathlib import Path
 from types import TracebackType
 
@@ -18,7 +16,7 @@ from simulator.openstack.cloudsyaml import clouds_yaml_text
 from simulator.openstack.config import CloudConfig
 from simulator.openstack.control import CloudControl
 from simulator.openstack.state import Cloud
-from simulator.serving import Receive, Scope, Send, bind, uvicorn_server
+from simulator.serving import Receive, Scope, Send, ServerThread, bind, uvicorn_server
 
 TICK_INTERVAL = 0.05
 
@@ -63,28 +61,16 @@ class RunningCloud:
         self._sock = bind("127.0.0.1", 0)
         self.port: int = self._sock.getsockname()[1]
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self._server, self.cloud = build_server(config, self._sock, graceful=1)
-        self._failure: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="simulator.openstack", daemon=True)
+        server, self.cloud = build_server(config, self._sock, graceful=1)
+        self._thread = ServerThread(
+            "simulator.openstack", server, lambda: _serve(server, self.cloud, self._sock)
+        )
         self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if self._failure is not None or not self._thread.is_alive():
-                raise RuntimeError("simulator.openstack failed to start") from self._failure
-            if time.monotonic() > deadline:
-                raise RuntimeError("simulator.openstack did not start within 10 s")
-            time.sleep(0.002)  # startup handshake with the server thread, not test sync
         self.control = CloudControl(self.base_url)
 
     @property
     def auth_url(self) -> str:
         return f"{self.base_url}/identity/v3"
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(_serve(self._server, self.cloud, self._sock))
-        except BaseException as exc:  # noqa: BLE001 - reported to the starting thread
-            self._failure = exc
 
     def clouds_yaml(self) -> str:
         return clouds_yaml_text(self.base_url, self.config.region)
@@ -95,11 +81,10 @@ class RunningCloud:
         return target
 
     def stop(self) -> None:
-        if not self._thread.is_alive():
+        if not self._thread.alive:
             return
         self.control.close()
-        self._server.should_exit = True
-        self._thread.join(timeout=5)
+        self._thread.stop()
         self._sock.close()
 
     def __enter__(self) -> RunningCloud:
