@@ -18,7 +18,7 @@ import ipaddress
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from dotenv import dotenv_values
 from pydantic import (
@@ -213,6 +213,13 @@ class Settings(BaseSettings):
     runner_sha256: str = ""
     cloud_init_template: Path | None = None
     sentinel_dir: str = "/var/lib/scaleset-runner"
+
+    # SSH probe of the startup reconciler (docs/ssh-probe.md)
+    vm_ssh_user: str = "runner"
+    vm_ssh_private_key_path: Path | None = None
+    ssh_probe_timeout: Duration = 10.0
+    ssh_host_key_policy: Literal["pinned", "accept-new"] = "pinned"
+    reconcile_concurrency: int = Field(default=20, ge=1, le=1024)
 
     # OpenStack (auth comes from OS_CLOUD + clouds.yaml or the OS_* variables)
     openstack_image: str = ""

@@ -242,12 +242,14 @@ class Listener:
         if self.scale_set is None:
             self.scale_set = await self._ensure_scale_set(fresh=True)
             self._scaler.bind_scale_set(self.scale_set.id)
+            await self._scaler.prepare(self.scale_set.id)
         try:
             created = await self._client.create_session(self.scale_set.id, self._options.owner_name)
         except ScaleSetNotFound:
             self._log.warning("scale_set_gone", scale_set_id=self.scale_set.id)
             self.scale_set = await self._ensure_scale_set(fresh=False)
             self._scaler.bind_scale_set(self.scale_set.id)
+            await self._scaler.prepare(self.scale_set.id)
             created = await self._client.create_session(self.scale_set.id, self._options.owner_name)
         try:
             session = MessageSession(self._client, self._http, self.scale_set.id, created)

@@ -27,7 +27,7 @@ import contextlib
 import enum
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -112,6 +112,21 @@ class TrackedRunner:
     durations: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Adoption:
+    """A VM found at startup that the scaler takes over (from the reconciler's report)."""
+
+    name: str
+    server_id: str
+    phase: Phase  # BOOTING, IDLE or BUSY
+    runner_id: int | None = None
+    age_seconds: float | None = None  # a booting VM's deadline counts from its creation
+
+
+# Startup reconciliation of one scale set: acts on the cloud and GitHub, returns what to adopt.
+Reconcile = Callable[[int], Awaitable[Sequence[Adoption]]]
+
+
 @dataclass
 class ScalerCounters:
     created: int = 0
@@ -139,6 +154,7 @@ class VMScaler:
         *,
         dry_run: bool = False,
         clock: Clock = time.monotonic,
+        reconcile: Reconcile | None = None,
     ) -> None:
         self.spec = spec
         self._registry = registry
@@ -164,6 +180,11 @@ class VMScaler:
         self._kept_failed = 0
         self._last_dry_run_decision: tuple[int, int] | None = None
         self.counters = ScalerCounters()
+        self._reconcile = reconcile
+        self._prepared_ids: set[int] = set()
+        self._prepared = asyncio.Event()
+        if reconcile is None:
+            self._prepared.set()
 
     # The listener's side (Scaler protocol) ------------------------------------------------
 
@@ -173,6 +194,48 @@ class VMScaler:
         self._scale_set_id = scale_set_id
         self._scale_set_bound.set()
         self._wake.set()
+
+    async def prepare(self, scale_set_id: int) -> None:
+        """Startup reconciliation (once per scale set id), before any demand is counted; its
+        adoptions join the owned set. A failure is logged: the sweep remains the safety net."""
+        try:
+            if self._reconcile is None or scale_set_id in self._prepared_ids:
+                return
+            self._prepared_ids.add(scale_set_id)
+            try:
+                adoptions = await self._reconcile(scale_set_id)
+            except Exception as exc:  # noqa: BLE001 - the service must start anyway
+                self._log.warning("reconcile_failed", error=f"{type(exc).__name__}: {exc}")
+                return
+            for adoption in adoptions:
+                self.adopt(adoption)
+        finally:
+            self._prepared.set()
+            self._wake.set()
+
+    def adopt(self, adoption: Adoption) -> None:
+        """Own a VM found in the cloud (idle, busy or booting; a booting one keeps its deadline)."""
+        if adoption.name in self.runners:
+            return
+        now = self._clock()
+        since = now - max(0.0, adoption.age_seconds or 0.0)
+        if adoption.phase is not Phase.BOOTING:
+            since = now
+        self.runners[adoption.name] = TrackedRunner(
+            name=adoption.name,
+            phase=adoption.phase,
+            created_at=since,
+            phase_since=since,
+            runner_id=adoption.runner_id,
+            server_id=adoption.server_id,
+        )
+        self._log.info(
+            "runner_adopted",
+            runner_name=adoption.name,
+            state=adoption.phase.value,
+            server_id=adoption.server_id,
+            source="reconcile",
+        )
 
     def cloud_capacity(self) -> int:
         return self._capacity
@@ -240,6 +303,10 @@ class VMScaler:
         binder = asyncio.create_task(self._scale_set_bound.wait())
         try:
             await asyncio.wait({stopper, binder}, return_when=asyncio.FIRST_COMPLETED)
+            # Nothing is created or swept before startup reconciliation has adopted what exists.
+            preparer = asyncio.create_task(self._prepared.wait())
+            await asyncio.wait({stopper, preparer}, return_when=asyncio.FIRST_COMPLETED)
+            preparer.cancel()
         finally:
             binder.cancel()
         next_sweep = self._clock() + self._lifecycle.sweep_interval

@@ -41,6 +41,11 @@ class Scaler(Protocol):
         """How many runners the cloud could run now (UNLIMITED when unknown)."""
         ...
 
+    async def prepare(self, scale_set_id: int) -> None:
+        """The scale set is known and no session counts demand yet: the place for startup work
+        (the VM scaler's reconciliation). Awaited after `bind_scale_set`, before the session."""
+        ...
+
     async def handle_desired_runner_count(self, desired: int, statistics: Statistics) -> None: ...
 
     async def handle_job_started(self, job: JobStarted) -> None: ...
@@ -60,6 +65,9 @@ class LoggingScaler:
 
     def cloud_capacity(self) -> int:
         return UNLIMITED
+
+    async def prepare(self, scale_set_id: int) -> None:
+        return None
 
     async def handle_desired_runner_count(self, desired: int, statistics: Statistics) -> None:
         self.desired_history.append(desired)

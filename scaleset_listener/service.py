@@ -30,8 +30,9 @@ from scaleset_listener.errors import ConfigError, ListenerError
 from scaleset_listener.health import HealthServer, ScaleSetHealth
 from scaleset_listener.http import HttpChannel
 from scaleset_listener.listener import Listener, ListenerOptions
+from scaleset_listener.reconciling import adoptions, reconcile_scale_set
 from scaleset_listener.retrying import RetryPolicy
-from scaleset_listener.scaler import Lifecycle, VMScaler
+from scaleset_listener.scaler import Adoption, Lifecycle, VMScaler
 from scaleset_listener.scaling import LoggingScaler, Scaler
 
 log = structlog.get_logger(__name__)
@@ -81,6 +82,12 @@ def vm_scalers(
     slots = asyncio.Semaphore(settings.provision_concurrency)
 
     def make(spec: ScaleSetSpec) -> VMScaler:
+        async def reconcile(scale_set_id: int) -> list[Adoption]:
+            report = await reconcile_scale_set(
+                settings, client, provisioner, scale_set_id, dry_run=settings.dry_run
+            )
+            return adoptions(report)
+
         def server_spec_for(
             ownership: Ownership, name: str, jit: str, host_key: HostKey, now: datetime
         ) -> ServerSpec:
@@ -95,6 +102,7 @@ def vm_scalers(
             lifecycle(settings),
             slots,
             dry_run=settings.dry_run,
+            reconcile=reconcile if settings.enable_reconciliation else None,
         )
 
     return make
@@ -210,8 +218,6 @@ async def run_service(
                 provisioner = OpenStackProvisioner(openstack_config(settings))
                 build = scaler_factory_builder or functools.partial(vm_scalers, settings)
                 make_scaler = build(client, provisioner)
-        if settings.enable_reconciliation:
-            log.info("reconciliation_skipped", reason="startup reconciliation is not built yet")
         owner = socket.gethostname()
         pairs = []
         for spec in settings.runners:

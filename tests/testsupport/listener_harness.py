@@ -55,12 +55,16 @@ class RecordingScaler:
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     scale_set_ids: list[int] = field(default_factory=list)
+    prepared: list[int] = field(default_factory=list)
 
     def bind_scale_set(self, scale_set_id: int) -> None:
         self.scale_set_ids.append(scale_set_id)
 
     def cloud_capacity(self) -> int:
         return self.capacity
+
+    async def prepare(self, scale_set_id: int) -> None:
+        self.prepared.append(scale_set_id)
 
     async def _record(self, update: Callable[[], None]) -> None:
         async with self._changed:
