@@ -50,7 +50,7 @@ class VMRow:
     @property
     def probe_text(self) -> str:
         if self.probe is None:
-            return "not probed"
+            return "not-probed"
         return str(self.probe.outcome)
 
 
@@ -118,7 +118,7 @@ class ReconcileReport:
                 (
                     orphan.registration.name,
                     "-",
-                    "no VM",
+                    "no-vm",
                     state,
                     "-",
                     "remove_registration",

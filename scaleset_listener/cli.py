@@ -1,4 +1,4 @@
-"""The `scaleset-listener` command: `run` the service, `check-config` an env file.
+"""The `scaleset-listener` command: `run` the service, `reconcile` once, `check-config`.
 
 Exit codes: 0 success, 1 the service failed while running, 2 the configuration is wrong.
 """
@@ -19,7 +19,7 @@ from scaleset_listener.auth import load_app_private_key
 from scaleset_listener.config import Settings, load_settings
 from scaleset_listener.errors import ConfigError
 from scaleset_listener.logs import configure
-from scaleset_listener.service import run_service
+from scaleset_listener.service import reconcile_once, run_service
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -45,6 +45,14 @@ def _parser() -> argparse.ArgumentParser:
         "demo",
         help="run the listener against the built-in simulator (see `demo --help`)",
         add_help=False,
+    )
+    reconcile = commands.add_parser(
+        "reconcile",
+        parents=[env_file],
+        help="one startup reconciliation pass: print the decision table, act, exit",
+    )
+    reconcile.add_argument(
+        "--dry-run", action="store_true", help="print the decisions and change nothing"
     )
     commands.add_parser(
         "check-config",
@@ -111,6 +119,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n".join(effective_settings(settings)))
         return EXIT_OK
     configure(settings.log_level, settings.log_format)
+    if args.command == "reconcile":
+        try:
+            return asyncio.run(reconcile_once(settings, dry_run=args.dry_run, out=print))
+        except ConfigError as exc:
+            print(f"scaleset-listener: configuration error: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
     return asyncio.run(run_service(settings))
 
 

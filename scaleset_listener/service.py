@@ -267,3 +267,47 @@ async def run_service(
             for signum in (signal.SIGTERM, signal.SIGINT):
                 asyncio.get_running_loop().remove_signal_handler(signum)
     return exit_code
+
+
+async def reconcile_once(settings: Settings, *, dry_run: bool, out: Callable[[str], None]) -> int:
+    """`scaleset-listener reconcile`: one reconciliation pass per configured scale set, its
+    decision table written to `out`; with `dry_run` nothing is changed. The exit code."""
+    missing = missing_cloud_settings(settings)
+    if missing:
+        raise ConfigError(f"reconcile needs the cloud settings: {', '.join(missing)}")
+    http = HttpChannel(retry_policy(settings))
+    provisioner: OpenStackProvisioner | None = None
+    failed = False
+    try:
+        target = settings.github_target
+        credential = build_credential(
+            target=target,
+            http=http,
+            pat=settings.github_token.get_secret_value() if settings.github_token else None,
+            app_id=settings.github_app_id,
+            installation_id=settings.github_app_installation_id,
+            private_key_pem=settings.app_private_key_pem() if settings.uses_github_app else None,
+        )
+        client = ActionsClient(ActionsAdminAuth(target, credential, http), http)
+        provisioner = OpenStackProvisioner(openstack_config(settings))
+        for spec in settings.runners:
+            group_id = spec.runner_group_id
+            if group_id is None:
+                group_id = (await client.get_runner_group_by_name(spec.runner_group)).id
+            scale_set = await client.find_scale_set(spec.name, group_id)
+            if scale_set is None:
+                out(f"# scale set {spec.name}: not registered at GitHub, nothing to reconcile")
+                continue
+            report = await reconcile_scale_set(
+                settings, client, provisioner, scale_set.id, dry_run=dry_run
+            )
+            mode = "dry run, nothing changed" if dry_run else "acted"
+            out(f"# scale set {spec.name} (id {scale_set.id}): {mode}")
+            out(report.table())
+            failed = failed or any(row.error for row in report.rows)
+            failed = failed or any(orphan.error for orphan in report.orphans)
+    finally:
+        await http.aclose()
+        if provisioner is not None:
+            await provisioner.close()
+    return 1 if failed else 0

@@ -1,0 +1,172 @@
+"""The reconciler end to end: the cloud from the simulator (through openstacksdk), the runner
+list from the simulator's Actions service (through the Actions client), the console markers as
+the fallback channel. No SSH key is configured here, so no VM is probed: GitHub and the console
+decide (the probe's own rows are covered in test_policy.py and test_run_once.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from provisioners.base import ServerSpec
+from provisioners.naming import Ownership, ownership_metadata
+from provisioners.openstack import OpenStackProvisioner
+from scaleset_listener.actions_client import ActionsClient
+from scaleset_listener.auth import ActionsAdminAuth, PersonalAccessToken
+from scaleset_listener.cloud import openstack_config
+from scaleset_listener.config import Settings
+from scaleset_listener.github_urls import parse_github_url
+from scaleset_listener.http import HttpChannel
+from scaleset_listener.retrying import RetryPolicy
+from scaleset_listener.service import reconcile_once
+from simulator.github.config import SimulatorConfig
+from simulator.github.server import RunningSimulator
+from simulator.github.server import run_in_thread as run_github
+from simulator.openstack.control import CloudControl
+from tests.testsupport.clouds import CloudTarget
+from tests.testsupport.listener_harness import FAST_SETTINGS
+from tests.testsupport.sim_cloud import simulated_cloud
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@dataclasses.dataclass
+class Setup:
+    github: RunningSimulator
+    cloud: CloudTarget
+    control: CloudControl
+    settings: Settings
+    scale_set_id: int = 0
+
+
+@pytest.fixture
+def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Setup]:
+    with (
+        run_github(SimulatorConfig(long_poll_timeout=0.2)) as github,
+        simulated_cloud(tmp_path) as (target, cloud_server),
+        CloudControl(cloud_server.base_url) as control,
+    ):
+        for name, value in target.env.items():
+            monkeypatch.setenv(name, value)
+        values: dict[str, Any] = {
+            "github_url": f"{github.base_url}/acme",
+            "github_token": github.config.pats[0],
+            "runners": [{"name": "linux", "max_runners": 10}],
+            "openstack_image": target.image,
+            "openstack_flavor": target.flavor,
+            "openstack_network": target.network,
+            **FAST_SETTINGS,
+            "boot_timeout": 600.0,
+        }
+        settings = Settings(**values)
+        scale_set = github.control.create_scale_set("linux", labels=["linux"])
+        yield Setup(github, target, control, settings, int(scale_set["id"]))
+
+
+@contextlib.asynccontextmanager
+async def admin_client(setup: Setup) -> AsyncIterator[ActionsClient]:
+    http = HttpChannel(RetryPolicy(max_attempts=2, max_wait=0.01))
+    target = parse_github_url(f"{setup.github.base_url}/acme")
+    auth = ActionsAdminAuth(target, PersonalAccessToken(setup.github.config.pats[0]), http)
+    try:
+        yield ActionsClient(auth, http)
+    finally:
+        await http.aclose()
+
+
+async def create_vm(setup: Setup, name: str, age: timedelta) -> str:
+    ownership = Ownership(setup.settings.effective_listener_instance_id, setup.scale_set_id)
+    provisioner = OpenStackProvisioner(
+        dataclasses.replace(openstack_config(setup.settings), poll_interval=0.05)
+    )
+    try:
+        vm = await provisioner.create(
+            ServerSpec(
+                name=name,
+                user_data=b"#!/bin/sh\ntrue\n",
+                tags=ownership.tags(),
+                metadata=ownership_metadata(name, "linux", datetime.now(UTC) - age),
+            )
+        )
+    finally:
+        await provisioner.close()
+    return vm.id
+
+
+async def leftovers(setup: Setup) -> dict[str, str]:
+    """What an earlier listener process left behind; the name -> the expected action."""
+    hour, minute = timedelta(hours=1), timedelta(minutes=1)
+    async with admin_client(setup) as client:
+        jit = {}
+        for name in ("linux-idle0001", "linux-error001", "linux-done0001", "linux-young001"):
+            jit[name] = await client.generate_jit_config(setup.scale_set_id, name)
+        await client.generate_jit_config(setup.scale_set_id, "linux-novm0001")
+    # An online runner whose VM is young: no probe, not busy, inside BOOT_TIMEOUT.
+    setup.github.control.connect_runner(jit["linux-idle0001"].encoded_jit_config)
+    await create_vm(setup, "linux-idle0001", minute)
+    error_id = await create_vm(setup, "linux-error001", minute)
+    setup.control.set_server_status(error_id, "ERROR", "host failure")
+    done_id = await create_vm(setup, "linux-done0001", hour)
+    setup.control.append_console(
+        done_id, "SCALESET-RUNNER run-complete runner=linux-done0001 exit=0"
+    )
+    await create_vm(setup, "linux-young001", minute)
+    await create_vm(setup, "linux-noreg001", hour)
+    return {
+        "linux-idle0001": "adopt_booting",
+        "linux-error001": "delete",
+        "linux-done0001": "clean_up",
+        "linux-young001": "adopt_booting",
+        "linux-noreg001": "delete",
+        "linux-novm0001": "remove_registration",
+    }
+
+
+def world_state(setup: Setup) -> tuple[Any, Any]:
+    servers = sorted((s.name, s.status) for s in setup.control.servers())
+    runners = sorted(
+        (r["name"], r.get("busy"), r.get("status")) for r in setup.github.control.state()["runners"]
+    )
+    return servers, runners
+
+
+def actions_in(lines: list[str]) -> dict[str, str]:
+    found = {}
+    for line in lines:
+        cells = line.split()
+        if cells and cells[0].startswith("linux-"):
+            found[cells[0]] = cells[5]
+    return found
+
+
+async def test_a_dry_run_prints_every_decision_and_leaves_cloud_and_github_untouched(
+    setup: Setup,
+) -> None:
+    expected = await leftovers(setup)
+    before = world_state(setup)
+    lines: list[str] = []
+    assert await reconcile_once(setup.settings, dry_run=True, out=lines.append) == 0
+    assert world_state(setup) == before
+    assert actions_in("\n".join(lines).splitlines()) == expected
+    assert "younger than BOOT_TIMEOUT" in "\n".join(lines)
+
+
+async def test_a_pass_deletes_and_cleans_up_per_the_table_and_keeps_the_adopted(
+    setup: Setup,
+) -> None:
+    await leftovers(setup)
+    lines: list[str] = []
+    assert await reconcile_once(setup.settings, dry_run=False, out=lines.append) == 0
+    servers, runners = world_state(setup)
+    assert [name for name, _ in servers] == ["linux-idle0001", "linux-young001"]
+    assert sorted(name for name, _, _ in runners) == ["linux-idle0001", "linux-young001"]
+    # A second pass finds nothing more to change.
+    again: list[str] = []
+    assert await reconcile_once(setup.settings, dry_run=False, out=again.append) == 0
+    assert world_state(setup) == (servers, runners)
