@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from provisioners.base import ServerSpec
+from provisioners.base import RunnerVM, ServerSpec
 from provisioners.naming import Ownership, ownership_metadata
 from provisioners.openstack import OpenStackProvisioner
 from scaleset_listener.actions_client import ActionsClient
@@ -80,7 +80,9 @@ async def admin_client(setup: Setup) -> AsyncIterator[ActionsClient]:
         await http.aclose()
 
 
-async def create_vm(setup: Setup, name: str, age: timedelta) -> str:
+async def create_vm(
+    setup: Setup, name: str, age: timedelta, host_key: str | None = None
+) -> RunnerVM:
     ownership = Ownership(setup.settings.effective_listener_instance_id, setup.scale_set_id)
     provisioner = OpenStackProvisioner(
         dataclasses.replace(openstack_config(setup.settings), poll_interval=0.05)
@@ -91,12 +93,12 @@ async def create_vm(setup: Setup, name: str, age: timedelta) -> str:
                 name=name,
                 user_data=b"#!/bin/sh\ntrue\n",
                 tags=ownership.tags(),
-                metadata=ownership_metadata(name, "linux", datetime.now(UTC) - age),
+                metadata=ownership_metadata(name, "linux", datetime.now(UTC) - age, host_key),
             )
         )
     finally:
         await provisioner.close()
-    return vm.id
+    return vm
 
 
 async def leftovers(setup: Setup) -> dict[str, str]:
@@ -110,9 +112,9 @@ async def leftovers(setup: Setup) -> dict[str, str]:
     # An online runner whose VM is young: no probe, not busy, inside BOOT_TIMEOUT.
     setup.github.control.connect_runner(jit["linux-idle0001"].encoded_jit_config)
     await create_vm(setup, "linux-idle0001", minute)
-    error_id = await create_vm(setup, "linux-error001", minute)
+    error_id = (await create_vm(setup, "linux-error001", minute)).id
     setup.control.set_server_status(error_id, "ERROR", "host failure")
-    done_id = await create_vm(setup, "linux-done0001", hour)
+    done_id = (await create_vm(setup, "linux-done0001", hour)).id
     setup.control.append_console(
         done_id, "SCALESET-RUNNER run-complete runner=linux-done0001 exit=0"
     )
