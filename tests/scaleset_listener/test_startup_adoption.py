@@ -4,11 +4,22 @@ counted; a booting VM keeps its deadline; a failed reconciliation does not stop 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import pytest
+
+from provisioners.base import ServerSpec
+from provisioners.naming import Ownership, ownership_metadata
+from provisioners.openstack import OpenStackProvisioner
+from scaleset_listener.cloud import openstack_config
 from scaleset_listener.config import ScaleSetSpec
 from scaleset_listener.scaler import Adoption, Lifecycle, Phase, VMScaler
+from tests.scaleset_listener.test_scaler import admin_client_for
+from tests.testsupport.world import serving, simulated_world
 
 
 class Clock:
@@ -66,3 +77,44 @@ async def test_a_failed_reconciliation_is_logged_and_the_scaler_goes_on() -> Non
     scaler = scaler_with(reconcile, Clock())
     await scaler.prepare(7)
     assert scaler.owned() == []
+
+
+async def test_at_start_a_left_over_vm_is_adopted_before_demand_so_no_second_vm_is_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with simulated_world(tmp_path, monkeypatch) as world:
+        scale_set_id = int(world.github.control.create_scale_set("linux", labels=["linux"])["id"])
+        settings = world.settings(
+            enable_reconciliation=True,
+            runners=[{"name": "linux", "min_runners": 1, "max_runners": 3}],
+            boot_timeout=600.0,
+        )
+        name = "linux-left0001"
+        async with admin_client_for(world) as client:
+            jit = await client.generate_jit_config(scale_set_id, name)
+            await client.generate_jit_config(scale_set_id, "linux-novm0001")
+        world.github.control.connect_runner(jit.encoded_jit_config)
+        ownership = Ownership(settings.effective_listener_instance_id, scale_set_id)
+        provisioner = OpenStackProvisioner(
+            dataclasses.replace(openstack_config(settings), poll_interval=0.05)
+        )
+        try:
+            await provisioner.create(
+                ServerSpec(
+                    name=name,
+                    user_data=b"#!/bin/sh\ntrue\n",
+                    tags=ownership.tags(),
+                    metadata=ownership_metadata(name, "linux", datetime.now(UTC)),
+                )
+            )
+        finally:
+            await provisioner.close()
+        async with serving(world, settings):
+            await world.wait_fleet(lambda: "linux" in world.scalers)
+            scaler = world.scalers["linux"]
+            await world.wait_fleet(
+                lambda: name in scaler.runners and scaler.runners[name].phase is Phase.IDLE
+            )
+            await world.wait_github(lambda s: [r["name"] for r in s["runners"]] == [name])
+            assert scaler.counters.created == 0
+            assert [s["name"] for s in world.servers()] == [name]
