@@ -5,6 +5,7 @@ decide (the probe's own rows are covered in test_policy.py and test_run_once.py)
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Iterator
@@ -19,6 +20,7 @@ from provisioners.naming import Ownership, ownership_metadata
 from provisioners.openstack import OpenStackProvisioner
 from scaleset_listener.actions_client import ActionsClient
 from scaleset_listener.auth import ActionsAdminAuth, PersonalAccessToken
+from scaleset_listener.cli import main
 from scaleset_listener.cloud import openstack_config
 from scaleset_listener.config import Settings
 from scaleset_listener.github_urls import parse_github_url
@@ -172,3 +174,32 @@ async def test_a_pass_deletes_and_cleans_up_per_the_table_and_keeps_the_adopted(
     again: list[str] = []
     assert await reconcile_once(setup.settings, dry_run=False, out=again.append) == 0
     assert world_state(setup) == (servers, runners)
+
+
+def test_the_reconcile_command_with_dry_run_prints_the_table_and_changes_nothing(
+    setup: Setup, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    asyncio.run(leftovers(setup))
+    before = world_state(setup)
+    env_file = tmp_path / "reconcile.env"
+    env_file.write_text(
+        "\n".join(
+            [
+                f"GITHUB_URL={setup.github.base_url}/acme",
+                f"GITHUB_TOKEN={setup.github.config.pats[0]}",
+                'RUNNERS=[{"name": "linux"}]',
+                f"OPENSTACK_IMAGE={setup.cloud.image}",
+                f"OPENSTACK_FLAVOR={setup.cloud.flavor}",
+                f"OPENSTACK_NETWORK={setup.cloud.network}",
+                "RETRY_MAX_ATTEMPTS=3",
+                "RETRY_MAX_WAIT=0.02",
+                "",
+            ]
+        )
+    )
+    assert main(["reconcile", "--dry-run", "--env-file", str(env_file)]) == 0
+    printed = capsys.readouterr().out
+    assert "dry run, nothing changed" in printed
+    assert "REASON" in printed
+    assert "linux-novm0001" in printed
+    assert world_state(setup) == before
