@@ -27,6 +27,7 @@ from scaleset_listener.github_urls import parse_github_url
 from scaleset_listener.http import HttpChannel
 from scaleset_listener.retrying import RetryPolicy
 from scaleset_listener.service import reconcile_once
+from scaleset_listener.session import MessageSession
 from simulator.github.config import SimulatorConfig
 from simulator.github.server import RunningSimulator
 from simulator.github.server import run_in_thread as run_github
@@ -135,7 +136,7 @@ async def leftovers(setup: Setup) -> dict[str, str]:
 def world_state(setup: Setup) -> tuple[Any, Any]:
     servers = sorted((s.name, s.status) for s in setup.control.servers())
     runners = sorted(
-        (r["name"], r.get("busy"), r.get("status")) for r in setup.github.control.state()["runners"]
+        (r["name"], r["state"], r.get("job")) for r in setup.github.control.state()["runners"]
     )
     return servers, runners
 
@@ -203,3 +204,40 @@ def test_the_reconcile_command_with_dry_run_prints_the_table_and_changes_nothing
     assert "REASON" in printed
     assert "linux-novm0001" in printed
     assert world_state(setup) == before
+
+
+async def make_busy(setup: Setup, client: ActionsClient, jit_config: str) -> None:
+    """The runner takes a job: the job is queued, acquired through a session, assigned, taken."""
+    runner = setup.github.control.connect_runner(jit_config)
+    setup.github.control.enqueue_jobs(["linux"], count=1, duration=600)
+    http = HttpChannel(RetryPolicy(max_attempts=2, max_wait=0.01))
+    created = await client.create_session(setup.scale_set_id, "test")
+    session = MessageSession(client, http, setup.scale_set_id, created)
+    try:
+        jobs = await client.get_acquirable_jobs(setup.scale_set_id)
+        await session.acquire_jobs([job.runner_request_id for job in jobs])
+        await asyncio.to_thread(
+            setup.github.control.wait_for_state,
+            lambda s: any(j.get("state") == "assigned" for j in s["jobs"]),
+            10.0,
+        )
+        setup.github.control.runner_take_job(int(runner["id"]))
+    finally:
+        await session.close()
+        await http.aclose()
+
+
+async def test_a_busy_runner_whose_vm_cannot_be_probed_is_adopted_never_deleted(
+    setup: Setup,
+) -> None:
+    name = "linux-busy0001"
+    async with admin_client(setup) as client:
+        jit = await client.generate_jit_config(setup.scale_set_id, name)
+        await make_busy(setup, client, jit.encoded_jit_config)
+    await create_vm(setup, name, timedelta(days=2))
+    lines: list[str] = []
+    assert await reconcile_once(setup.settings, dry_run=False, out=lines.append) == 0
+    assert actions_in("\n".join(lines).splitlines()) == {name: "adopt_busy"}
+    servers, runners = world_state(setup)
+    assert [n for n, _ in servers] == [name]
+    assert [(n, state) for n, state, _ in runners] == [(name, "busy")]
