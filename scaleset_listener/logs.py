@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, TextIO
+from typing import TextIO
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
@@ -76,7 +76,3 @@ def configure(level: LogLevel, log_format: LogFormat, stream: TextIO | None = No
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
-
-
-def get_logger(name: str, **context: Any) -> Any:
-    return structlog.get_logger(name).bind(**context)

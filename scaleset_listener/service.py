@@ -14,7 +14,6 @@ import signal
 import socket
 from collections.abc import Callable
 from datetime import datetime
-from typing import Protocol, runtime_checkable
 
 import structlog
 
@@ -118,13 +117,6 @@ def _health_of(listener: Listener, scaler: Scaler) -> ScaleSetHealth:
     return ScaleSetHealth(listener.name, last_poll_at, problem)
 
 
-@runtime_checkable
-class _RunnableScaler(Protocol):
-    """A scaler with a loop of its own (VMScaler); the logging one has none."""
-
-    async def run(self, stop: asyncio.Event) -> None: ...
-
-
 async def _serve_scale_set(listener: Listener, scaler: Scaler, stop: asyncio.Event) -> bool:
     """One scale set's listener and scaler; a fatal failure here stops only this set."""
     set_stop = asyncio.Event()
@@ -134,14 +126,14 @@ async def _serve_scale_set(listener: Listener, scaler: Scaler, stop: asyncio.Eve
         set_stop.set()
 
     relay = asyncio.create_task(relay_stop())
+    scaler_task = None
+    # Only the VM scaler has a loop of its own (the logging one just logs what it is told).
     if isinstance(scaler, VMScaler):
         try:
             await scaler.refresh_capacity()
         except ProvisionerError as exc:
             log.warning("cloud_capacity_unknown", scale_set=listener.name, error=str(exc))
-    scaler_task = (
-        asyncio.create_task(scaler.run(set_stop)) if isinstance(scaler, _RunnableScaler) else None
-    )
+        scaler_task = asyncio.create_task(scaler.run(set_stop))
     try:
         await listener.run(set_stop)
     except ListenerError as failure:
