@@ -121,6 +121,12 @@ class Provisioner(Protocol):
 
     async def add_tag(self, server_id: str, tag: str) -> None: ...
 
+    async def set_metadata(self, server_id: str, metadata: Mapping[str, str]) -> None:
+        """Merge `metadata` into the server's metadata (keys not named are kept); an unknown id
+        raises ServerNotFound, a value the cloud refuses (Nova: over 255 characters) raises
+        PermanentProvisionerError."""
+        ...
+
     async def capacity(self) -> int | None:
         """How many more servers the cloud can take now; None when not limited by us."""
         ...

@@ -34,6 +34,7 @@ META_CREATED_AT = "scaleset-created-at"
 META_HOST_KEY = "scaleset-host-key"
 
 MAX_TAG_LENGTH = 60
+MAX_METADATA_VALUE_LENGTH = 255
 _TAG_SAFE = re.compile(r"^[^/,]+$")
 _INSTANCE_ID = re.compile(r"^[A-Za-z0-9._-]{1,40}$")
 
@@ -94,12 +95,20 @@ def ownership_metadata(
         META_CREATED_AT: created_at.astimezone(UTC).isoformat(timespec="seconds"),
     }
     if host_public_key:
-        # Nova metadata values are at most 255 characters: an ed25519 key fits, RSA does not.
-        key = host_public_key.strip()
-        if len(key) > 255:
-            raise NamingError("host public key longer than Nova's 255-character metadata limit")
-        metadata[META_HOST_KEY] = key
+        metadata.update(host_key_metadata(host_public_key))
     return metadata
+
+
+def host_key_metadata(host_public_key: str) -> dict[str, str]:
+    """The metadata that records a server's SSH host key (`<type> <base64>`) for pinning."""
+    # Nova metadata values are at most 255 characters: an ed25519 key fits, RSA does not.
+    key = host_public_key.strip()
+    if not key or len(key) > MAX_METADATA_VALUE_LENGTH:
+        raise NamingError(
+            f"a host public key of {len(key)} characters cannot be recorded: Nova metadata "
+            f"values are 1 to {MAX_METADATA_VALUE_LENGTH} characters (use an ed25519 host key)"
+        )
+    return {META_HOST_KEY: key}
 
 
 @dataclass(frozen=True)

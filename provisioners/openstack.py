@@ -447,6 +447,15 @@ class OpenStackProvisioner:
 
         await self._call(f"tag server {server_id}", add)
 
+    async def set_metadata(self, server_id: str, metadata: Mapping[str, str]) -> None:
+        # Nova's POST /servers/{id}/metadata merges; PUT would drop the ownership metadata.
+        items = dict(metadata)
+
+        def update(conn: openstack.connection.Connection) -> None:
+            conn.compute.set_server_metadata(server_id, **items)
+
+        await self._call(f"set metadata of server {server_id}", update)
+
     async def console_output(self, server_id: str, lines: int = 200) -> str:
         def console(conn: openstack.connection.Connection) -> str:
             answer = conn.compute.get_server_console_output(server_id, length=lines)

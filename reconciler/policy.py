@@ -8,7 +8,9 @@ with a reason. The rows, in the order they are checked:
 | ----------------------------------------------------------- | ------------- |
 | tagged as a failed VM kept for debugging                    | skip          |
 | status ERROR                                                | delete        |
-| run-complete (probe or console), or powered off (SHUTOFF)   | clean_up      |
+| run-complete (probe or console)                             | clean_up      |
+| powered off (SHUTOFF), GitHub says busy                     | adopt_busy    |
+| powered off (SHUTOFF), otherwise                            | clean_up      |
 | no GitHub runner and no run-complete                        | delete        |
 | setup-failed (probe or console marker)                      | delete        |
 | probe ok: setup-complete, runner process alive              | adopt_idle/busy |
@@ -131,6 +133,14 @@ def decide(facts: VMFacts, now: datetime, boot_timeout: timedelta) -> Decision:
     if not facts.probe_ok and console.run_complete:
         return Decision(Action.CLEAN_UP, "run-complete marker on the console")
     if facts.status == "SHUTOFF":
+        if facts.runner is not None and facts.runner.busy:
+            # Off, so nothing runs on it; but the deletion rule waits for GitHub to let go
+            # (JobCompleted or the registration gone), as the scaler's sweep does.
+            return Decision(
+                Action.ADOPT_BUSY,
+                "powered off without run-complete, but GitHub says busy "
+                "(the scaler deletes it once GitHub lets go)",
+            )
         return Decision(Action.CLEAN_UP, "powered off after a run")
     runner = facts.runner
     if runner is None:

@@ -4,6 +4,10 @@ parallel, console markers when SSH cannot answer), decide per VM, act, report.
 Acting is idempotent: deleting a server that is already gone, or removing a registration that is
 already gone, is success. With `dry_run` nothing is changed: the report holds the decisions.
 Adopting needs no cloud or GitHub call; the caller feeds `ReconcileReport.adopted` to its scaler.
+
+Trust on first use (SSH_HOST_KEY_POLICY=accept-new): a server with no recorded host key that
+answered a probe has its presented key written to its metadata (`scaleset-host-key`), unless it
+is being deleted, so every later probe pins that key.
 """
 
 from __future__ import annotations
@@ -17,8 +21,14 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
-from provisioners.base import Provisioner, RunnerVM, ServerNotFound
-from provisioners.naming import FAILED_TAG, Ownership, parse_ownership
+from provisioners.base import Provisioner, ProvisionerError, RunnerVM, ServerNotFound
+from provisioners.naming import (
+    FAILED_TAG,
+    NamingError,
+    Ownership,
+    host_key_metadata,
+    parse_ownership,
+)
 from provisioners.ssh import ProbeResult
 from reconciler.inventory import parse_console
 from reconciler.policy import (
@@ -46,6 +56,9 @@ class VMRow:
     console: ConsoleFacts | None
     decision: Decision
     error: str | None = None
+    # A host key the probe learned for a server that had none recorded (accept-new).
+    learned_host_key: str | None = None
+    host_key_recorded: bool = False
 
     @property
     def probe_text(self) -> str:
@@ -100,7 +113,14 @@ class ReconcileReport:
                 else ("busy" if registration.busy else registration.status.lower() or "?")
             )
             age = "?" if row.age_seconds is None else f"{int(row.age_seconds)}s"
-            reason = row.decision.reason + (f" [error: {row.error}]" if row.error else "")
+            reason = row.decision.reason
+            if row.learned_host_key and row.decision.action not in _REMOVING:
+                reason += (
+                    "; host key learned, recorded"
+                    if row.host_key_recorded
+                    else "; host key learned, not recorded"
+                )
+            reason += f" [error: {row.error}]" if row.error else ""
             lines.append(
                 (
                     row.vm.name,
@@ -243,6 +263,9 @@ async def _examine(
         kept_failed=FAILED_TAG in vm.tags,
     )
     age = None if created_at is None else (now - created_at).total_seconds()
+    learned = None
+    if probe is not None and probe.reachable and probe.host_key and info is not None:
+        learned = None if info.host_public_key else probe.host_key
     return VMRow(
         vm=vm,
         runner_name=runner_name,
@@ -251,12 +274,32 @@ async def _examine(
         probe=probe,
         console=console,
         decision=decide(facts, now, boot_timeout),
+        learned_host_key=learned,
     )
+
+
+_REMOVING = (Action.CLEAN_UP, Action.DELETE)
+
+
+async def _record_host_key(row: VMRow, provisioner: Provisioner) -> None:
+    """Pin from now on the key a server presented on first contact (accept-new)."""
+    assert row.learned_host_key is not None
+    try:
+        await provisioner.set_metadata(row.vm.id, host_key_metadata(row.learned_host_key))
+    except (NamingError, ProvisionerError) as exc:
+        # Not fatal: the VM keeps its decision; the next probe is again a first contact.
+        row.error = f"host key not recorded: {type(exc).__name__}: {exc}"
+        log.warning("reconcile_host_key_not_recorded", server_id=row.vm.id, error=row.error)
+        return
+    row.host_key_recorded = True
+    log.info("reconcile_host_key_recorded", runner_name=row.runner_name, server_id=row.vm.id)
 
 
 async def _act(row: VMRow, provisioner: Provisioner, registry: RunnerRegistry) -> None:
     action = row.decision.action
-    if action not in (Action.CLEAN_UP, Action.DELETE):
+    if action not in _REMOVING:
+        if row.learned_host_key is not None:
+            await _record_host_key(row, provisioner)
         return
     try:
         registration = row.registration

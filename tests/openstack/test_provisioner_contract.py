@@ -16,9 +16,17 @@ import pytest
 
 from provisioners.base import (
     PermanentProvisionerError,
+    ServerNotFound,
     ServerSpec,
 )
-from provisioners.naming import Ownership, ownership_metadata, parse_ownership, runner_name
+from provisioners.bootstrap import generate_host_key
+from provisioners.naming import (
+    Ownership,
+    host_key_metadata,
+    ownership_metadata,
+    parse_ownership,
+    runner_name,
+)
 from provisioners.openstack import OpenStackConfig, OpenStackProvisioner
 from tests.testsupport.clouds import CloudTarget
 
@@ -161,3 +169,37 @@ async def test_listing_without_an_ownership_filter_is_refused(
 ) -> None:
     with pytest.raises(ValueError, match="ownership tag"):
         await provisioner.list_owned(())
+
+
+async def test_set_metadata_merges_so_a_learned_host_key_joins_the_ownership_marks(
+    provisioner: OpenStackProvisioner,
+) -> None:
+    ownership = owner()
+    name = runner_name("contract")
+    vm = await provisioner.create(
+        ServerSpec(
+            name=name,
+            user_data=b"#!/bin/bash\necho hi\n",
+            tags=ownership.tags(),
+            # Created without a host key, as with SSH_HOST_KEY_POLICY=accept-new.
+            metadata=ownership_metadata(name, "contract", datetime.now(UTC)),
+        )
+    )
+    key = generate_host_key().public_openssh
+    try:
+        await provisioner.set_metadata(vm.id, host_key_metadata(key))
+        fetched = await provisioner.get(vm.id)
+        assert fetched is not None
+        info = parse_ownership(fetched.tags, fetched.metadata)
+        assert info is not None
+        assert info.host_public_key == key
+        assert info.runner_name == name
+        assert info.created_at is not None
+        # Nova's limit on a metadata value is 255 characters.
+        with pytest.raises(PermanentProvisionerError):
+            await provisioner.set_metadata(vm.id, {"scaleset-test": "x" * 256})
+        await provisioner.set_metadata(vm.id, {"scaleset-test": "x" * 255})
+    finally:
+        await provisioner.delete(vm.id)
+    with pytest.raises(ServerNotFound):
+        await provisioner.set_metadata(vm.id, host_key_metadata(key))

@@ -53,6 +53,13 @@ ROWS: list[tuple[str, VMFacts, Action]] = [
         Action.CLEAN_UP,
     ),
     ("powered_off", VMFacts("SHUTOFF", OLD, None), Action.CLEAN_UP),
+    ("powered_off_idle", VMFacts("SHUTOFF", OLD, IDLE), Action.CLEAN_UP),
+    ("powered_off_busy", VMFacts("SHUTOFF", OLD, BUSY), Action.ADOPT_BUSY),
+    (
+        "powered_off_busy_run_complete",
+        VMFacts("SHUTOFF", OLD, BUSY, console=ConsoleFacts(run_complete=True)),
+        Action.CLEAN_UP,
+    ),
     ("no_runner_reachable", ok("ACTIVE", YOUNG, None), Action.DELETE),
     ("no_runner_unreachable", VMFacts("ACTIVE", YOUNG, None, "timeout"), Action.DELETE),
     (

@@ -5,27 +5,61 @@ one written in the server metadata, as in production."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 
-from provisioners.naming import Ownership
+from provisioners.base import ServerSpec
+from provisioners.naming import META_HOST_KEY, Ownership
 from provisioners.openstack import OpenStackProvisioner
-from provisioners.ssh import ProbeResult, SSHProbeConfig, SSHProber
-from reconciler.reconcile import run_once
+from provisioners.ssh import HostKeyPolicy, ProbeOutcome, ProbeResult, SSHProbeConfig, SSHProber
+from reconciler.policy import Action
+from reconciler.reconcile import ReconcileReport, run_once
 from scaleset_listener.cloud import openstack_config
-from tests.reconciler.test_end_to_end import Setup, admin_client, create_vm, world_state
+from scaleset_listener.config import ScaleSetSpec
+from scaleset_listener.reconciling import adoptions
+from scaleset_listener.scaler import Adoption, Lifecycle, Phase, VMScaler
+from scaleset_listener.wire import Statistics
+from tests.reconciler.test_end_to_end import (
+    Setup,
+    admin_client,
+    create_vm,
+    make_busy,
+    world_state,
+)
 from tests.testsupport.ssh_hosts import HostSpec, SSHHost, SSHHostFactory
 
 
 class MappedProber:
-    """Probes the sshd host standing in for the VM at `address`."""
+    """Probes the sshd host standing in for the VM at `address`; remembers the key pinned."""
 
     def __init__(self, inner: SSHProber, hosts: dict[str, SSHHost]) -> None:
         self.inner = inner
         self.hosts = hosts
+        self.pinned: dict[str, str | None] = {}
 
     async def probe(self, address: str, pinned_public_key: str | None) -> ProbeResult:
+        self.pinned[address] = pinned_public_key
         return await self.inner.probe(self.hosts[address].address, pinned_public_key)
+
+
+def make_prober(f: SSHHostFactory, policy: HostKeyPolicy = HostKeyPolicy.PINNED) -> SSHProber:
+    return SSHProber(
+        SSHProbeConfig(
+            user=f.user,
+            private_key_path=f.client_key_path,
+            connect_timeout=1.0,
+            banner_timeout=1.0,
+            auth_timeout=1.0,
+            command_timeout=1.0,
+            deadline=5.0,
+            sentinel_dir=f.sentinel_dir,
+            port=f.port,
+            host_key_policy=policy,
+        )
+    )
 
 
 async def test_probed_vms_are_adopted_cleaned_up_or_deleted_per_the_table(
@@ -59,19 +93,7 @@ async def test_probed_vms_are_adopted_cleaned_up_or_deleted_per_the_table(
         vm = await create_vm(setup, name, age, host.pinned_public_key)
         assert vm.address is not None
         hosts[vm.address] = host
-    prober = SSHProber(
-        SSHProbeConfig(
-            user=f.user,
-            private_key_path=f.client_key_path,
-            connect_timeout=1.0,
-            banner_timeout=1.0,
-            auth_timeout=1.0,
-            command_timeout=1.0,
-            deadline=5.0,
-            sentinel_dir=f.sentinel_dir,
-            port=f.port,
-        )
-    )
+    prober = make_prober(f)
     provisioner = OpenStackProvisioner(
         dataclasses.replace(openstack_config(setup.settings), poll_interval=0.05)
     )
@@ -108,3 +130,223 @@ async def test_probed_vms_are_adopted_cleaned_up_or_deleted_per_the_table(
     servers, runners = world_state(setup)
     assert [name for name, _ in servers] == ["linux-alive001", "linux-boot0001"]
     assert sorted(name for name, _, _ in runners) == ["linux-alive001", "linux-boot0001"]
+
+
+@contextlib.asynccontextmanager
+async def reconciling(
+    setup: Setup, prober: MappedProber
+) -> AsyncIterator[Callable[[bool], Awaitable[ReconcileReport]]]:
+    """`await reconcile(dry_run)`: one pass with the real prober, provisioner and Actions client."""
+    provisioner = OpenStackProvisioner(
+        dataclasses.replace(openstack_config(setup.settings), poll_interval=0.05)
+    )
+    try:
+        async with admin_client(setup) as client:
+
+            async def reconcile(dry_run: bool) -> ReconcileReport:
+                return await run_once(
+                    provisioner=provisioner,
+                    registry=client,
+                    prober=prober,
+                    ownership=Ownership(
+                        setup.settings.effective_listener_instance_id, setup.scale_set_id
+                    ),
+                    boot_timeout=timedelta(minutes=10),
+                    dry_run=dry_run,
+                )
+
+            yield reconcile
+    finally:
+        await prober.inner.close()
+        await provisioner.close()
+
+
+def key_of(openssh_line: str | None) -> str:
+    """`<type> <base64>` of an OpenSSH public key line (without its comment)."""
+    assert openssh_line is not None
+    return " ".join(openssh_line.split()[:2])
+
+
+def recorded_host_key(setup: Setup, name: str) -> str | None:
+    return setup.control.server(name).metadata.get(META_HOST_KEY)
+
+
+async def test_accept_new_records_the_learned_host_key_so_that_later_probes_pin_it(
+    setup: Setup, ssh_host_factory: SSHHostFactory
+) -> None:
+    f = ssh_host_factory
+    vm_host, other_machine = f.start_many([HostSpec.runner_alive(), HostSpec.runner_alive()])
+    name = "linux-tofu0001"
+    async with admin_client(setup) as client:
+        jit = await client.generate_jit_config(setup.scale_set_id, name)
+    setup.github.control.connect_runner(jit.encoded_jit_config)
+    # An image that cannot take an injected host key: nothing is recorded at creation.
+    vm = await create_vm(setup, name, timedelta(hours=1), host_key=None)
+    assert vm.address is not None
+    prober = MappedProber(make_prober(f, HostKeyPolicy.ACCEPT_NEW), {vm.address: vm_host})
+    async with reconciling(setup, prober) as reconcile:
+        dry = await reconcile(True)
+        (row,) = dry.rows
+        assert row.decision.action is Action.ADOPT_IDLE
+        assert row.learned_host_key == key_of(vm_host.public_key)
+        assert "host key learned, not recorded" in dry.table()
+        assert recorded_host_key(setup, name) is None
+
+        first = await reconcile(False)
+        (row,) = first.rows
+        assert (row.decision.action, row.host_key_recorded) == (Action.ADOPT_IDLE, True)
+        assert recorded_host_key(setup, name) == key_of(vm_host.public_key)
+
+        second = await reconcile(False)
+        (row,) = second.rows
+        assert prober.pinned[vm.address] == key_of(vm_host.public_key)
+        assert row.probe is not None
+        assert row.probe.reachable
+        assert (row.decision.action, row.learned_host_key) == (Action.ADOPT_IDLE, None)
+
+        # The address now answers with another machine: refused before auth, reported, and
+        # the recorded key is never replaced by the stranger's.
+        prober.hosts[vm.address] = other_machine
+        third = await reconcile(True)
+        (row,) = third.rows
+        assert row.probe is not None
+        assert row.probe.outcome is ProbeOutcome.HOST_KEY_MISMATCH
+        assert row.learned_host_key is None
+        assert "host_key_mismatch" in third.table()
+        assert recorded_host_key(setup, name) == key_of(vm_host.public_key)
+        # Per the table: unreachable, not busy, past BOOT_TIMEOUT.
+        assert row.decision.action is Action.DELETE
+
+
+async def test_pinned_policy_never_contacts_a_server_without_a_recorded_key(
+    setup: Setup, ssh_host_factory: SSHHostFactory
+) -> None:
+    f = ssh_host_factory
+    vm_host = f.start(HostSpec.runner_alive())
+    name = "linux-nokey001"
+    vm = await create_vm(setup, name, timedelta(minutes=1), host_key=None)
+    assert vm.address is not None
+    prober = MappedProber(make_prober(f), {vm.address: vm_host})
+    async with admin_client(setup) as client:
+        jit = await client.generate_jit_config(setup.scale_set_id, name)
+    setup.github.control.connect_runner(jit.encoded_jit_config)
+    async with reconciling(setup, prober) as reconcile:
+        (row,) = (await reconcile(False)).rows
+    assert row.probe is not None
+    assert row.probe.outcome is ProbeOutcome.HOST_KEY_UNKNOWN
+    assert row.learned_host_key is None
+    assert recorded_host_key(setup, name) is None
+    assert row.decision.action is Action.ADOPT_BOOTING
+
+
+async def test_a_probed_live_busy_runner_is_adopted_busy_and_no_second_vm_is_made(
+    setup: Setup, ssh_host_factory: SSHHostFactory
+) -> None:
+    f = ssh_host_factory
+    vm_host = f.start(HostSpec.runner_alive())
+    name = "linux-busy0001"
+    async with admin_client(setup) as client:
+        jit = await client.generate_jit_config(setup.scale_set_id, name)
+        await make_busy(setup, client, jit.encoded_jit_config)
+    vm = await create_vm(setup, name, timedelta(hours=3), vm_host.pinned_public_key)
+    assert vm.address is not None
+    prober = MappedProber(make_prober(f), {vm.address: vm_host})
+    provisioner = OpenStackProvisioner(
+        dataclasses.replace(openstack_config(setup.settings), poll_interval=0.05)
+    )
+    reports: list[ReconcileReport] = []
+    try:
+        async with admin_client(setup) as client:
+
+            async def reconcile(scale_set_id: int) -> list[Adoption]:
+                report = await run_once(
+                    provisioner=provisioner,
+                    registry=client,
+                    prober=prober,
+                    ownership=Ownership(
+                        setup.settings.effective_listener_instance_id, scale_set_id
+                    ),
+                    boot_timeout=timedelta(minutes=10),
+                )
+                reports.append(report)
+                return adoptions(report)
+
+            def no_spec(*_: object) -> ServerSpec:
+                raise AssertionError("the scaler must not create a VM")
+
+            scaler = VMScaler(
+                ScaleSetSpec(name="linux", max_runners=5),
+                client,
+                provisioner,
+                no_spec,
+                setup.settings.effective_listener_instance_id,
+                Lifecycle(boot_timeout=600.0),
+                asyncio.Semaphore(2),
+                reconcile=reconcile,
+            )
+            scaler.bind_scale_set(setup.scale_set_id)
+            await scaler.prepare(setup.scale_set_id)
+            # The listener's demand: the one assigned job, which this runner is running.
+            await scaler.handle_desired_runner_count(1, Statistics(total_assigned_jobs=1))
+            await scaler.converge()
+            await scaler.sweep()
+            await scaler.converge()
+    finally:
+        await prober.inner.close()
+        await provisioner.close()
+    (row,) = reports[0].rows
+    assert row.probe is not None
+    assert row.probe.runner_alive is True
+    assert row.decision.action is Action.ADOPT_BUSY
+    assert "runner process alive" in row.decision.reason
+    assert [(r.name, r.phase) for r in scaler.owned()] == [(name, Phase.BUSY)]
+    assert scaler.counters.created == 0
+    servers, runners = world_state(setup)
+    assert [n for n, _ in servers] == [name]
+    assert [(n, state) for n, state, _ in runners] == [(name, "busy")]
+
+
+async def test_powered_off_vms_are_cleaned_up_unless_github_still_says_busy(
+    setup: Setup, ssh_host_factory: SSHHostFactory
+) -> None:
+    f = ssh_host_factory
+    hour = timedelta(hours=1)
+    # SHUTOFF VMs are not probed (nothing answers); these hosts would say "alive" if asked.
+    done, off_unregistered, off_busy = f.start_many([HostSpec.run_complete(0)] * 3)
+    async with admin_client(setup) as client:
+        jit_done = await client.generate_jit_config(setup.scale_set_id, "linux-off00001")
+        jit_busy = await client.generate_jit_config(setup.scale_set_id, "linux-offbusy1")
+        await make_busy(setup, client, jit_busy.encoded_jit_config)
+    setup.github.control.connect_runner(jit_done.encoded_jit_config)
+    hosts: dict[str, SSHHost] = {}
+    plan = {
+        # Its run ended: run-complete on the console, powered itself off, registration left.
+        "linux-off00001": (done, "clean_up"),
+        # Powered off without run-complete and without a registration.
+        "linux-off00002": (off_unregistered, "clean_up"),
+        # Powered off while GitHub still reports its runner busy: never deleted on that.
+        "linux-offbusy1": (off_busy, "adopt_busy"),
+    }
+    for name, (host, _) in plan.items():
+        vm = await create_vm(setup, name, hour, host.pinned_public_key)
+        assert vm.address is not None
+        hosts[vm.address] = host
+        if name == "linux-off00001":
+            setup.control.append_console(
+                vm.id, f"SCALESET-RUNNER run-complete runner={name} exit=0"
+            )
+        setup.control.set_server_status(vm.id, "SHUTOFF")
+    prober = MappedProber(make_prober(f), hosts)
+    async with reconciling(setup, prober) as reconcile:
+        before = world_state(setup)
+        dry = await reconcile(True)
+        assert world_state(setup) == before
+        assert {r.runner_name: r.decision.action.value for r in dry.rows} == {
+            name: action for name, (_, action) in plan.items()
+        }
+        report = await reconcile(False)
+    assert prober.pinned == {}  # nothing was probed
+    assert all(row.error is None for row in report.rows)
+    servers, runners = world_state(setup)
+    assert servers == [("linux-offbusy1", "SHUTOFF")]
+    assert [(n, state) for n, state, _ in runners] == [("linux-offbusy1", "busy")]
