@@ -35,3 +35,10 @@ class RunnerRegistry(Protocol):
 
 class Prober(Protocol):
     async def probe(self, address: str, pinned_public_key: str | None) -> ProbeResult: ...
+
+
+class ScaleSetDirectory(Protocol):
+    async def scale_set_exists(self, scale_set_id: int) -> bool:
+        """False only when GitHub says the scale set does not exist (404): any doubt (an
+        error, an odd answer) must read as "exists" or raise, never as "deleted"."""
+        ...

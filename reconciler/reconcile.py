@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -39,7 +39,7 @@ from reconciler.policy import (
     VMFacts,
     decide,
 )
-from reconciler.ports import Prober, RunnerRegistration, RunnerRegistry
+from reconciler.ports import Prober, RunnerRegistration, RunnerRegistry, ScaleSetDirectory
 
 log = structlog.get_logger(__name__)
 
@@ -227,6 +227,32 @@ async def run_once(
         elapsed_seconds=round(report.elapsed_seconds, 3),
     )
     return report
+
+
+async def deleted_scale_sets(
+    *,
+    provisioner: Provisioner,
+    directory: ScaleSetDirectory,
+    listener_instance: str,
+    skip: Collection[int] = (),
+) -> list[int]:
+    """The scale set ids that VMs of this listener deployment carry and that GitHub says no
+    longer exist: their VMs can be reconciled like any others (their registrations went with
+    the set). A set id this process does not serve is not enough: another process of the same
+    LISTENER_INSTANCE_ID may serve it."""
+    vms = await provisioner.list_owned(Ownership(listener_instance, 0).listener_tags())
+    candidates: set[int] = set()
+    for vm in vms:
+        info = parse_ownership(vm.tags, vm.metadata)
+        if info is not None and info.ownership.listener_instance == listener_instance:
+            candidates.add(info.ownership.scale_set_id)
+    gone = []
+    for scale_set_id in sorted(candidates - set(skip)):
+        if not await directory.scale_set_exists(scale_set_id):
+            gone.append(scale_set_id)
+    if gone:
+        log.warning("reconcile_deleted_scale_sets", scale_set_ids=gone)
+    return gone
 
 
 async def _examine(

@@ -1,8 +1,10 @@
 """Wiring of the startup reconciler (reconciler.run_once) from the settings: the prober, the
-ownership of a scale set, and the adoptions a VMScaler takes over."""
+ownership of a scale set, the adoptions a VMScaler takes over, and the VMs left by scale sets
+that GitHub deleted (the listener re-creates a deleted set under a new id)."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import timedelta
 
 from provisioners.base import Provisioner
@@ -10,8 +12,10 @@ from provisioners.naming import Ownership
 from provisioners.ssh import SSHProbeConfig, SSHProber
 from reconciler.policy import Action
 from reconciler.ports import RunnerRegistry
-from reconciler.reconcile import ReconcileReport, run_once
+from reconciler.reconcile import ReconcileReport, deleted_scale_sets, run_once
+from scaleset_listener.actions_client import ActionsClient
 from scaleset_listener.config import Settings
+from scaleset_listener.errors import ScaleSetNotFound
 from scaleset_listener.scaler import Adoption, Phase
 
 _PHASES = {
@@ -76,4 +80,47 @@ def adoptions(report: ReconcileReport) -> list[Adoption]:
         )
         for row in report.rows
         if row.decision.action in _PHASES
+    ]
+
+
+class GitHubScaleSets:
+    """`reconciler.ports.ScaleSetDirectory` over the Actions client: only a 404 means gone."""
+
+    def __init__(self, client: ActionsClient) -> None:
+        self._client = client
+
+    async def scale_set_exists(self, scale_set_id: int) -> bool:
+        try:
+            await self._client.get_scale_set(scale_set_id)
+        except ScaleSetNotFound:
+            return False
+        return True
+
+
+async def reconcile_deleted_scale_sets(
+    settings: Settings,
+    client: ActionsClient,
+    provisioner: Provisioner,
+    *,
+    skip: Collection[int],
+    dry_run: bool,
+    prober: SSHProber | None = None,
+) -> list[tuple[int, ReconcileReport]]:
+    """One pass over the VMs of each scale set of this deployment that GitHub deleted. Their
+    runners went with the set, so the table deletes them (clean_up when run-complete or powered
+    off); nothing of them is adopted. Sets in `skip` are not asked about."""
+    gone = await deleted_scale_sets(
+        provisioner=provisioner,
+        directory=GitHubScaleSets(client),
+        listener_instance=settings.effective_listener_instance_id,
+        skip=skip,
+    )
+    return [
+        (
+            scale_set_id,
+            await reconcile_scale_set(
+                settings, client, provisioner, scale_set_id, dry_run=dry_run, prober=prober
+            ),
+        )
+        for scale_set_id in gone
     ]

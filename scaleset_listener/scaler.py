@@ -17,6 +17,10 @@
 * The sweep (every VM_TRACKER_INTERVAL) reads the cloud and GitHub: a VM whose runner is missing
   from GitHub on two sweeps in a row (outside its boot window) is deleted, an ERROR or powered-off
   VM is cleaned up, and a registration with no VM is removed.
+* A scale set re-created by the listener (GitHub answered 404 for it, so it got a new id): the
+  old set's runners went with it at GitHub and can never take a job of the new set. They are
+  abandoned at once (no longer owned, so the new set's demand gets fresh runners) and their
+  VMs deleted, each only once GitHub does not report its runner busy.
 * DRY_RUN: every decision is logged as what would be done; nothing is created, deleted or removed.
 """
 
@@ -60,6 +64,8 @@ class RunnerRegistry(Protocol):
     ) -> JitConfig: ...
 
     async def list_runners(self, scale_set_id: int) -> list[RunnerReference]: ...
+
+    async def get_runner(self, runner_id: int) -> RunnerReference | None: ...
 
     async def remove_runner(self, runner_id: int) -> None: ...
 
@@ -110,6 +116,8 @@ class TrackedRunner:
     job_completed_at: float | None = None
     busy_warned: bool = False
     durations: dict[str, float] = field(default_factory=dict)
+    # Its scale set was deleted at GitHub and re-created: its VM is to be deleted.
+    abandoned: bool = False
 
 
 @dataclass(frozen=True)
@@ -172,6 +180,8 @@ class VMScaler:
         self._desired = 0
         self._capacity = UNLIMITED
         self.runners: dict[str, TrackedRunner] = {}
+        # Runners of a scale set that GitHub deleted (the listener re-created it): VMs to delete.
+        self.abandoned: dict[str, TrackedRunner] = {}
         self._creations: set[asyncio.Task[None]] = set()
         self._next_create_at = 0.0
         self._create_backoff = 0.0
@@ -190,7 +200,13 @@ class VMScaler:
 
     def bind_scale_set(self, scale_set_id: int) -> None:
         if self._scale_set_id and self._scale_set_id != scale_set_id:
-            self._log.warning("scale_set_replaced", old_id=self._scale_set_id, new_id=scale_set_id)
+            self._log.warning(
+                "scale_set_replaced",
+                old_id=self._scale_set_id,
+                new_id=scale_set_id,
+                abandoned_runners=len(self.runners),
+            )
+            self._abandon_all(self._scale_set_id)
         self._scale_set_id = scale_set_id
         self._scale_set_bound.set()
         self._wake.set()
@@ -236,6 +252,23 @@ class VMScaler:
             server_id=adoption.server_id,
             source="reconcile",
         )
+
+    def _abandon_all(self, old_scale_set_id: int) -> None:
+        """The listener re-creates a scale set only after GitHub answered 404 for it: its
+        runners were deleted with it (GitHub refuses to delete a set with busy runners unless
+        forced, and forcing cancels their jobs). None of them can serve the new set."""
+        for runner in self.runners.values():
+            runner.abandoned = True
+            self.abandoned[runner.name] = runner
+            self._log.warning(
+                "runner_abandoned",
+                runner_name=runner.name,
+                state=runner.phase.value,
+                server_id=runner.server_id,
+                reason=f"scale set {old_scale_set_id} was deleted at GitHub",
+            )
+        self.runners.clear()
+        self._missing_strikes.clear()
 
     def cloud_capacity(self) -> int:
         return self._capacity
@@ -352,6 +385,7 @@ class VMScaler:
     async def converge(self) -> None:
         """One pass: refresh capacity, advance runners, create or retire toward `desired`."""
         free = await self._provisioner.capacity()
+        await self._discard_abandoned()
         await self._advance_runners()
         owned = len(self.owned())
         in_flight = len(self._creations)
@@ -363,7 +397,7 @@ class VMScaler:
             startable = max(0, free - in_flight)
             self._capacity = owned - in_flight + free
         # max_runners caps VMs, not only runners: a finished VM awaiting deletion still costs.
-        with_vm = sum(
+        with_vm = len(self.abandoned) + sum(
             1 for r in self.runners.values() if r.phase in OWNED_PHASES | {Phase.FINISHED}
         )
         startable = min(startable, self.spec.max_runners - with_vm)
@@ -402,10 +436,12 @@ class VMScaler:
             # The slots bound the API work (JIT config, create request), not the boot: a
             # cloud that takes a minute to boot must not cap how many VMs boot at once.
             async with self._slots:
-                jit = await self._registry.generate_jit_config(self._scale_set_id, runner.name)
+                # One id for the JIT config and the tags, even if the set is re-created meanwhile.
+                scale_set_id = self._scale_set_id
+                jit = await self._registry.generate_jit_config(scale_set_id, runner.name)
                 runner.runner_id = jit.runner.id
                 spec = self._make_server_spec(
-                    self._ownership(),
+                    Ownership(self._listener_instance, scale_set_id),
                     runner.name,
                     jit.encoded_jit_config,
                     generate_host_key(comment=runner.name),
@@ -420,6 +456,9 @@ class VMScaler:
         self.counters.created += 1
         self._create_backoff = 0.0
         self.permanent_error = None
+        if runner.abandoned:
+            self._wake.set()  # the loop deletes its VM
+            return
         if runner.phase is Phase.CREATING:
             self._transition(runner, Phase.BOOTING, server_id=vm.id, address=vm.address)
         self._wake.set()
@@ -450,7 +489,10 @@ class VMScaler:
                 retry_in_seconds=round(self._create_backoff, 1),
             )
         self._transition(runner, Phase.FAILED, reason=type(exc).__name__)
-        await self._remove_registration(runner)
+        if runner.abandoned:
+            self.abandoned.pop(runner.name, None)
+        else:
+            await self._remove_registration(runner)
         self._forget(runner)
         self._wake.set()
 
@@ -516,6 +558,36 @@ class VMScaler:
                 self._log.warning("finished_runner_still_busy", runner_name=runner.name)
             return
         await self._delete(runner, reason="deregistration timeout after job")
+
+    async def _discard_abandoned(self) -> None:
+        """Delete the VMs of abandoned runners; one GitHub still reports busy is kept."""
+        for runner in list(self.abandoned.values()):
+            if runner.server_id is None:
+                continue  # its create call is in flight; it hands the VM back here
+            try:
+                if runner.runner_id is not None:
+                    registration = await self._registry.get_runner(runner.runner_id)
+                    if registration is not None and registration.busy:
+                        if not runner.busy_warned:
+                            runner.busy_warned = True
+                            self._log.warning(
+                                "abandoned_runner_still_busy", runner_name=runner.name
+                            )
+                        continue
+                reason = "its scale set was deleted at GitHub"
+                if self._dry_run:
+                    self._log.info("dry_run_would_delete", runner_name=runner.name, reason=reason)
+                else:
+                    await self._provisioner.delete(runner.server_id)
+                    self.counters.deleted += 1
+                    self._log.info("runner_deleted", runner_name=runner.name, reason=reason)
+            except (ListenerError, ProvisionerError) as exc:
+                # Tried again on the next pass; the new set's work goes on meanwhile.
+                self._log.warning(
+                    "abandoned_runner_delete_failed", runner_name=runner.name, error=str(exc)
+                )
+                continue
+            self.abandoned.pop(runner.name, None)
 
     async def _get_vm(self, runner: TrackedRunner) -> RunnerVM | None:
         if runner.server_id is None:

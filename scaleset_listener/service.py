@@ -21,6 +21,7 @@ from provisioners.base import Provisioner, ProvisionerError, ServerSpec
 from provisioners.bootstrap import HostKey
 from provisioners.naming import Ownership
 from provisioners.openstack import OpenStackProvisioner
+from reconciler.reconcile import ReconcileReport
 from scaleset_listener.actions_client import ActionsClient
 from scaleset_listener.auth import ActionsAdminAuth, build_credential
 from scaleset_listener.cloud import missing_cloud_settings, openstack_config, server_spec
@@ -29,7 +30,11 @@ from scaleset_listener.errors import ConfigError, ListenerError
 from scaleset_listener.health import HealthServer, ScaleSetHealth
 from scaleset_listener.http import HttpChannel
 from scaleset_listener.listener import Listener, ListenerOptions
-from scaleset_listener.reconciling import adoptions, reconcile_scale_set
+from scaleset_listener.reconciling import (
+    adoptions,
+    reconcile_deleted_scale_sets,
+    reconcile_scale_set,
+)
 from scaleset_listener.retrying import RetryPolicy
 from scaleset_listener.scaler import Adoption, Lifecycle, VMScaler
 from scaleset_listener.scaling import LoggingScaler, Scaler
@@ -79,9 +84,25 @@ def vm_scalers(
 ) -> Callable[[ScaleSetSpec], VMScaler]:
     """One VMScaler per scale set, all sharing the provisioning slots."""
     slots = asyncio.Semaphore(settings.provision_concurrency)
+    # One pass at a time over deleted scale sets' VMs, however many sets this process serves.
+    deleted_sets_gate = asyncio.Lock()
 
     def make(spec: ScaleSetSpec) -> VMScaler:
         async def reconcile(scale_set_id: int) -> list[Adoption]:
+            async with deleted_sets_gate:
+                try:
+                    await reconcile_deleted_scale_sets(
+                        settings,
+                        client,
+                        provisioner,
+                        skip={scale_set_id},
+                        dry_run=settings.dry_run,
+                    )
+                except (ListenerError, ProvisionerError) as exc:
+                    # Not this set's own pass: that one still runs; the next start retries.
+                    log.warning(
+                        "reconcile_deleted_scale_sets_failed", scale_set=spec.name, error=str(exc)
+                    )
             report = await reconcile_scale_set(
                 settings, client, provisioner, scale_set_id, dry_run=settings.dry_run
             )
@@ -282,6 +303,9 @@ async def reconcile_once(settings: Settings, *, dry_run: bool, out: Callable[[st
         )
         client = ActionsClient(ActionsAdminAuth(target, credential, http), http)
         provisioner = OpenStackProvisioner(openstack_config(settings))
+        mode = "dry run, nothing changed" if dry_run else "acted"
+        reports: list[ReconcileReport] = []
+        served: set[int] = set()
         for spec in settings.runners:
             group_id = spec.runner_group_id
             if group_id is None:
@@ -290,14 +314,22 @@ async def reconcile_once(settings: Settings, *, dry_run: bool, out: Callable[[st
             if scale_set is None:
                 out(f"# scale set {spec.name}: not registered at GitHub, nothing to reconcile")
                 continue
+            served.add(scale_set.id)
             report = await reconcile_scale_set(
                 settings, client, provisioner, scale_set.id, dry_run=dry_run
             )
-            mode = "dry run, nothing changed" if dry_run else "acted"
             out(f"# scale set {spec.name} (id {scale_set.id}): {mode}")
             out(report.table())
-            failed = failed or any(row.error for row in report.rows)
-            failed = failed or any(orphan.error for orphan in report.orphans)
+            reports.append(report)
+        for scale_set_id, report in await reconcile_deleted_scale_sets(
+            settings, client, provisioner, skip=served, dry_run=dry_run
+        ):
+            out(f"# scale set {scale_set_id} (deleted at GitHub, its VMs remain): {mode}")
+            out(report.table())
+            reports.append(report)
+        failed = any(row.error for report in reports for row in report.rows) or any(
+            orphan.error for report in reports for orphan in report.orphans
+        )
     finally:
         await http.aclose()
         if provisioner is not None:

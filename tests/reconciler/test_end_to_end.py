@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from provisioners.base import RunnerVM, ServerSpec
-from provisioners.naming import Ownership, ownership_metadata
+from provisioners.naming import FAILED_TAG, Ownership, ownership_metadata
 from provisioners.openstack import OpenStackProvisioner
 from scaleset_listener.actions_client import ActionsClient
 from scaleset_listener.auth import ActionsAdminAuth, PersonalAccessToken
@@ -109,7 +109,14 @@ async def leftovers(setup: Setup) -> dict[str, str]:
     hour, minute = timedelta(hours=1), timedelta(minutes=1)
     async with admin_client(setup) as client:
         jit = {}
-        for name in ("linux-idle0001", "linux-error001", "linux-done0001", "linux-young001"):
+        for name in (
+            "linux-idle0001",
+            "linux-error001",
+            "linux-done0001",
+            "linux-young001",
+            "linux-sfail001",
+            "linux-kept0001",
+        ):
             jit[name] = await client.generate_jit_config(setup.scale_set_id, name)
         await client.generate_jit_config(setup.scale_set_id, "linux-novm0001")
     # An online runner whose VM is young: no probe, not busy, inside BOOT_TIMEOUT.
@@ -123,14 +130,35 @@ async def leftovers(setup: Setup) -> dict[str, str]:
     )
     await create_vm(setup, "linux-young001", minute)
     await create_vm(setup, "linux-noreg001", hour)
+    # Young and registered, but its bootstrap reported failure on the console.
+    failed_id = (await create_vm(setup, "linux-sfail001", minute)).id
+    setup.control.append_console(
+        failed_id, "SCALESET-RUNNER setup-failed runner=linux-sfail001 reason=download"
+    )
+    # A failed VM kept for debugging (KEEP_FAILED_VMS): not the reconciler's to touch.
+    kept_id = (await create_vm(setup, "linux-kept0001", hour)).id
+    setup.control.append_console(
+        kept_id, "SCALESET-RUNNER run-complete runner=linux-kept0001 exit=1"
+    )
+    await tag_server(setup, kept_id, FAILED_TAG)
     return {
         "linux-idle0001": "adopt_booting",
         "linux-error001": "delete",
         "linux-done0001": "clean_up",
         "linux-young001": "adopt_booting",
         "linux-noreg001": "delete",
+        "linux-sfail001": "delete",
+        "linux-kept0001": "skip",
         "linux-novm0001": "remove_registration",
     }
+
+
+async def tag_server(setup: Setup, server_id: str, tag: str) -> None:
+    provisioner = OpenStackProvisioner(openstack_config(setup.settings))
+    try:
+        await provisioner.add_tag(server_id, tag)
+    finally:
+        await provisioner.close()
 
 
 def world_state(setup: Setup) -> tuple[Any, Any]:
@@ -169,8 +197,12 @@ async def test_a_pass_deletes_and_cleans_up_per_the_table_and_keeps_the_adopted(
     lines: list[str] = []
     assert await reconcile_once(setup.settings, dry_run=False, out=lines.append) == 0
     servers, runners = world_state(setup)
-    assert [name for name, _ in servers] == ["linux-idle0001", "linux-young001"]
-    assert sorted(name for name, _, _ in runners) == ["linux-idle0001", "linux-young001"]
+    assert [name for name, _ in servers] == ["linux-idle0001", "linux-kept0001", "linux-young001"]
+    assert sorted(name for name, _, _ in runners) == [
+        "linux-idle0001",
+        "linux-kept0001",
+        "linux-young001",
+    ]
     # A second pass finds nothing more to change.
     again: list[str] = []
     assert await reconcile_once(setup.settings, dry_run=False, out=again.append) == 0

@@ -66,12 +66,14 @@ async def test_probed_vms_are_adopted_cleaned_up_or_deleted_per_the_table(
     setup: Setup, ssh_host_factory: SSHHostFactory
 ) -> None:
     f = ssh_host_factory
-    alive, done, crashed, booting = f.start_many(
+    alive, done, crashed, booting, stuck, failed = f.start_many(
         [
             HostSpec.runner_alive(),
             HostSpec.run_complete(0),
             HostSpec.runner_crashed(),
             HostSpec.setup_not_complete(),
+            HostSpec.setup_not_complete(),
+            HostSpec.setup_failed("runner download failed"),
         ]
     )
     wrong_key = f.wrong_key_host()
@@ -81,6 +83,8 @@ async def test_probed_vms_are_adopted_cleaned_up_or_deleted_per_the_table(
         "linux-done0001": (done, hour, "clean_up"),
         "linux-crash001": (crashed, minute, "delete"),
         "linux-boot0001": (booting, minute, "adopt_booting"),
+        "linux-stuck001": (stuck, hour, "delete"),
+        "linux-fail0001": (failed, minute, "delete"),
         "linux-wrongkey": (wrong_key, hour, "delete"),
     }
     async with admin_client(setup) as client:
