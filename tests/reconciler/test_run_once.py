@@ -4,11 +4,13 @@ and the prober (the decision table itself is in test_policy.py)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from provisioners.base import RunnerVM, ServerNotFound
-from provisioners.naming import FAILED_TAG, Ownership, ownership_metadata
+from provisioners.naming import FAILED_TAG, META_HOST_KEY, Ownership, ownership_metadata
 from provisioners.ssh import ProbeOutcome, ProbeResult
 from reconciler.reconcile import run_once
 
@@ -59,6 +61,10 @@ class Cloud:
     async def console_output(self, server_id: str, lines: int = 200) -> str:
         return self.consoles.get(server_id, "")
 
+    async def set_metadata(self, server_id: str, metadata: Mapping[str, str]) -> None:
+        vm = self.vms[server_id]
+        self.vms[server_id] = dataclasses.replace(vm, metadata={**vm.metadata, **metadata})
+
 
 class Prober:
     def __init__(self, results: dict[str, ProbeResult]) -> None:
@@ -71,7 +77,12 @@ class Prober:
 
 
 def vm(
-    n: int, *, status: str = "ACTIVE", age_minutes: float = 30, tags: tuple[str, ...] = ()
+    n: int,
+    *,
+    status: str = "ACTIVE",
+    age_minutes: float = 30,
+    tags: tuple[str, ...] = (),
+    host_key: bool = True,
 ) -> RunnerVM:
     name = f"linux-{n:08x}"
     created = NOW - timedelta(minutes=age_minutes)
@@ -81,7 +92,9 @@ def vm(
         status=status,
         created_at=created,
         tags=OWNER.tags() + tags,
-        metadata=ownership_metadata(name, "linux", created, host_public_key=f"ssh-ed25519 KEY{n}"),
+        metadata=ownership_metadata(
+            name, "linux", created, host_public_key=f"ssh-ed25519 KEY{n}" if host_key else None
+        ),
         addresses=(f"10.0.0.{n}",),
     )
 
@@ -214,3 +227,36 @@ async def test_a_second_pass_finds_nothing_left_to_remove() -> None:
         "adopt_booting",
         "skip",
     }
+
+
+async def test_a_host_key_learned_on_first_contact_is_recorded_unless_the_vm_goes() -> None:
+    rsa = "ssh-rsa " + "A" * 400  # longer than a Nova metadata value may be
+    cloud = Cloud([vm(1, host_key=False), vm(2, host_key=False), vm(3, host_key=False)])
+    registry = Registry([Registration(1, "linux-00000001"), Registration(3, "linux-00000003")])
+    prober = Prober(
+        {
+            "10.0.0.1": alive(1, host_key="ssh-ed25519 LEARNED1"),
+            "10.0.0.2": alive(2, host_key="ssh-ed25519 LEARNED2"),  # no registration: deleted
+            "10.0.0.3": alive(3, host_key=rsa),
+        }
+    )
+    dry = await reconcile(cloud, registry, prober, dry_run=True)
+    assert all(META_HOST_KEY not in v.metadata for v in cloud.vms.values())
+    assert "host key learned, not recorded" in dry.table()
+    report = await reconcile(cloud, registry, prober, dry_run=False)
+    rows = {row.vm.id: row for row in report.rows}
+    assert rows["srv-1"].host_key_recorded
+    assert cloud.vms["srv-1"].metadata[META_HOST_KEY] == "ssh-ed25519 LEARNED1"
+    assert "srv-2" not in cloud.vms
+    assert not rows["srv-2"].host_key_recorded
+    # Too long to record: reported, and the VM keeps its decision.
+    assert rows["srv-3"].decision.action.value == "adopt_idle"
+    assert not rows["srv-3"].host_key_recorded
+    assert rows["srv-3"].error is not None
+    assert "255" in rows["srv-3"].error
+    assert META_HOST_KEY not in cloud.vms["srv-3"].metadata
+    # The next pass pins what was recorded and learns nothing new.
+    prober.asked.clear()
+    again = await reconcile(cloud, registry, prober, dry_run=True)
+    assert ("10.0.0.1", "ssh-ed25519 LEARNED1") in prober.asked
+    assert {row.vm.id: row.learned_host_key for row in again.rows}["srv-1"] is None
