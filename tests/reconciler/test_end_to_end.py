@@ -116,6 +116,7 @@ async def leftovers(setup: Setup) -> dict[str, str]:
             "linux-young001",
             "linux-sfail001",
             "linux-kept0001",
+            "linux-off00001",
         ):
             jit[name] = await client.generate_jit_config(setup.scale_set_id, name)
         await client.generate_jit_config(setup.scale_set_id, "linux-novm0001")
@@ -141,6 +142,9 @@ async def leftovers(setup: Setup) -> dict[str, str]:
         kept_id, "SCALESET-RUNNER run-complete runner=linux-kept0001 exit=1"
     )
     await tag_server(setup, kept_id, FAILED_TAG)
+    # Powered itself off after its run; its registration is still there.
+    off_id = (await create_vm(setup, "linux-off00001", hour)).id
+    setup.control.set_server_status(off_id, "SHUTOFF")
     return {
         "linux-idle0001": "adopt_booting",
         "linux-error001": "delete",
@@ -149,6 +153,7 @@ async def leftovers(setup: Setup) -> dict[str, str]:
         "linux-noreg001": "delete",
         "linux-sfail001": "delete",
         "linux-kept0001": "skip",
+        "linux-off00001": "clean_up",
         "linux-novm0001": "remove_registration",
     }
 

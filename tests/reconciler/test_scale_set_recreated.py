@@ -64,8 +64,12 @@ async def test_vms_of_a_scale_set_deleted_while_running_are_removed_and_new_ones
             await world.wait_github(lambda s: len(s["scale_sets"]) == 1)
             old_id = set_ids(world)["linux"]
             await world.wait_github(lambda s: len(idle_runners(s, old_id)) == 2)
-            old_vms = servers_of(world, old_id)
-            assert len(old_vms) == 2
+            assert len(servers_of(world, old_id)) == 2
+            # One of them is running a job when the set is deleted (GitHub cancels the job).
+            world.github.control.enqueue_jobs(["linux"], count=1, duration=600)
+            await world.wait_github(
+                lambda s: any(j["state"] == "running" for j in s["jobs"]), timeout=20
+            )
             world.github.control.delete_scale_set(old_id)
             await world.wait_github(
                 lambda s: (
@@ -77,6 +81,7 @@ async def test_vms_of_a_scale_set_deleted_while_running_are_removed_and_new_ones
             await world.wait_github(lambda s: len(idle_runners(s, new_id)) == 2, timeout=30)
             await world.wait_fleet(lambda: servers_of(world, old_id) == [], timeout=30)
             assert len(servers_of(world, new_id)) == 2
+            assert [(j["state"], j["result"]) for j in world.jobs()] == [("completed", "canceled")]
         # A restart finds the new set's VMs (adopted), and nothing of the old one.
         async with serving(world, settings):
             await world.wait_fleet(
