@@ -33,6 +33,8 @@ USER_DATA_MAX = 65535
 MAX_TAGS = 50
 TAG_PATTERN = re.compile(r"^[^,/]*$")
 NAME_PATTERN = re.compile(r"^[a-zA-Z0-9 _.@-]+$")
+# nova/api/validation/parameter_types.py `metadata`: keys and values of 1-255 and 0-255 chars.
+METADATA_KEY_PATTERN = re.compile(r"^[a-zA-Z0-9-_:. ]{1,255}\Z")
 # vm_states in which tags and metadata may change (nova/api/openstack/compute/server_tags.py
 # and compute/api.py update_instance_metadata); BUILD is not among them, which is why 2.52
 # added tags to the create request.
@@ -469,7 +471,7 @@ def check_metadata(metadata: Any, limit: int, field: str = "metadata") -> dict[s
     if not isinstance(metadata, dict):
         raise schema_error(field, metadata, f"{metadata!r} is not of type 'object'")
     for key, value in metadata.items():
-        if not 1 <= len(key) <= 255:
+        if not METADATA_KEY_PATTERN.match(key):
             raise schema_error(
                 field,
                 metadata,

@@ -379,3 +379,36 @@ def test_more_create_errors_read_as_on_nova(conn: connection.Connection, ids: Id
             "detail": "",
         }
     }
+
+
+def test_metadata_updates_merge_and_keep_novas_limits(
+    conn: connection.Connection, ids: Ids, control: CloudControl
+) -> None:
+    server = wait_active(conn, create(conn, ids, "meta-limits", metadata={"owner": "ci"}))
+    sid = server.id
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBm9ql0h8hZ5Lh1b3sOx2CVa0a1JgD0iKfW7mS9mK6mZ"
+    status, body = raw(
+        conn, "POST", f"/servers/{sid}/metadata", json={"metadata": {"scaleset-host-key": key}}
+    )
+    assert (status, body) == (200, {"metadata": {"owner": "ci", "scaleset-host-key": key}})
+    status, body = raw(
+        conn, "POST", f"/servers/{sid}/metadata", json={"metadata": {"long": "x" * 256}}
+    )
+    assert status == 400
+    assert body["badRequest"]["message"].endswith("is too long")
+    assert (
+        raw(conn, "POST", f"/servers/{sid}/metadata", json={"metadata": {"v": "x" * 255}})[0] == 200
+    )
+    status, body = raw(conn, "POST", f"/servers/{sid}/metadata", json={"metadata": {"a/b": "1"}})
+    assert status == 400
+    assert "does not match any of the regexes" in body["badRequest"]["message"]
+    limit = int(control.config()["quotas"]["metadata_items"])
+    many = {f"k{n}": "1" for n in range(limit)}
+    status, body = raw(conn, "POST", f"/servers/{sid}/metadata", json={"metadata": many})
+    assert status == 403
+    assert body["forbidden"]["message"] == f"Maximum number of metadata items exceeds {limit}"
+    assert conn.compute.get_server(sid).metadata == {
+        "owner": "ci",
+        "scaleset-host-key": key,
+        "v": "x" * 255,
+    }
