@@ -49,9 +49,11 @@ async def reconcile_scale_set(
     *,
     dry_run: bool,
     prober: SSHProber | None = None,
+    probe_vms: bool = True,
 ) -> ReconcileReport:
-    """One pass over the VMs this listener deployment owns in `scale_set_id`."""
-    own_prober = prober is None
+    """One pass over the VMs this listener deployment owns in `scale_set_id`; without
+    `probe_vms` GitHub and the console decide alone."""
+    own_prober = prober is None and probe_vms
     probe = make_prober(settings) if own_prober else prober
     try:
         return await run_once(
@@ -104,11 +106,11 @@ async def reconcile_deleted_scale_sets(
     *,
     skip: Collection[int],
     dry_run: bool,
-    prober: SSHProber | None = None,
 ) -> list[tuple[int, ReconcileReport]]:
     """One pass over the VMs of each scale set of this deployment that GitHub deleted. Their
     runners went with the set, so the table deletes them (clean_up when run-complete or powered
-    off); nothing of them is adopted. Sets in `skip` are not asked about."""
+    off) whatever a probe would say: they are not probed. Nothing of them is adopted. Sets in
+    `skip` are not asked about."""
     gone = await deleted_scale_sets(
         provisioner=provisioner,
         directory=GitHubScaleSets(client),
@@ -119,7 +121,7 @@ async def reconcile_deleted_scale_sets(
         (
             scale_set_id,
             await reconcile_scale_set(
-                settings, client, provisioner, scale_set_id, dry_run=dry_run, prober=prober
+                settings, client, provisioner, scale_set_id, dry_run=dry_run, probe_vms=False
             ),
         )
         for scale_set_id in gone
