@@ -50,7 +50,11 @@ def server_spec(
     host_key: HostKey,
     now: datetime,
 ) -> ServerSpec:
-    """Everything Nova needs to boot one runner: user_data, ownership marks, per-set overrides."""
+    """Everything Nova needs to boot one runner: user_data, ownership marks, per-set overrides.
+
+    With SSH_HOST_KEY_POLICY=accept-new the image keeps its own host key: none is injected or
+    recorded, and the reconciler records the key the VM presents on first contact."""
+    injected: HostKey | None = host_key if settings.ssh_host_key_policy == "pinned" else None
     bootstrap = BootstrapSpec(
         runner_name=runner_name,
         jit_config=jit_config,
@@ -59,15 +63,18 @@ def server_spec(
         runner_sha256=settings.runner_sha256 or None,
         sentinel_dir=settings.sentinel_dir,
         labels=scale_set.effective_labels,
-        ssh_host_key_private=host_key.private_openssh,
-        ssh_host_key_public=host_key.public_openssh,
+        ssh_host_key_private=injected.private_openssh if injected else None,
+        ssh_host_key_public=injected.public_openssh if injected else None,
     )
     return ServerSpec(
         name=runner_name,
         user_data=render_user_data(bootstrap, settings.cloud_init_template),
         tags=ownership.tags(),
         metadata=ownership_metadata(
-            runner_name, scale_set.name, now, host_public_key=host_key.public_openssh
+            runner_name,
+            scale_set.name,
+            now,
+            host_public_key=injected.public_openssh if injected else None,
         ),
         image=scale_set.image,
         flavor=scale_set.flavor,

@@ -84,3 +84,23 @@ async def test_a_runner_server_boots_with_its_bootstrap_ownership_and_overrides(
         await provisioner.delete(vm.id)
     finally:
         await provisioner.close()
+
+
+def test_with_accept_new_no_host_key_is_injected_or_recorded() -> None:
+    host_key = generate_host_key()
+    for policy, expect_key in (("pinned", True), ("accept-new", False)):
+        configured = settings(ssh_host_key_policy=policy)
+        spec = server_spec(
+            configured,
+            configured.runners[0],
+            Ownership("prod", 12),
+            "gpu-0123abcd",
+            "SECRET-JIT-CONFIG",
+            host_key,
+            datetime.now(UTC),
+        )
+        info = parse_ownership(spec.tags, spec.metadata)
+        assert info is not None
+        assert (info.host_public_key == host_key.public_openssh) is expect_key
+        assert (info.host_public_key is None) is not expect_key
+        assert (host_key.public_openssh.split()[1] in spec.user_data.decode()) is expect_key
