@@ -24,8 +24,6 @@ from scaleset_listener.service import reconcile_once
 from simulator.fleet import FleetConfig
 from tests.testsupport.world import World, serving, simulated_world
 
-pytestmark = pytest.mark.timeout(90)
-
 JSON = dict[str, Any]
 
 
