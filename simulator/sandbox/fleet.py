@@ -150,6 +150,7 @@ class _Vm:
     address: str | None = None
     sandbox: SandboxVm | None = None
     sshd_reported: bool = False
+    connected: bool = False
 
     def view(self) -> VmView:
         return VmView(
@@ -311,6 +312,7 @@ class SandboxFleet:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._ticks = 0
+        self._github_seq = 0
         self._github = SimulatorControl(self.github_url, timeout=self.config.request_timeout)
         self._cloud = CloudControl(self.cloud_url, timeout=self.config.request_timeout)
         self._own_root = self.config.root is None
@@ -435,11 +437,12 @@ class SandboxFleet:
             if vm is None or vm.runner_id is None or vm.sandbox is None:
                 raise KeyError(f"server {name!r} has no online runner")
             runner_id, sandbox = vm.runner_id, vm.sandbox
-        self._github.runner_dies(runner_id)
+        # The process first: told of its death first, the stub would exit by itself.
         for pid in sandbox.processes():
             with contextlib.suppress(OSError):
                 if Path(f"/proc/{pid}/comm").read_text().strip() == "Runner.Listener":
                     os.kill(pid, signal.SIGKILL if power_off else signal.SIGSTOP)
+        self._github.runner_dies(runner_id)
         with self._cond:
             self._record(name, "crashed", "power-off" if power_off else "wedged")
 
@@ -605,9 +608,10 @@ class SandboxFleet:
     def _tick(self) -> None:
         servers = self._cloud.state()["servers"]
         world = self._github.state()
+        events = self._github.events(after=self._github_seq)
         with self._cond:
             self._observe_cloud(servers, world)
-            self._observe_github(world)
+            self._observe_github(events)
         self._run_due_actions()
         self._observe_vms()
         with self._cond:
@@ -629,7 +633,7 @@ class SandboxFleet:
                 continue
             vm = self._vms.get(server["id"])
             if vm is None:
-                vm = self._first_sight(server)
+                vm = self._first_sight(server, world)
                 if vm is None:
                     continue
             if vm.phase in ("gone", "down", "off"):
@@ -667,7 +671,7 @@ class SandboxFleet:
                     return str(address)
         return None
 
-    def _first_sight(self, server: JSON) -> _Vm | None:
+    def _first_sight(self, server: JSON, world: JSON) -> _Vm | None:
         name = str(server["name"])
         script = user_data_text(server.get("user_data"))
         if script is None:
@@ -686,6 +690,9 @@ class SandboxFleet:
             host_key_private=shell_assignment(script, "HOST_KEY") or "",
             host_key_public=shell_assignment(script, "HOST_KEY_PUB") or "",
         )
+        runner = _find_runner(world, vm)
+        if runner is not None:
+            vm.scale_set_id = int(runner["scale_set_id"])
         self._vms[vm.server_id] = vm
         self._record(name, "seen", behaviour.failure or "", seen=1)
         return vm
@@ -703,24 +710,49 @@ class SandboxFleet:
         online = runner["id"] if runner and runner["state"] in ("idle", "busy") else None
         self._schedule(0.0, partial(self._pull_plug, vm, online))
 
-    def _observe_github(self, world: JSON) -> None:
+    def _observe_github(self, events: list[JSON]) -> None:
+        """Follow the GitHub simulator's event log, so nothing that happened between two looks
+        is missed (a fast job starts and ends within one poll interval)."""
+        for event in events:
+            self._github_seq = max(self._github_seq, int(event["seq"]))
+            kind = event["type"]
+            if kind == "runner_registered":
+                vm = self._vm_of_runner(event.get("runner_id"), event.get("name"))
+                if vm is not None:
+                    vm.scale_set_id = event.get("scale_set_id")
+            elif kind == "runner_state":
+                vm = self._vm_of_runner(event.get("runner_id"), event.get("name"))
+                if vm is not None:
+                    self._runner_state(vm, str(event["state"]))
+            elif kind == "job_state" and event.get("state") == "running":
+                vm = self._vm_of_runner(event.get("runner_id"), None)
+                if vm is not None:
+                    vm.job_id = event.get("job")
+                    if vm.phase in ("booting", "idle"):
+                        vm.phase = "busy"
+                    self._record(vm.name, "job-started", f"job={vm.job_id}", jobs_started=1)
+
+    def _vm_of_runner(self, runner_id: object, name: object) -> _Vm | None:
         for vm in self._vms.values():
-            if vm.phase not in ("booting", "idle", "busy"):
-                continue
-            runner = _find_runner(world, vm)
-            if runner is None or not runner.get("jit_used"):
-                continue
-            vm.runner_id, vm.scale_set_id = int(runner["id"]), int(runner["scale_set_id"])
-            if runner["state"] == "offline":
-                vm.phase = "dead"
-                self._record(vm.name, "runner-offline", f"runner={vm.runner_id}", died=1)
-                continue
-            if vm.phase == "booting" and runner["state"] in ("idle", "busy"):
+            if runner_id is not None and vm.runner_id == runner_id:
+                return vm
+        if isinstance(name, str) and isinstance(runner_id, int):
+            for vm in self._vms.values():
+                if vm.runner_id is None and vm.runner_name.lower() == name.lower():
+                    vm.runner_id = runner_id
+                    return vm
+        return None
+
+    def _runner_state(self, vm: _Vm, state: str) -> None:
+        if state in ("idle", "busy") and not vm.connected:
+            vm.connected = True
+            if vm.phase == "booting":
                 vm.phase = "idle"
-                self._record(vm.name, "connected", f"runner={vm.runner_id}", connected=1)
-            if vm.phase == "idle" and runner["state"] == "busy":
-                vm.phase, vm.job_id = "busy", runner.get("job")
-                self._record(vm.name, "job-started", f"job={vm.job_id}", jobs_started=1)
+            self._record(vm.name, "connected", f"runner={vm.runner_id}", connected=1)
+        elif state == "offline":
+            if vm.phase in ("booting", "idle", "busy"):
+                vm.phase = "dead"
+            self._record(vm.name, "runner-offline", f"runner={vm.runner_id}", died=1)
 
     def _observe_vms(self) -> None:
         with self._cond:
@@ -854,7 +886,8 @@ class SandboxFleet:
                     self._record(vm.name, "error", f"runner_dies: {exc}", errors=1)
             return
         with self._cond:
-            self._record(vm.name, "runner-killed", f"runner={online_runner}", died=1)
+            # Counted as died when the service reports the runner offline.
+            self._record(vm.name, "runner-killed", f"runner={online_runner}")
 
 
 def _went_away_meanwhile(vm: _Vm) -> bool:

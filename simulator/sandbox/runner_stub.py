@@ -2,7 +2,7 @@
 
 The tarball has the real runner's entry points: `run.sh` (a bash script that starts
 `bin/Runner.Listener` and exits with its code, as the real one does) and `bin/Runner.Listener`,
-a stdlib-only Python script: the kernel names a script's process after the script, so the
+a stdlib-only Python script that names its process `Runner.Listener` (prctl PR_SET_NAME), so the
 probe's `pgrep -x Runner.Listener` finds it.
 
 `run.sh --jitconfig <config>` decodes the JIT config (the GitHub simulator's is base64 JSON with
@@ -40,6 +40,7 @@ exit $?
 RUNNER_LISTENER = r'''#!/usr/bin/env python3
 """Stub Runner.Listener (simulator.sandbox.runner_stub): one job against the GitHub simulator."""
 import base64
+import ctypes
 import json
 import sys
 import time
@@ -79,7 +80,16 @@ def hang():
         time.sleep(3600)
 
 
+def name_process():
+    """`env python3` leaves the process named python3; the probe looks for Runner.Listener."""
+    try:
+        ctypes.CDLL(None).prctl(15, b"Runner.Listener", 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv):
+    name_process()
     if len(argv) < 3 or argv[1] != "run" or "--jitconfig" not in argv:
         log("usage: Runner.Listener run --jitconfig <config>")
         return 2

@@ -18,6 +18,9 @@ from simulator.openstack.server import RunningCloud, run_in_thread
 from simulator.sandbox import SandboxConfig, SandboxFleet, sandbox_problem
 from simulator.sandbox.vm import processes_in_namespace
 from tests.conftest import GitHubSim, GitHubSimFactory
+
+# The reconciler tests' world (simulators, settings, a scale set), for the prober tests.
+from tests.reconciler.test_end_to_end import setup  # noqa: F401
 from tests.simulator.helpers import Actions, Session
 from tests.simulator_fleet.conftest import Nova
 from tests.testsupport.ssh_hosts import install_system_deps
@@ -50,6 +53,7 @@ class World:
     session: Session
     fleet: SandboxFleet
     host_keys: dict[str, HostKey] = field(default_factory=dict)
+    jit_configs: dict[str, str] = field(default_factory=dict)
 
     @property
     def cloud_control(self) -> CloudControl:
@@ -58,7 +62,8 @@ class World:
     def jit(self, name: str) -> str:
         response = self.actions.generate_jit(self.scale_set_id, name)
         assert response.status_code == 200, response.text
-        return str(response.json()["encodedJITConfig"])
+        self.jit_configs[name] = str(response.json()["encodedJITConfig"])
+        return self.jit_configs[name]
 
     def user_data(self, name: str, **overrides: Any) -> bytes:
         """The real bootstrap for `name` with a fresh JIT config and host key."""
