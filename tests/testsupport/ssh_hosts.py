@@ -196,9 +196,11 @@ def namespace_problem() -> str | None:
     return None
 
 
-def install_system_deps() -> None:
-    """Install sshd, unshare and pgrep through the project's script when they are missing."""
-    if all(shutil.which(tool, path=_SBIN_PATH) for tool in ("sshd", "unshare", "pgrep")):
+def install_system_deps(*, force: bool = False) -> None:
+    """Install sshd, unshare and pgrep through the project's script when they are missing (with
+    `force`, run the script anyway: it installs only what is missing)."""
+    tools = ("sshd", "unshare", "pgrep")
+    if not force and all(shutil.which(tool, path=_SBIN_PATH) for tool in tools):
         return
     done = subprocess.run(
         [str(INSTALL_SCRIPT)], capture_output=True, text=True, timeout=300, check=False
