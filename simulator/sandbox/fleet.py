@@ -348,7 +348,7 @@ class SandboxFleet:
         thread, self._thread = self._thread, None
         if thread is not None:
             thread.join(timeout)
-            self._downloads.stop()
+        self._downloads.stop()
         self._kill_all()
         atexit.unregister(self._kill_all)
         self._github.close()
@@ -608,12 +608,13 @@ class SandboxFleet:
     def _tick(self) -> None:
         servers = self._cloud.state()["servers"]
         world = self._github.state()
+        # GitHub's events before the consoles: a console line written before an event (the
+        # setup-complete marker before the runner connects) is then always read with it.
         events = self._github.events(after=self._github_seq)
         with self._cond:
             self._observe_cloud(servers, world)
-            self._observe_github(events)
         self._run_due_actions()
-        self._observe_vms()
+        self._observe_vms(events)
         with self._cond:
             self._ticks += 1
             self._cond.notify_all()
@@ -754,13 +755,14 @@ class SandboxFleet:
                 vm.phase = "dead"
             self._record(vm.name, "runner-offline", f"runner={vm.runner_id}", died=1)
 
-    def _observe_vms(self) -> None:
+    def _observe_vms(self, events: list[JSON]) -> None:
         with self._cond:
             live = [
                 vm
                 for vm in self._vms.values()
                 if vm.sandbox is not None and vm.phase not in ("off", "gone", "down")
             ]
+        consoles: list[tuple[_Vm, list[str]]] = []
         for vm in live:
             box = vm.sandbox
             assert box is not None
@@ -774,22 +776,48 @@ class SandboxFleet:
                             self._record(vm.name, "sshd-started", f"{vm.address}")
                         else:
                             self._record(vm.name, "error", f"sshd {state}", errors=1)
-            lines = box.new_console_lines()
-            if lines:
-                try:
-                    self._cloud.append_console(vm.server_id, *lines)
-                except ControlApiError as exc:
-                    if exc.status != 404:
-                        raise
-                with self._cond:
-                    for line in lines:
-                        self._on_console(vm, line)
+            consoles.append((vm, self._relay_console(vm, box)))
+        self._absorb(consoles, events)
+        for vm in live:
+            box = vm.sandbox
+            assert box is not None
             if box.powered_off():
                 self._power_off(vm)
             elif box.exited() is not None:
                 with self._cond:
                     vm.phase = "down"
                     self._record(vm.name, "error", f"VM died: {box.start_errors()}", errors=1)
+
+    def _relay_console(self, vm: _Vm, box: SandboxVm) -> list[str]:
+        """New lines of the VM's /dev/console, appended to the server's console log."""
+        lines = box.new_console_lines()
+        if lines:
+            try:
+                self._cloud.append_console(vm.server_id, *lines)
+            except ControlApiError as exc:
+                if exc.status != 404:
+                    raise
+        return lines
+
+    def _absorb(self, consoles: list[tuple[_Vm, list[str]]], events: list[JSON]) -> None:
+        """Console markers and GitHub events in the order they happened: setup markers before
+        the events (read after them), run-complete and setup-failed after every event up to now
+        (a job that started and ended between two looks is recorded before its end)."""
+        finals: list[tuple[_Vm, str]] = []
+        with self._cond:
+            for vm, lines in consoles:
+                for line in lines:
+                    if line.startswith(f"{MARKER} setup-complete"):
+                        self._on_console(vm, line)
+                    elif _MARKER_LINE.match(line):
+                        finals.append((vm, line))
+            self._observe_github(events)
+        if finals:
+            later = self._github.events(after=self._github_seq)
+            with self._cond:
+                self._observe_github(later)
+                for vm, line in finals:
+                    self._on_console(vm, line)
 
     def _on_console(self, vm: _Vm, line: str) -> None:
         found = _MARKER_LINE.match(line)
@@ -855,13 +883,7 @@ class SandboxFleet:
         """The guest powered itself off: pull the plug, report SHUTOFF."""
         box = vm.sandbox
         assert box is not None
-        lines = box.new_console_lines()
-        if lines:
-            with contextlib.suppress(ControlApiError):
-                self._cloud.append_console(vm.server_id, *lines)
-            with self._cond:
-                for line in lines:
-                    self._on_console(vm, line)
+        self._absorb([(vm, self._relay_console(vm, box))], [])
         box.kill()
         try:
             self._cloud.set_server_status(vm.server_id, "SHUTOFF")
