@@ -12,8 +12,10 @@ its scale set (unless the service's `auto_take` gave it one), "runs" it for the 
 test was first), and exits 0 when the job succeeded, else 1. A registration removed while idle,
 or a runner marked offline, ends it with 1.
 
-Failure behaviours come from `/etc/scaleset-sandbox/runner.json` inside the VM (written by the
-sandbox per server): `crash` (once its job runs, after `crash_after` seconds, the runner dies: the
+A job may ask for a failure (`runner_behaviour` in the GitHub simulator's job): `crash` (as
+below) or `hang` (the runner never reports; the job stays running, the VM up). Failure
+behaviours per server come from `/etc/scaleset-sandbox/runner.json` inside the VM (written by the
+sandbox): `crash` (once its job runs, after `crash_after` seconds, the runner dies: the
 service sees it go offline, the process exits 1) and `wedge` (the same, but the process hangs
 instead of exiting, so the VM stays up without a word).
 """
@@ -141,6 +143,12 @@ def main(argv):
             if job is None:
                 continue
             log(f"running job {job['id']} ({job.get('duration')} s)")
+            asked = job.get("runner_behaviour")
+            if asked == "hang":
+                log("the job hangs")
+                hang()
+            if asked == "crash":
+                failure = "crash"
             if failure in ("crash", "wedge"):
                 time.sleep(float(behaviour.get("crash_after", 0.0)))
                 api.call("POST", f"/runners/{runner_id}/die")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tests.simulator_sandbox.conftest import LABEL, World, leftovers
 
 
@@ -46,6 +48,11 @@ def test_a_wedged_runner_goes_offline_and_the_vm_stays_up_silent(world: World) -
 
     assert world.fleet.vm("runner-1").phase == "dead"
     assert world.markers("runner-1") == ["SCALESET-RUNNER setup-complete runner=runner-1"]
+    names = {
+        Path(f"/proc/{pid}/comm").read_text().strip()
+        for pid in world.fleet.vm_processes("runner-1")
+    }
+    assert "Runner.Listener" in names
     assert world.cloud_control.server("runner-1").status == "ACTIVE"
     assert world.fleet.vm_processes("runner-1")
 
@@ -84,3 +91,35 @@ def test_a_slow_boot_starts_the_vm_later(world: World) -> None:
     booting = world.fleet.wait_for_event("booting", "runner-1", timeout=30)
     started = world.fleet.wait_for_event("vm-started", "runner-1", timeout=10)
     assert started.time - booting.time >= 0.5
+
+
+def test_a_job_that_asks_its_runner_to_crash_fails_and_the_vm_powers_off(world: World) -> None:
+    [job_id] = world.github.control.enqueue_jobs([LABEL], duration=5, runner_behaviour="crash")
+    world.boot("runner-1")
+
+    event = world.fleet.wait_for_event("run-complete", "runner-1", timeout=30)
+    world.fleet.wait_for_event("powered-off", "runner-1", timeout=10)
+
+    assert event.detail == "exit=1"
+    job = next(j for j in world.github.control.state()["jobs"] if j["id"] == job_id)
+    assert (job["state"], job["result"]) == ("completed", "failed")
+    assert world.runner("runner-1")["state"] == "offline"  # type: ignore[index]
+
+
+def test_a_job_that_asks_its_runner_to_hang_stays_running_on_a_live_vm(world: World) -> None:
+    [job_id] = world.github.control.enqueue_jobs([LABEL], duration=0.05, runner_behaviour="hang")
+    world.boot("runner-1")
+
+    world.fleet.wait_for_event("job-started", "runner-1", timeout=30)
+    world.fleet.wait_idle_ticks(10)  # well past the job's 0.05 s duration
+
+    job = next(j for j in world.github.control.state()["jobs"] if j["id"] == job_id)
+    assert job["state"] == "running"  # auto_finish leaves a hanging job alone
+    assert world.runner("runner-1")["state"] == "busy"  # type: ignore[index]
+    assert world.cloud_control.server("runner-1").status == "ACTIVE"
+    assert world.markers("runner-1") == ["SCALESET-RUNNER setup-complete runner=runner-1"]
+    names = {
+        Path(f"/proc/{pid}/comm").read_text().strip()
+        for pid in world.fleet.vm_processes("runner-1")
+    }
+    assert "Runner.Listener" in names
