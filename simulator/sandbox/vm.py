@@ -236,7 +236,7 @@ class SandboxVm:
             return None
 
     def listening(self) -> bool:
-        return _proc_net_key(self.spec.address, self.spec.port) in listening_keys()
+        return proc_net_key(self.spec.address, self.spec.port) in listening_keys()
 
     def powered_off(self) -> bool:
         return (self.power_dir / "poweroff").exists()
@@ -363,7 +363,7 @@ def _tool(name: str) -> str:
     return path
 
 
-def _proc_net_key(address: str, port: int) -> str:
+def proc_net_key(address: str, port: int) -> str:
     """`/proc/net/tcp`'s local_address for address:port (little-endian hex IPv4)."""
     packed = socket.inet_aton(address)
     return f"{int.from_bytes(packed, 'little'):08X}:{port:04X}"
