@@ -235,9 +235,6 @@ class SandboxVm:
         except FileNotFoundError:
             return None
 
-    def listening(self) -> bool:
-        return proc_net_key(self.spec.address, self.spec.port) in listening_keys()
-
     def powered_off(self) -> bool:
         return (self.power_dir / "poweroff").exists()
 

@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import ipaddress
 import pwd
+import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from simulator.openstack.config import CloudConfig
+from simulator.openstack.server import run_in_thread
 from simulator.openstack.state import NETWORK_NAME
+from tests.conftest import GitHubSim
 from tests.simulator_sandbox.conftest import LABEL, World, leftovers
 
 
@@ -175,3 +181,46 @@ def test_two_vms_run_two_jobs_side_by_side(world: World) -> None:
     assert {done[j]["runner_name"] for j in jobs} == {"runner-1", "runner-2"}
     addresses = {world.fleet.sandbox_vm(n).address for n in ("runner-1", "runner-2")}
     assert len(addresses) == 2
+
+
+def test_the_command_prints_the_listener_settings_and_runs_until_sigterm(
+    sandbox_available: None, github_sim: GitHubSim
+) -> None:
+    with run_in_thread(CloudConfig()) as cloud:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "simulator.sandbox",
+                "--github-url",
+                github_sim.base_url,
+                "--cloud-url",
+                cloud.base_url,
+                "--subnet",
+                "127.99.0.0/16",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert process.stdout is not None
+            first = process.stdout.readline()
+            assert first.startswith("simulator.sandbox running: VMs on 127.99.0.0/16"), first
+            settings = dict(process.stdout.readline().strip().split("=", 1) for _ in range(4))
+            assert set(settings) == {
+                "RUNNER_DOWNLOAD_URL",
+                "RUNNER_SHA256",
+                "VM_SSH_USER",
+                "VM_SSH_PRIVATE_KEY_PATH",
+            }
+            key_path = Path(settings["VM_SSH_PRIVATE_KEY_PATH"])
+            assert key_path.exists()
+            assert cloud.control.config()["fixed_subnet"] == "127.99.0.0/16"
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=10) == 0
+            assert not key_path.exists()  # its temporary root is gone
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.communicate()

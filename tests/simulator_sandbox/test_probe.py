@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -15,6 +15,7 @@ from provisioners.bootstrap import BootstrapSpec, generate_host_key, render_user
 from provisioners.naming import META_HOST_KEY, Ownership, ownership_metadata, parse_ownership
 from provisioners.openstack import OpenStackProvisioner
 from provisioners.ssh import ProbeOutcome, ProbeResult, SSHProbeConfig, SSHProber
+from reconciler.reconcile import run_once
 from scaleset_listener.cloud import openstack_config
 from simulator.sandbox import SandboxFleet
 from tests.reconciler.test_end_to_end import Setup, admin_client
@@ -138,3 +139,49 @@ async def test_a_wrong_pinned_key_is_refused(setup: Setup, sandbox: SandboxFleet
     result = await _probe(sandbox, vm, generate_host_key("other").public_openssh)
 
     assert result.outcome is ProbeOutcome.HOST_KEY_MISMATCH
+
+
+async def test_the_reconciler_probes_sandbox_vms_at_their_reported_addresses(
+    setup: Setup, sandbox: SandboxFleet
+) -> None:
+    """No address mapping: the cloud reports where each VM's sshd listens, and the key pinned
+    from the metadata is the one the bootstrap installed."""
+    sandbox.behave("linux-hang0001", "hang")
+    await _boot(setup, sandbox, "linux-alive001")
+    await _boot(setup, sandbox, "linux-hang0001")
+    await asyncio.to_thread(sandbox.wait_for_event, "connected", "linux-alive001", 30)
+    await asyncio.to_thread(sandbox.wait_for_event, "sshd-started", "linux-hang0001", 30)
+    prober = _prober(sandbox)
+    provisioner = OpenStackProvisioner(
+        dataclasses.replace(openstack_config(setup.settings), poll_interval=0.05)
+    )
+    try:
+        async with admin_client(setup) as client:
+            report = await run_once(
+                provisioner=provisioner,
+                registry=client,
+                prober=prober,
+                ownership=Ownership(
+                    setup.settings.effective_listener_instance_id, setup.scale_set_id
+                ),
+                boot_timeout=timedelta(minutes=10),
+                dry_run=True,
+            )
+    finally:
+        await prober.close()
+        await provisioner.close()
+
+    rows = {row.runner_name: row for row in report.rows}
+    assert {name: row.decision.action.value for name, row in rows.items()} == {
+        "linux-alive001": "adopt_idle",
+        "linux-hang0001": "adopt_booting",
+    }
+    alive, hung = rows["linux-alive001"].probe, rows["linux-hang0001"].probe
+    assert alive is not None
+    assert hung is not None
+    assert (alive.outcome, alive.setup_complete, alive.runner_alive) == (
+        ProbeOutcome.OK,
+        True,
+        True,
+    )
+    assert (hung.outcome, hung.setup_complete, hung.runner_alive) == (ProbeOutcome.OK, False, False)
