@@ -256,9 +256,12 @@ def shell_assignment(script: str, name: str) -> str | None:
 
 
 def _keygen(path: Path, comment: str) -> tuple[str, str]:
+    keygen = shutil.which("ssh-keygen", path=SBIN_PATH)
+    if keygen is None:
+        raise RuntimeError("ssh-keygen is not installed (scripts/install-system-deps installs it)")
     subprocess.run(  # noqa: S603 (fixed arguments)
         [
-            shutil.which("ssh-keygen", path=SBIN_PATH) or "ssh-keygen",
+            keygen,
             "-q",
             "-t",
             "ed25519",
