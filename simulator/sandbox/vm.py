@@ -18,9 +18,9 @@ Boot order follows a cloud image: the injected host key is in place (cloud-init'
 that before sshd starts), sshd starts on `<address>:<port>`, then the user_data script runs as
 root from / with cloud-init's PATH, its output appended to cloud-init-output.log.
 
-Stopping a VM is pulling its plug: SIGKILL to its `unshare` (started with
-`--kill-child=SIGKILL`) and to the namespace's init; the kernel then kills every other process of
-the namespace and the mounts go with it. Never by process name.
+Stopping a VM is pulling its plug: SIGKILL to the namespace's init (by pid), so its parent
+`unshare` reaps it and exits; the kernel kills every other process of the namespace and the
+mounts go with it. `unshare` runs with `--kill-child=SIGKILL` as a backstop. Never by name.
 """
 
 from __future__ import annotations
