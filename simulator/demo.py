@@ -1,11 +1,15 @@
 """`scaleset-listener demo`: the real listener against the built-in world, no accounts needed.
 
 The demo is a driver on the simulators' side of the wire. It starts the simulated GitHub +
-Actions service, the simulated OpenStack cloud and the light fleet that plays the VMs (each
-server the listener creates boots, connects its runner with the JIT config from its user_data,
-runs one job and powers off). It writes a temporary env file, runs `scaleset-listener run` as a
-subprocess exactly as a user would, queues a stream of jobs, shows progress and ends with a
-summary that checks the outcome: every job served, every VM and registration gone.
+Actions service, the simulated OpenStack cloud and the guests that play the VMs: sandbox VMs
+(`simulator.sandbox`: each server boots in its own namespaces with a real sshd and runs the real
+bootstrap, which downloads a stub runner; the listener's startup reconciliation is on and probes
+them over SSH) where the machine allows it (root, namespaces), else the light fleet
+(`simulator.fleet`: each server "boots", connects its runner with the JIT config from its
+user_data, runs one job and powers off). `--guest` chooses. It writes a temporary env file,
+runs `scaleset-listener run` as a subprocess exactly as a user would, queues a stream of jobs,
+shows progress and ends with a summary that checks the outcome: every job served, every VM and
+registration gone.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from simulator.openstack.config import CloudConfig
 from simulator.openstack.server import RunningCloud
 from simulator.openstack.server import run_in_thread as run_cloud
 from simulator.openstack.state import FLAVOR_NAMES, IMAGE_NAME, NETWORK_NAME
+from simulator.sandbox import SandboxConfig, SandboxFleet, sandbox_problem
 
 SCALE_SET = "demo-linux"
 
@@ -61,9 +66,18 @@ class ListenerLog:
             return [event for event in self.events if event.get("event") == name]
 
 
+GUESTS = ("auto", "sandbox", "light")
+
+
 def _env_file(
-    directory: Path, sim: RunningSimulator, cloud: RunningCloud, max_runners: int
+    directory: Path,
+    sim: RunningSimulator,
+    cloud: RunningCloud,
+    max_runners: int,
+    fleet: Fleet | SandboxFleet,
 ) -> Path:
+    sandbox = isinstance(fleet, SandboxFleet)
+    guest_settings = fleet.listener_settings() if isinstance(fleet, SandboxFleet) else {}
     clouds_yaml = cloud.write_clouds_yaml(directory / "clouds.yaml")
     path = directory / "demo.env"
     runners = [{"name": SCALE_SET, "labels": ["demo"], "max_runners": max_runners}]
@@ -77,14 +91,36 @@ def _env_file(
         f"OPENSTACK_FLAVOR={FLAVOR_NAMES[0]}\n"
         f"OPENSTACK_NETWORK={NETWORK_NAME}\n"
         "LOG_FORMAT=json\n"
-        "ENABLE_RECONCILIATION=false\n"
         "IDLE_RUNNER_TIMEOUT=5s\n"
         "RUNNER_DEREGISTRATION_TIMEOUT=5s\n"
         "VM_TRACKER_INTERVAL=10s\n"
         "RETRY_MAX_WAIT=1s\n"
         "RECOVERY_BACKOFF_MAX=2s\n"
+        # Reconciliation probes VMs over SSH: only sandbox VMs have an sshd to answer.
+        f"ENABLE_RECONCILIATION={'true' if sandbox else 'false'}\n"
+        + "".join(f"{key}={value}\n" for key, value in guest_settings.items())
     )
     return path
+
+
+def choose_guest(guest: str) -> tuple[str, str]:
+    """`sandbox` or `light` for `--guest`, and why."""
+    if guest == "light":
+        return "light", "asked for"
+    problem = sandbox_problem()
+    if guest == "sandbox":
+        if problem is not None:
+            raise SystemExit(f"--guest sandbox: sandbox VMs cannot run here: {problem}")
+        return "sandbox", "asked for"
+    if problem is None:
+        return "sandbox", "this machine allows namespaces"
+    return "light", f"no sandbox here: {problem}"
+
+
+def _guests(kind: str, sim: RunningSimulator, cloud: RunningCloud) -> Fleet | SandboxFleet:
+    if kind == "sandbox":
+        return SandboxFleet(sim.base_url, cloud.base_url, SandboxConfig(boot_seconds=1.0))
+    return Fleet(sim.base_url, cloud.base_url, FleetConfig(boot_seconds=2.0))
 
 
 def _counts(items: list[dict[str, Any]], key: str) -> str:
@@ -138,17 +174,26 @@ def _phase_seconds(log: ListenerLog) -> dict[str, float]:
     return {phase: round(sum(values) / len(values), 2) for phase, values in spent.items()}
 
 
-def run_demo(jobs: int, max_seconds: float, max_runners: int, keep: bool, as_json: bool) -> int:
+def run_demo(
+    jobs: int,
+    max_seconds: float,
+    max_runners: int,
+    keep: bool,
+    as_json: bool,
+    guest: str = "auto",
+) -> int:
     started = time.monotonic()
     rng = random.Random(7)
+    kind, why = choose_guest(guest)
     with (
         run_github(SimulatorConfig(long_poll_timeout=5.0)) as sim,
         run_cloud(CloudConfig(build_delay=1.0, delete_delay=0.5)) as cloud,
-        Fleet(sim.base_url, cloud.base_url, FleetConfig(boot_seconds=2.0)) as fleet,
+        _guests(kind, sim, cloud) as fleet,
         tempfile.TemporaryDirectory() as scratch,
     ):
-        env_file = _env_file(Path(scratch), sim, cloud, max_runners)
+        env_file = _env_file(Path(scratch), sim, cloud, max_runners, fleet)
         print(f"simulated GitHub at {sim.base_url}, simulated OpenStack at {cloud.base_url}")
+        print(f"guests: {kind} ({why})")
         print(f"listener: scaleset-listener run --env-file {env_file}", flush=True)
         listener = subprocess.Popen(  # noqa: S603 (our own command)
             [sys.executable, "-m", "scaleset_listener", "run", "--env-file", str(env_file)],
@@ -213,6 +258,7 @@ def run_demo(jobs: int, max_seconds: float, max_runners: int, keep: bool, as_jso
         "messages_created": github_state["counters"].get("messages_created", 0),
         "seconds_per_phase": _phase_seconds(log),
         "listener_exit_code": exit_code,
+        "guests": kind,
         "seconds": round(time.monotonic() - started, 1),
     }
     ok = (
@@ -245,12 +291,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-runners", type=int, default=5, help="max_runners (default 5)")
     parser.add_argument("--keep", action="store_true", help="leave everything running at the end")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON last")
+    parser.add_argument(
+        "--guest",
+        choices=GUESTS,
+        default="auto",
+        help="who plays the VMs: sandbox VMs (real sshd and bootstrap; needs root and "
+        "namespaces), the light fleet, or auto (sandbox where possible; the default)",
+    )
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.max_runners < 1:
         parser.error("--jobs and --max-runners must be at least 1")
     if args.job_seconds < 2.0:
         parser.error("--job-seconds must be at least 2")
-    return run_demo(args.jobs, args.job_seconds, args.max_runners, args.keep, args.json)
+    return run_demo(args.jobs, args.job_seconds, args.max_runners, args.keep, args.json, args.guest)
 
 
 if __name__ == "__main__":

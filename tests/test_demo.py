@@ -4,9 +4,14 @@ import sys
 
 import pytest
 
+from simulator.sandbox import sandbox_problem
+
 
 @pytest.mark.timeout(120)
-def test_the_demo_serves_every_job_on_its_own_vm_and_leaks_nothing() -> None:
+@pytest.mark.parametrize("guest", ["light", "auto"])
+def test_the_demo_serves_every_job_on_its_own_vm_and_leaks_nothing(guest: str) -> None:
+    """`auto` runs sandbox VMs (real sshd, real bootstrap, reconciliation on) where the machine
+    allows namespaces, as CI does; the light fleet elsewhere."""
     result = subprocess.run(
         [
             sys.executable,
@@ -20,6 +25,8 @@ def test_the_demo_serves_every_job_on_its_own_vm_and_leaks_nothing() -> None:
             "--max-runners",
             "2",
             "--json",
+            "--guest",
+            guest,
         ],
         capture_output=True,
         text=True,
@@ -34,4 +41,6 @@ def test_the_demo_serves_every_job_on_its_own_vm_and_leaks_nothing() -> None:
     assert (summary["leaked_vms"], summary["leaked_registrations"]) == (0, 0)
     assert summary["peak_desired_runners"] <= 2
     assert summary["listener_exit_code"] == 0
+    expected = "sandbox" if guest == "auto" and sandbox_problem() is None else "light"
+    assert summary["guests"] == expected
     assert set(summary["seconds_per_phase"]) >= {"creating", "booting", "busy"}

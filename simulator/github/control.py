@@ -176,8 +176,11 @@ class SimulatorControl:
         duration: float | None = None,
         result: str = "succeeded",
         zero_fields: Iterable[str] = (),
+        runner_behaviour: str | None = None,
     ) -> list[int]:
-        """Queue `count` jobs; returns their runnerRequestIds (the ids used everywhere here)."""
+        """Queue `count` jobs; returns their runnerRequestIds (the ids used everywhere here).
+        `runner_behaviour` ("crash", "hang") is what the job asks of the runner that takes it;
+        simulator.sandbox's stub runner obeys, and auto_finish leaves a "hang" job running."""
         body = {
             "labels": list(labels),
             "count": count,
@@ -189,6 +192,7 @@ class SimulatorControl:
             "duration": duration,
             "result": result,
             "zero_fields": list(zero_fields),
+            "runner_behaviour": runner_behaviour,
         }
         return [int(i) for i in self._call("POST", "/jobs", body)["ids"]]
 

@@ -115,6 +115,8 @@ class Job:
     parked: bool = False
     # Bumped on each assignment so a stale assign-timeout timer recognises itself.
     assign_generation: int = 0
+    # "crash" or "hang": what this job asks of the runner that takes it (state.RUNNER_BEHAVIOURS).
+    runner_behaviour: str | None = None
 
     def to_state(self) -> JSON:
         return {
@@ -128,6 +130,7 @@ class Job:
             "result": self.final_result,
             "configured_result": self.result,
             "duration": self.duration,
+            "runner_behaviour": self.runner_behaviour,
             "withdrawals": self.withdrawals,
             "parked": self.parked,
             "repository": self.repository,

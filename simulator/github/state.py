@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 LOG_LIMIT = 20_000
 IN_FLIGHT = ("available", "acquired", "assigned", "running")
 ZEROABLE = frozenset({"runnerRequestId", "workflowRunId", "jobId"})
+# What a job may ask of the runner that takes it (simulator.sandbox's stub runner obeys): crash
+# (the runner dies, its job fails) or hang (it never reports; auto_finish leaves the job running).
+RUNNER_BEHAVIOURS = frozenset({"crash", "hang"})
 
 COUNTERS = (
     "sessions_created",
@@ -774,6 +777,11 @@ class World:
         zero = frozenset(spec.get("zero_fields") or ())
         if not zero <= ZEROABLE:
             raise ControlError(400, f"zero_fields must be within {sorted(ZEROABLE)}")
+        runner_behaviour = spec.get("runner_behaviour")
+        if runner_behaviour is not None and runner_behaviour not in RUNNER_BEHAVIOURS:
+            raise ControlError(
+                400, f"runner_behaviour must be null or one of {sorted(RUNNER_BEHAVIOURS)}"
+            )
         count = int(spec.get("count", 1))
         owner = str(spec.get("owner", "acme"))
         repository = str(spec.get("repository", "app"))
@@ -798,6 +806,7 @@ class World:
                 result=str(spec.get("result", "succeeded")),
                 zero_fields=zero,
                 queue_time=time.time(),
+                runner_behaviour=runner_behaviour,
             )
             self._next_request_id += 1
             self.jobs[job.runner_request_id] = job
@@ -992,7 +1001,7 @@ class World:
             scale_set_id=job.scale_set_id,
             runner_id=runner.id,
         )
-        if self.config.auto_finish and job.duration is not None:
+        if self.config.auto_finish and job.duration is not None and job.runner_behaviour != "hang":
             self._later(float(job.duration), lambda: self._auto_finish(job, runner.id))
         return job
 

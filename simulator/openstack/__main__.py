@@ -26,6 +26,11 @@ def main(argv: list[str] | None = None) -> None:
         default="203.0.113.10-203.0.113.19",
         help="pre-allocated floating IPs, FIRST-LAST; empty for none",
     )
+    parser.add_argument(
+        "--fixed-subnet",
+        default=CloudConfig.fixed_subnet,
+        help="the tenant subnet of servers' fixed addresses (a loopback /16 for sandbox VMs)",
+    )
     parser.add_argument("--seed", type=int)
     args = parser.parse_args(argv)
     pool: tuple[str, ...] = ()
@@ -37,6 +42,7 @@ def main(argv: list[str] | None = None) -> None:
         delete_delay=args.delete_delay,
         max_microversion=args.max_microversion,
         floating_ip_pool=pool,
+        fixed_subnet=args.fixed_subnet,
         public_url=args.public_url,
         seed=args.seed,
     )

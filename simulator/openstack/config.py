@@ -25,6 +25,27 @@ def parse_microversion(text: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
+DEFAULT_FIXED_SUBNET = "10.0.0.0/20"
+
+
+def fixed_subnet_pool(
+    cidr: object,
+) -> tuple[
+    ipaddress.IPv4Network, ipaddress.IPv4Address, ipaddress.IPv4Address, ipaddress.IPv4Address
+]:
+    """The subnet, its gateway (first host) and allocation pool (second host to last but one),
+    as Neutron lays out a subnet created without explicit pools."""
+    if not isinstance(cidr, str):
+        raise ConfigError("fixed_subnet must be an IPv4 CIDR such as '10.0.0.0/20'")
+    try:
+        network = ipaddress.IPv4Network(cidr)
+    except ValueError as exc:
+        raise ConfigError(f"fixed_subnet {cidr!r} is not an IPv4 network: {exc}") from None
+    if network.num_addresses < 16:
+        raise ConfigError(f"fixed_subnet {cidr!r} is too small (at least a /28)")
+    return network, network[1], network[2], network[-2]
+
+
 def address_range(first: str, last: str) -> tuple[str, ...]:
     start, end = ipaddress.IPv4Address(first), ipaddress.IPv4Address(last)
     return tuple(str(ipaddress.IPv4Address(n)) for n in range(int(start), int(end) + 1))
@@ -56,6 +77,9 @@ class CloudConfig:
     quotas: Quotas = field(default_factory=Quotas)
     # Floating IPs allocated to the project at start, unassociated.
     floating_ip_pool: tuple[str, ...] = address_range("203.0.113.10", "203.0.113.19")
+    # The tenant subnet servers get their fixed addresses from. A loopback range such as
+    # 127.77.0.0/16 lets simulated VMs (simulator.sandbox) listen on the address Nova reports.
+    fixed_subnet: str = DEFAULT_FIXED_SUBNET
     region: str = "RegionOne"
     # Base URL written into the catalog; None: the address the server is bound to.
     public_url: str | None = None
@@ -96,6 +120,8 @@ class CloudConfig:
                 for address in value:
                     ipaddress.IPv4Address(address)
                 staged[key] = tuple(value)
+            elif key == "fixed_subnet":
+                staged[key] = str(fixed_subnet_pool(value)[0])
             elif key == "region":
                 if not isinstance(value, str) or not value:
                     raise ConfigError("region must be a non-empty string")

@@ -52,6 +52,7 @@ def patch_config(cloud: Cloud, request: Request, body: Any, params: Params) -> R
         raise ControlError(400, str(exc)) from None
     if cloud.config.floating_ip_pool != old_pool:
         _resize_pool(cloud, old_pool)
+    cloud.lay_out_subnet(cloud.tenant_subnet())
     return _ok(cloud.config.to_json())
 
 

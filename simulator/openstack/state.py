@@ -22,7 +22,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from simulator.openstack.config import CloudConfig
+from simulator.openstack.config import CloudConfig, fixed_subnet_pool
 from simulator.openstack.faults import FaultBook
 from simulator.openstack.model import (
     JSON,
@@ -183,12 +183,12 @@ class Cloud:
             name=SUBNET_NAME,
             network_id=net.id,
             project_id=pid,
-            # Room for a 1,000-VM benchmark; the first addresses are 10.0.0.x as before.
-            cidr="10.0.0.0/20",
-            gateway_ip="10.0.0.1",
-            pool_start="10.0.0.2",
-            pool_end="10.0.15.254",
+            cidr="",
+            gateway_ip="",
+            pool_start="",
+            pool_end="",
         )
+        self.lay_out_subnet(subnet)
         net.subnet_ids.append(subnet.id)
         admin_project = stable_hex("project:admin")
         public = Network(
@@ -312,6 +312,16 @@ class Cloud:
             "gigabytes": sum(v.size for v in volumes),
             "floatingip": len(self.floating_ips),
         }
+
+    def lay_out_subnet(self, subnet: Subnet) -> None:
+        """Give the tenant subnet the configured range (default 10.0.0.0/20: room for a
+        1,000-VM benchmark). Ports already made keep their addresses."""
+        network, gateway, first, last = fixed_subnet_pool(self.config.fixed_subnet)
+        subnet.cidr, subnet.gateway_ip = str(network), str(gateway)
+        subnet.pool_start, subnet.pool_end = str(first), str(last)
+
+    def tenant_subnet(self) -> Subnet:
+        return self.subnets[stable_uuid("subnet:" + SUBNET_NAME)]
 
     def find_flavor(self, ref: str) -> Flavor | None:
         # flavorRef may be an id or a link ending in the id.

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from simulator.github.control import ControlAPIError
 from tests.conftest import GitHubSim, GitHubSimFactory
 from tests.simulator.helpers import Actions, Session
 
@@ -105,6 +106,28 @@ def test_a_job_with_a_duration_finishes_by_itself(github_sim: GitHubSim, actions
     items = actions.receive(session)
     assert _types(items) == ["JobAssigned", "JobStarted", "JobCompleted"]
     assert items[2]["result"] == "succeeded"
+
+
+def test_a_job_that_asks_its_runner_to_hang_is_not_finished_by_auto_finish(
+    github_sim: GitHubSim, actions: Actions
+) -> None:
+    set_id, _ = _ready(actions)
+    hanging, quick = github_sim.control.enqueue_jobs(
+        ["linux"], count=1, duration=0.05, runner_behaviour="hang"
+    ) + github_sim.control.enqueue_jobs(["linux"], duration=0.05)
+    github_sim.control.runner_take_job(actions.start_runner(set_id, "hangs"), hanging)
+    github_sim.control.runner_take_job(actions.start_runner(set_id, "quick"), quick)
+    state = github_sim.control.wait_for_state(lambda s: s["jobs"][1]["state"] == "completed")
+    assert state["jobs"][0]["state"] == "running"  # finished later than the quick one, if ever
+    assert state["jobs"][0]["runner_behaviour"] == "hang"
+    assert state["jobs"][1]["runner_behaviour"] is None
+
+
+def test_an_unknown_runner_behaviour_is_refused_naming_the_field(github_sim: GitHubSim) -> None:
+    with pytest.raises(ControlAPIError) as caught:
+        github_sim.control.enqueue_jobs(["linux"], runner_behaviour="explode")
+    assert caught.value.status == 400
+    assert "runner_behaviour" in caught.value.message
 
 
 @pytest.mark.parametrize("github_sim", [{"auto_take": True}], indirect=True)

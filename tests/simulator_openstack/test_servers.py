@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from openstack import connection, exceptions
 
-from simulator.openstack.control import CloudControl
+from simulator.openstack.control import CloudControl, ControlApiError
 from tests.simulator_openstack.helpers import (
     METADATA,
     USER_DATA,
@@ -412,3 +412,29 @@ def test_metadata_updates_merge_and_keep_novas_limits(
         "scaleset-host-key": key,
         "v": "x" * 255,
     }
+
+
+def test_the_tenant_subnet_can_be_a_loopback_range_for_sandbox_vms(
+    conn: connection.Connection, ids: Ids, control: CloudControl
+) -> None:
+    before = create(conn, ids, "vm-before")
+    control.update_config(fixed_subnet="127.77.0.0/16")
+    server = conn.compute.get_server(wait_active(conn, create(conn, ids, "vm-1")).id)
+
+    (address,) = server.addresses["runners-net"]
+    assert (address["OS-EXT-IPS:type"], address["version"]) == ("fixed", 4)
+    assert address["addr"].startswith("127.77.0.")
+    (subnet,) = conn.network.subnets(name="runners-subnet")
+    assert (subnet.cidr, subnet.gateway_ip) == ("127.77.0.0/16", "127.77.0.1")
+    assert subnet.allocation_pools == [{"start": "127.77.0.2", "end": "127.77.255.254"}]
+    assert control.server(before.id).addresses[0].startswith("10.0.0.")  # kept its address
+    assert control.server(server.id).addresses == (address["addr"],)
+
+
+@pytest.mark.parametrize("bad", ["10.0.0.0/30", "not-a-network", 42, "2001:db8::/64"])
+def test_a_bad_fixed_subnet_is_refused_naming_the_field(control: CloudControl, bad: Any) -> None:
+    with pytest.raises(ControlApiError) as caught:
+        control.update_config(fixed_subnet=bad)
+    assert caught.value.status == 400
+    assert "fixed_subnet" in caught.value.message
+    assert control.config()["fixed_subnet"] == "10.0.0.0/20"

@@ -57,6 +57,7 @@ from provisioners.bootstrap import (
     SETUP_FAILED,
     generate_host_key,
 )
+from simulator.sandbox.vm import listening_keys, proc_net_key
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INSTALL_SCRIPT = REPO_ROOT / "scripts" / "install-system-deps"
@@ -196,9 +197,11 @@ def namespace_problem() -> str | None:
     return None
 
 
-def install_system_deps() -> None:
-    """Install sshd, unshare and pgrep through the project's script when they are missing."""
-    if all(shutil.which(tool, path=_SBIN_PATH) for tool in ("sshd", "unshare", "pgrep")):
+def install_system_deps(*, force: bool = False) -> None:
+    """Install sshd, unshare and pgrep through the project's script when they are missing (with
+    `force`, run the script anyway: it installs only what is missing)."""
+    tools = ("sshd", "unshare", "pgrep")
+    if not force and all(shutil.which(tool, path=_SBIN_PATH) for tool in tools):
         return
     done = subprocess.run(
         [str(INSTALL_SCRIPT)], capture_output=True, text=True, timeout=300, check=False
@@ -574,10 +577,10 @@ class SSHHostFactory:
 
     def _wait_listening(self, launches: list[_Launch]) -> None:
         """Until every sshd has its listening socket (read from /proc/net/tcp), bounded."""
-        wanted = {_proc_net_key(item.host.address, self.port): item for item in launches}
+        wanted = {proc_net_key(item.host.address, self.port): item for item in launches}
         until = time.monotonic() + READY_TIMEOUT
         while wanted:
-            for key in _listening_keys() & wanted.keys():
+            for key in listening_keys() & wanted.keys():
                 del wanted[key]
             for launch in list(wanted.values()):
                 if launch.process.poll() is not None:
@@ -607,23 +610,6 @@ class SSHHostFactory:
             host.launcher_pid,
             int(children[0]) if children else None,
         )
-
-
-def _proc_net_key(address: str, port: int) -> str:
-    """`/proc/net/tcp`'s local_address for address:port (little-endian hex IPv4)."""
-    packed = socket.inet_aton(address)
-    return f"{int.from_bytes(packed, 'little'):08X}:{port:04X}"
-
-
-def _listening_keys() -> set[str]:
-    keys = set()
-    with open("/proc/net/tcp") as table:
-        next(table)
-        for line in table:
-            fields = line.split()
-            if fields[3] == "0A":  # TCP_LISTEN
-                keys.add(fields[1])
-    return keys
 
 
 def _logs(launch: _Launch) -> str:

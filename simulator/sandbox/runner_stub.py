@@ -1,0 +1,198 @@
+"""The stub GitHub Actions runner that sandbox VMs download, and its tarball.
+
+The tarball has the real runner's entry points: `run.sh` (a bash script that starts
+`bin/Runner.Listener` and exits with its code, as the real one does) and `bin/Runner.Listener`,
+a stdlib-only Python script that names its process `Runner.Listener` (prctl PR_SET_NAME), so the
+probe's `pgrep -x Runner.Listener` finds it.
+
+`run.sh --jitconfig <config>` decodes the JIT config (the GitHub simulator's is base64 JSON with
+the simulator's `serverUrl`), connects to the simulated Actions service with it, takes one job of
+its scale set (unless the service's `auto_take` gave it one), "runs" it for the job's
+`duration` (then finishes it with the job's configured result; a 409 means `auto_finish` or a
+test was first), and exits 0 when the job succeeded, else 1. A registration removed while idle,
+or a runner marked offline, ends it with 1.
+
+A job may ask for a failure (`runner_behaviour` in the GitHub simulator's job): `crash` (as
+below) or `hang` (the runner never reports; the job stays running, the VM up). Failure
+behaviours per server come from `/etc/scaleset-sandbox/runner.json` inside the VM (written by the
+sandbox): `crash` (once its job runs, after `crash_after` seconds, the runner dies: the
+service sees it go offline, the process exits 1) and `wedge` (the same, but the process hangs
+instead of exiting, so the VM stays up without a word).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import tarfile
+from dataclasses import dataclass
+
+BEHAVIOUR_PATH = "/etc/scaleset-sandbox/runner.json"
+
+RUN_SH = """\
+#!/bin/bash
+# Stub of the GitHub Actions runner's run.sh (simulator.sandbox): it starts the listener and
+# exits with its exit code.
+cd "$(dirname "$0")"
+bin/Runner.Listener run "$@"
+exit $?
+"""
+
+RUNNER_LISTENER = r'''#!/usr/bin/env python3
+"""Stub Runner.Listener (simulator.sandbox.runner_stub): one job against the GitHub simulator."""
+import base64
+import ctypes
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+
+BEHAVIOUR_PATH = "@BEHAVIOUR_PATH@"
+
+
+def log(message):
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime())} Runner.Listener: {message}",
+          flush=True)
+
+
+class Api:
+    def __init__(self, base):
+        self.base = base.rstrip("/") + "/_sim"
+
+    def call(self, method, path, body=None, timeout=60.0):
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base + path, data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                raw = response.read()
+                return response.status, json.loads(raw) if raw else None
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                return exc.code, json.loads(raw)
+            except ValueError:
+                return exc.code, {"error": raw.decode(errors="replace")}
+
+
+def hang():
+    while True:
+        time.sleep(3600)
+
+
+def name_process():
+    """`env python3` leaves the process named python3; the probe looks for Runner.Listener."""
+    try:
+        ctypes.CDLL(None).prctl(15, b"Runner.Listener", 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
+
+
+def main(argv):
+    name_process()
+    if len(argv) < 3 or argv[1] != "run" or "--jitconfig" not in argv:
+        log("usage: Runner.Listener run --jitconfig <config>")
+        return 2
+    jit = argv[argv.index("--jitconfig") + 1]
+    try:
+        document = json.loads(base64.b64decode(jit, validate=True))
+        server = str(document["serverUrl"])
+    except (ValueError, KeyError, TypeError):
+        log("the JIT config is not one this runner understands")
+        return 1
+    try:
+        with open(BEHAVIOUR_PATH) as handle:
+            behaviour = json.load(handle)
+    except (OSError, ValueError):
+        behaviour = {}
+    failure = behaviour.get("failure")
+    api = Api(server)
+    status, runner = api.call("POST", "/runners/connect", {"jit_config": jit})
+    if status != 200:
+        log(f"could not connect to the Actions service: {status} {runner.get('error')}")
+        return 1
+    runner_id, scale_set = runner["id"], runner["scale_set_id"]
+    log(f"connected as runner {runner['name']} (id {runner_id}); listening for jobs")
+    version = -1
+    job = None
+    while True:
+        status, world = api.call("GET", f"/state?after_version={version}&wait=20", timeout=60)
+        if status != 200:
+            log(f"state answered {status}")
+            time.sleep(0.5)
+            continue
+        version = world["version"]
+        mine = next((r for r in world["runners"] if r["id"] == runner_id), None)
+        if job is None:
+            if mine is None:
+                log("the registration was removed while idle")
+                return 1
+            if mine["state"] == "offline":
+                log("the service marked this runner offline")
+                return 1
+            if mine["state"] == "busy" and mine.get("job") is not None:
+                job = next(j for j in world["jobs"] if j["id"] == mine["job"])
+            elif any(j["state"] == "assigned" and j["scale_set_id"] == scale_set
+                     for j in world["jobs"]):
+                status, taken = api.call("POST", f"/runners/{runner_id}/take", {})
+                if status != 200:
+                    continue  # 409: another runner, or auto_take, was first
+                job = taken
+            if job is None:
+                continue
+            log(f"running job {job['id']} ({job.get('duration')} s)")
+            asked = job.get("runner_behaviour")
+            if asked == "hang":
+                log("the job hangs")
+                hang()
+            if asked == "crash":
+                failure = "crash"
+            if failure in ("crash", "wedge"):
+                time.sleep(float(behaviour.get("crash_after", 0.0)))
+                api.call("POST", f"/runners/{runner_id}/die")
+                log("crashed")
+                if failure == "wedge":
+                    hang()
+                return 1
+            if job.get("duration") is not None:
+                time.sleep(float(job["duration"]))
+                api.call("POST", f"/jobs/{job['id']}/finish",
+                         {"result": job.get("configured_result") or "succeeded"})
+            continue
+        done = next((j for j in world["jobs"] if j["id"] == job["id"]), None)
+        if done is not None and done["state"] == "completed":
+            result = done.get("result")
+            log(f"job {job['id']} completed: {result}")
+            return 0 if result == "succeeded" else 1
+        if mine is not None and mine["state"] == "offline":
+            log("the service marked this runner offline")
+            return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
+'''.replace("@BEHAVIOUR_PATH@", BEHAVIOUR_PATH)
+
+
+@dataclass(frozen=True)
+class RunnerTarball:
+    """The stub runner as the bootstrap downloads it."""
+
+    data: bytes
+    sha256: str
+
+
+def build_runner_tarball() -> RunnerTarball:
+    """A gzipped tarball of `run.sh` and `bin/Runner.Listener`, both 0755, owned by root."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as archive:
+        for name, text in (("run.sh", RUN_SH), ("bin/Runner.Listener", RUNNER_LISTENER)):
+            payload = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(payload), 0o755, 1_700_000_000
+            archive.addfile(info, io.BytesIO(payload))
+    # Fixed times: the same stub has the same sha256 on every run.
+    data = gzip.compress(buffer.getvalue(), mtime=0)
+    return RunnerTarball(data, hashlib.sha256(data).hexdigest())

@@ -1,0 +1,127 @@
+"""Both simulators in-process, a scale set with a live session, and a sandbox fleet whose VMs
+run the real rendered bootstrap. Skipped where `sandbox_problem()` says the machine cannot run
+sandbox VMs; with REQUIRE_SSH_HOSTS=1 (CI) that is a failure instead."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from provisioners.bootstrap import BootstrapSpec, HostKey, generate_host_key, render_user_data
+from simulator.openstack.config import CloudConfig
+from simulator.openstack.control import CloudControl
+from simulator.openstack.server import RunningCloud, run_in_thread
+from simulator.sandbox import SandboxConfig, SandboxFleet, sandbox_problem
+from simulator.sandbox.vm import processes_in_namespace
+from tests.conftest import GitHubSim, GitHubSimFactory
+
+# The reconciler tests' world (simulators, settings, a scale set), for the prober tests.
+from tests.reconciler.test_end_to_end import setup  # noqa: F401
+from tests.simulator.helpers import Actions, Session
+from tests.simulator_fleet.conftest import Nova
+from tests.testsupport.ssh_hosts import install_system_deps
+
+LABEL = "linux"
+FAST_CLOUD = CloudConfig(build_delay=0.05, delete_delay=0.05, power_delay=0.02)
+FAST_SANDBOX = SandboxConfig(poll_interval=0.02)
+
+
+@pytest.fixture(scope="session")
+def sandbox_available() -> None:
+    """Skip (or, with REQUIRE_SSH_HOSTS=1, fail) where sandbox VMs cannot run."""
+    problem = sandbox_problem()
+    if problem is not None and "not installed" in problem:
+        install_system_deps(force=True)
+        sandbox_problem.cache_clear()
+        problem = sandbox_problem()
+    if problem is not None:
+        if os.environ.get("REQUIRE_SSH_HOSTS") == "1":
+            pytest.fail(f"REQUIRE_SSH_HOSTS=1 but {problem}")
+        pytest.skip(problem)
+
+
+@dataclass
+class World:
+    """Both simulators, a scale set with a live session (so jobs get assigned), the sandbox."""
+
+    github: GitHubSim
+    cloud: RunningCloud
+    nova: Nova
+    actions: Actions
+    scale_set_id: int
+    session: Session
+    fleet: SandboxFleet
+    host_keys: dict[str, HostKey] = field(default_factory=dict)
+    jit_configs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def cloud_control(self) -> CloudControl:
+        return self.cloud.control
+
+    def jit(self, name: str) -> str:
+        response = self.actions.generate_jit(self.scale_set_id, name)
+        assert response.status_code == 200, response.text
+        self.jit_configs[name] = str(response.json()["encodedJITConfig"])
+        return self.jit_configs[name]
+
+    def user_data(self, name: str, **overrides: Any) -> bytes:
+        """The real bootstrap for `name` with a fresh JIT config and host key."""
+        key = self.host_keys[name] = generate_host_key(name)
+        settings = self.fleet.listener_settings()
+        values: dict[str, Any] = {
+            "runner_name": name,
+            "jit_config": self.jit(name),
+            "runner_version": "2.330.0",
+            "runner_download_url": settings["RUNNER_DOWNLOAD_URL"],
+            "runner_sha256": settings["RUNNER_SHA256"],
+            "labels": (LABEL,),
+            "ssh_host_key_private": key.private_openssh,
+            "ssh_host_key_public": key.public_openssh,
+        }
+        values.update(overrides)
+        return render_user_data(BootstrapSpec(**values))
+
+    def boot(self, name: str, **overrides: Any) -> str:
+        return self.nova.create(name, self.user_data(name, **overrides))
+
+    def runner(self, name: str) -> dict[str, Any] | None:
+        runners = self.github.control.state()["runners"]
+        return next((r for r in runners if r["name"] == name), None)
+
+    def markers(self, name: str) -> list[str]:
+        return [
+            line for line in self.cloud_control.console(name) if line.startswith("SCALESET-RUNNER")
+        ]
+
+
+def leftovers(namespaces: list[str]) -> dict[str, list[int]]:
+    """Processes still alive in any of these PID namespaces."""
+    return {ns: pids for ns in namespaces if (pids := processes_in_namespace(ns))}
+
+
+@pytest.fixture
+def github_overrides() -> dict[str, Any]:
+    return {}
+
+
+@pytest.fixture
+def world(
+    sandbox_available: None,
+    github_sim_factory: GitHubSimFactory,
+    github_overrides: dict[str, Any],
+) -> Iterator[World]:
+    github = github_sim_factory(**github_overrides)
+    actions = Actions(github)
+    scale_set_id = actions.create_scale_set(LABEL)
+    session = actions.create_session(scale_set_id)
+    with run_in_thread(FAST_CLOUD.copy()) as cloud:
+        nova = Nova(cloud)
+        fleet = SandboxFleet(github.base_url, cloud.base_url, FAST_SANDBOX)
+        with fleet:
+            yield World(github, cloud, nova, actions, scale_set_id, session, fleet)
+        nova.close()
+    actions.close()
