@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import structlog
 
@@ -50,6 +52,8 @@ from scaleset_listener.wire import (
     UnknownJobMessage,
     parse_job_messages,
 )
+
+T = TypeVar("T")
 
 
 class ShutdownRequested(Exception):
@@ -238,18 +242,41 @@ class Listener:
                 return await self._create_session()
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def _unless_stopped(self, work: Awaitable[T]) -> T:
+        """`work`, abandoned when shutdown is requested meanwhile.
+
+        Only for steps before a session exists: nothing is in hand to finish there, and their
+        request retries (up to RETRY_MAX_ATTEMPTS waits) would otherwise hold a stop for many
+        seconds. The steps are idempotent, so the next start simply does them again.
+        """
+        task = asyncio.ensure_future(work)
+        stopper = asyncio.create_task(self._stop.wait(), name="stop-wait")
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if task.cancelled():
+            raise ShutdownRequested
+        return task.result()
+
+    async def _bind_scale_set(self, *, fresh: bool) -> ScaleSet:
+        scale_set = await self._ensure_scale_set(fresh=fresh)
+        self._scaler.bind_scale_set(scale_set.id)
+        await self._scaler.prepare(scale_set.id)
+        return scale_set
+
     async def _create_session(self) -> MessageSession:
         if self.scale_set is None:
-            self.scale_set = await self._ensure_scale_set(fresh=True)
-            self._scaler.bind_scale_set(self.scale_set.id)
-            await self._scaler.prepare(self.scale_set.id)
+            self.scale_set = await self._unless_stopped(self._bind_scale_set(fresh=True))
         try:
             created = await self._client.create_session(self.scale_set.id, self._options.owner_name)
         except ScaleSetNotFound:
             self._log.warning("scale_set_gone", scale_set_id=self.scale_set.id)
-            self.scale_set = await self._ensure_scale_set(fresh=False)
-            self._scaler.bind_scale_set(self.scale_set.id)
-            await self._scaler.prepare(self.scale_set.id)
+            self.scale_set = await self._unless_stopped(self._bind_scale_set(fresh=False))
             created = await self._client.create_session(self.scale_set.id, self._options.owner_name)
         try:
             session = MessageSession(self._client, self._http, self.scale_set.id, created)

@@ -352,3 +352,21 @@ async def test_a_bom_prefixed_answer_parses(github_sim_factory: GitHubSimFactory
         await session_is_open(sim)
         await demand_still_flows(sim, service)
     assert sim.control.state()["counters"]["sessions_created"] == 1
+
+
+async def test_a_stop_during_startup_retries_ends_them_at_once(
+    github_sim_factory: GitHubSimFactory,
+) -> None:
+    """Before a session exists nothing is in hand: a stop must not wait out the request's
+    retries (here 20 attempts with waits of up to 30 s, far beyond the bound below)."""
+    sim = github_sim_factory()
+    sim.control.add_fault("find_scale_set", status=503, times=1000)
+    settings = settings_for(sim, retry_max_attempts=20, retry_max_wait=30.0)
+    async with running_service(settings) as service:
+        await asyncio.to_thread(
+            sim.control.wait_for_request, lambda r: r["endpoint"] == "find_scale_set"
+        )
+        assert await service.shutdown(timeout=5.0) == 0
+    state = sim.control.state()
+    assert state["scale_sets"] == []
+    assert state["counters"].get("sessions_created", 0) == 0
