@@ -8,7 +8,7 @@ within it is random (seeded). After the restart (reconciliation on) every job mu
 no VM and no runner registration left, no busy runner killed, never more than max runners, no
 session left, and the listener must exit 0 on SIGTERM.
 
-`python bench/crash_restart.py --trials 100 [--seed S] [--jobs 8] [--max-runners 3]` prints one
+`python -m bench.crash_restart --trials 100 [--seed S] [--jobs 8] [--max-runners 3]` prints one
 line per trial and, last, one JSON object: trials, passed, failed (with reasons), mean and max
 trial seconds, violations by kind, and how many kills landed in the phase they aimed at.
 """
@@ -26,15 +26,23 @@ from pathlib import Path
 from typing import Any
 
 from simulator.crash_trial import KILL_POINTS, TrialResult, run_trial
+from simulator.e2e_world import GuestKind
 
 
-def soak(trials: int, seed: int, jobs: int, max_runners: int) -> dict[str, Any]:
+def soak(
+    trials: int, seed: int, jobs: int, max_runners: int, guests: GuestKind = "light"
+) -> dict[str, Any]:
     results: list[TrialResult] = []
     for number in range(trials):
         point = KILL_POINTS[number % len(KILL_POINTS)]
         with tempfile.TemporaryDirectory(prefix="crash-trial-") as scratch:
             result = run_trial(
-                Path(scratch), point, seed + number, jobs=jobs, max_runners=max_runners
+                Path(scratch),
+                point,
+                seed + number,
+                jobs=jobs,
+                max_runners=max_runners,
+                guests=guests,
             )
         results.append(result)
         outcome = "ok" if result.passed else "FAILED"
@@ -67,6 +75,7 @@ def soak(trials: int, seed: int, jobs: int, max_runners: int) -> dict[str, Any]:
         "seed": seed,
         "jobs_per_trial": jobs,
         "max_runners": max_runners,
+        "guests": guests,
     }
 
 
@@ -76,10 +85,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--jobs", type=int, default=8, help="jobs per trial (default 8)")
     parser.add_argument("--max-runners", type=int, default=3, help="max_runners (default 3)")
+    parser.add_argument(
+        "--guests", choices=["light", "sandbox"], default="light", help="what plays the VMs"
+    )
     args = parser.parse_args(argv)
     if args.trials < 1 or args.jobs < 2 or args.max_runners < 1:
         parser.error("--trials and --max-runners must be at least 1, --jobs at least 2")
-    summary = soak(args.trials, args.seed, args.jobs, args.max_runners)
+    summary = soak(args.trials, args.seed, args.jobs, args.max_runners, args.guests)
     print(json.dumps(summary), flush=True)
     return 0 if summary["passed"] == summary["trials"] else 1
 

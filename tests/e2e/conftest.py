@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from simulator.e2e_world import E2EWorld
+from tests.e2e.guests import GUESTS
 
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[E2EWorld]:
-    with E2EWorld(tmp_path) as running:
+    with E2EWorld(tmp_path, guest_kind=GUESTS) as running:
         yield running

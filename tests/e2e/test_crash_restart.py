@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from simulator.crash_trial import KILL_POINTS, KillPoint, run_trial
+from tests.e2e.guests import GUESTS
 
 
 @pytest.mark.timeout(120)
@@ -18,7 +19,7 @@ from simulator.crash_trial import KILL_POINTS, KillPoint, run_trial
 def test_a_listener_killed_and_restarted_serves_every_job_and_leaks_nothing(
     tmp_path: Path, point: KillPoint
 ) -> None:
-    result = run_trial(tmp_path, point, seed=KILL_POINTS.index(point) + 100)
+    result = run_trial(tmp_path, point, seed=KILL_POINTS.index(point) + 100, guests=GUESTS)
 
     assert result.passed, result.summary()
     # The kill hit the phase it aimed at (the seeds are chosen so; a miss would test less).
