@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -30,7 +31,12 @@ from simulator.e2e_world import GuestKind
 
 
 def soak(
-    trials: int, seed: int, jobs: int, max_runners: int, guests: GuestKind = "light"
+    trials: int,
+    seed: int,
+    jobs: int,
+    max_runners: int,
+    guests: GuestKind = "light",
+    keep_failed: Path | None = None,
 ) -> dict[str, Any]:
     results: list[TrialResult] = []
     for number in range(trials):
@@ -44,12 +50,17 @@ def soak(
                 max_runners=max_runners,
                 guests=guests,
             )
+            if not result.passed and keep_failed is not None:
+                kept = keep_failed / f"trial-{number + 1}-{point}-seed-{seed + number}"
+                shutil.copytree(scratch, kept)
+                result.notes["evidence"] = str(kept)
         results.append(result)
         outcome = "ok" if result.passed else "FAILED"
         reasons = "; ".join(f"{v.kind}: {v.detail}" for v in result.violations)
         print(
             f"trial {number + 1}/{trials} point={point} seed={seed + number} {outcome}"
             f" {result.seconds:.1f}s landed={result.landed}"
+            f" boot_timeout={result.notes.get('boot_timeout')}"
             + (f" error={result.error}" if result.error else "")
             + (f" violations={reasons}" if reasons else ""),
             flush=True,
@@ -88,10 +99,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--guests", choices=["light", "sandbox"], default="light", help="what plays the VMs"
     )
+    parser.add_argument(
+        "--keep-failed",
+        type=Path,
+        default=None,
+        help="copy a failed trial's listener logs and GitHub event log under this directory",
+    )
     args = parser.parse_args(argv)
     if args.trials < 1 or args.jobs < 2 or args.max_runners < 1:
         parser.error("--trials and --max-runners must be at least 1, --jobs at least 2")
-    summary = soak(args.trials, args.seed, args.jobs, args.max_runners, args.guests)
+    summary = soak(
+        args.trials, args.seed, args.jobs, args.max_runners, args.guests, args.keep_failed
+    )
     print(json.dumps(summary), flush=True)
     return 0 if summary["passed"] == summary["trials"] else 1
 

@@ -23,6 +23,7 @@ The tests run a few trials; `bench/crash_restart.py` runs many.
 
 from __future__ import annotations
 
+import json
 import random
 import time
 import traceback
@@ -133,6 +134,18 @@ def _kill_during_reconcile(world: E2EWorld, rng: random.Random) -> bool:
     return not second.log.named("reconcile_summary")
 
 
+def _keep_evidence(directory: Path, world: E2EWorld) -> None:
+    """The listeners' logs and the simulated GitHub's event log, for a failed trial."""
+    for number, listener in enumerate(world.listeners, 1):
+        lines = [json.dumps(event, default=str) for event in listener.log.events]
+        lines += listener.log.other_lines
+        (directory / f"listener-{number}.log").write_text("\n".join(lines) + "\n")
+    events = world.github.control.events()
+    (directory / "github-events.jsonl").write_text(
+        "\n".join(json.dumps(event) for event in events) + "\n"
+    )
+
+
 def run_trial(
     directory: Path,
     point: KillPoint,
@@ -145,7 +158,14 @@ def run_trial(
     started = time.monotonic()
     result = TrialResult(point, seed)
     rng = random.Random(seed)
-    with E2EWorld(directory, guest_kind=guests, max_runners=max_runners) as world:
+    # A short BOOT_TIMEOUT makes the reconciler delete idle leftovers (no SSH probe here) while
+    # their runners may be taking a job: the race that must never kill a busy runner.
+    boot_timeout = rng.choice(("3s", "20s"))
+    overrides = {"BOOT_TIMEOUT": boot_timeout}
+    result.notes["boot_timeout"] = boot_timeout
+    with E2EWorld(
+        directory, guest_kind=guests, max_runners=max_runners, listener_overrides=overrides
+    ) as world:
         try:
             first = world.start_listener()
             first.log.wait_event("session_created", WAIT)
@@ -175,7 +195,7 @@ def run_trial(
             code = final.stop(timeout=20)
             if code != 0:
                 result.violations.append(Violation("exit_code", f"final listener exited {code}"))
-            result.notes = {
+            result.notes |= {
                 "listeners": len(world.listeners),
                 "reconciled": [
                     e.get("counts")
@@ -192,5 +212,7 @@ def run_trial(
                 if listener.running:
                     listener.kill()
             result.violations += world.violations()
+            if not result.passed:
+                _keep_evidence(directory, world)
     result.seconds = time.monotonic() - started
     return result

@@ -116,6 +116,8 @@ class E2EWorld:
             build_delay=0.3, delete_delay=0.2, request_log_size=200_000
         )
     )
+    # Settings every listener of this world gets (on top of FAST_LISTENER_SETTINGS).
+    listener_overrides: dict[str, str] = field(default_factory=dict)
     listeners: list[ListenerProcess] = field(default_factory=list)
     queued: dict[int, str] = field(default_factory=dict)  # job id -> the result it was queued with
 
@@ -155,6 +157,7 @@ class E2EWorld:
             **world_settings(self.github, self.cloud, self.directory / "clouds.yaml", scale_sets),
             **FAST_LISTENER_SETTINGS,
             **guest_settings(self.guests),
+            **self.listener_overrides,
             **overrides,
         }
 
