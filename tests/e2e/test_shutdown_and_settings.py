@@ -135,3 +135,30 @@ def test_managed_scale_set_is_recreated_at_start_and_deleted_at_exit(world: E2EW
     assert state["scale_sets"] == []
     assert listener.log.named("scale_set_deleted", scale_set_id=created["scale_set_id"])
     assert world.violations() == []
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_lets_a_server_create_in_flight_finish(world: E2EWorld) -> None:
+    listener = world.start_listener()
+    listener.log.wait_event("session_created", timeout=30)
+    world.cloud_control.delay_requests("compute.servers.create", 1.5, times=1)
+    world.queue_jobs(1, duration=5.0)
+    creating = listener.log.wait_event("runner_state", timeout=30, state="creating")
+
+    listener.terminate()
+    assert listener.wait(timeout=SHUTDOWN_TIMEOUT + 5) == 0
+
+    # The drain waited for the creation: the listener saw its server ACTIVE before exiting.
+    assert listener.log.named("runner_state", runner_name=creating["runner_name"], state="booting")
+    # The create was not abandoned half-way: the server exists, named for its runner (and
+    # tagged, so that the next start finds it), and its registration is there.
+    creates = world.cloud_control.requests(endpoint="compute.servers.create")
+    assert [r.status for r in creates] == [202]
+    assert [s["name"] for s in world.servers()] == [creating["runner_name"]]
+    assert creating["runner_name"] in {r["name"] for r in world.github.control.state()["runners"]}
+
+    restarted = world.start_listener()
+    world.wait_served(timeout=30)
+    world.wait_clean(timeout=30)
+    assert restarted.stop(timeout=15) == 0
+    assert world.violations() == []
