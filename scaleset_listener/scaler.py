@@ -309,6 +309,11 @@ class VMScaler:
             preparer.cancel()
         finally:
             binder.cancel()
+        if self._reconcile is None and not stop.is_set():
+            # Without startup reconciliation the first sweep runs before demand is counted: it
+            # adopts what an earlier process left (as GitHub reports the runners), so those VMs
+            # are not counted twice and max_runners holds.
+            await self._sweep_safely()
         next_sweep = self._clock() + self._lifecycle.sweep_interval
         try:
             while not stop.is_set():
