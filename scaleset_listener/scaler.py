@@ -14,7 +14,8 @@
 * Deletion after a job: JobCompleted plus a second signal (the runner is gone from GitHub, or
   the VM powered itself off), or RUNNER_DEREGISTRATION_TIMEOUT after JobCompleted; never while
   GitHub reports the runner busy, except past MAX_RUNNER_LIFETIME (a warning and a counter).
-* The sweep (every VM_TRACKER_INTERVAL) reads the cloud and GitHub: a VM whose runner is missing
+* The sweep (every VM_TRACKER_INTERVAL; without startup reconciliation also once at start,
+  before demand is counted) reads the cloud and GitHub: a VM whose runner is missing
   from GitHub on two sweeps in a row (outside its boot window) is deleted, an ERROR or powered-off
   VM is cleaned up, and a registration with no VM is removed.
 * DRY_RUN: every decision is logged as what would be done; nothing is created, deleted or removed.
