@@ -49,9 +49,10 @@ def test_sigterm_drains_leaves_busy_vms_running_and_a_restart_adopts_them(
     summary = second.log.wait_event("reconcile_summary", timeout=30)
     assert summary["counts"]["adopt_busy"] == 2
     assert sum(summary["counts"].values()) == 2
-    adopted = second.log.wait_for(
-        lambda: second.log.named("runner_adopted", source="reconcile"), timeout=10
+    second.log.wait_for(
+        lambda: len(second.log.named("runner_adopted", source="reconcile")) >= 2, timeout=10
     )
+    adopted = second.log.named("runner_adopted", source="reconcile")
     assert sorted(e["state"] for e in adopted) == ["busy", "busy"]
     world.wait_served(timeout=30)
     world.wait_clean(timeout=30)
