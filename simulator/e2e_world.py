@@ -12,6 +12,7 @@ listener's word:
 * busy_runner_killed: a job whose runner died under it (the simulated GitHub completes such a
   job "failed": only a VM going away mid-job does that when no guest crashes on purpose);
 * leaked_vm / leaked_registration / orphan_session: anything left in the cloud or at GitHub;
+* unacked_message: a message no listener acknowledged (once the last listener has stopped);
 * over_max_runners: more servers at once than max_runners (from the cloud's request log:
   accepted creates minus accepted deletes, in order).
 """
@@ -265,6 +266,9 @@ class E2EWorld:
             for session in state["sessions"]:
                 if not session["ghost"]:
                     found.append(Violation("orphan_session", session["id"]))
+            for scale_set in state["scale_sets"]:
+                for message_id in scale_set["unacked_message_ids"]:
+                    found.append(Violation("unacked_message", f"message {message_id}"))
         peak = self.peak_servers()
         if peak > self.max_runners:
             found.append(
