@@ -14,7 +14,7 @@ from simulator.crash_trial import KILL_POINTS, KillPoint, run_trial
 from tests.e2e.guests import GUESTS
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(90)
 @pytest.mark.parametrize("point", KILL_POINTS)
 def test_a_listener_killed_and_restarted_serves_every_job_and_leaks_nothing(
     tmp_path: Path, point: KillPoint
