@@ -3,10 +3,10 @@
 Each trial (`simulator.crash_trial.run_trial`) is a fresh world: the simulated GitHub and cloud,
 the light guest fleet playing the VMs, and `python -m scaleset_listener run --env-file F` as a
 subprocess. The kill point rotates over provisioning, jobs running, right after the ack of a
-message that assigned jobs, and during the startup reconciliation of a restart; the offset
-within it is random (seeded). After the restart (reconciliation on) every job must be served,
-no VM and no runner registration left, no busy runner killed, never more than max runners, no
-session left, and the listener must exit 0 on SIGTERM.
+message that assigned jobs, during the startup reconciliation of a restart, and twice at any
+moment; the offset within it is random (seeded). After the restart (reconciliation on) every
+job must be served, no VM and no runner registration left, no busy runner killed, never more
+than max runners, no session left, and the listener must exit 0 on SIGTERM.
 
 `python -m bench.crash_restart --trials 100 [--seed S] [--jobs 8] [--max-runners 3]` prints one
 line per trial and, last, one JSON object: trials, passed, failed (with reasons), mean and max
@@ -24,9 +24,9 @@ import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from simulator.crash_trial import KILL_POINTS, TrialResult, run_trial
+from simulator.crash_trial import KILL_POINTS, KillPoint, TrialResult, run_trial
 from simulator.e2e_world import GuestKind
 
 
@@ -37,10 +37,11 @@ def soak(
     max_runners: int,
     guests: GuestKind = "light",
     keep_failed: Path | None = None,
+    points: Sequence[KillPoint] = KILL_POINTS,
 ) -> dict[str, Any]:
     results: list[TrialResult] = []
     for number in range(trials):
-        point = KILL_POINTS[number % len(KILL_POINTS)]
+        point = points[number % len(points)]
         with tempfile.TemporaryDirectory(prefix="crash-trial-") as scratch:
             result = run_trial(
                 Path(scratch),
@@ -81,7 +82,7 @@ def soak(
         "landed_by_point": {
             point: f"{sum(r.landed for r in results if r.point == point)}"
             f"/{sum(r.point == point for r in results)}"
-            for point in KILL_POINTS
+            for point in points
         },
         "seed": seed,
         "jobs_per_trial": jobs,
@@ -105,11 +106,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="copy a failed trial's listener logs and GitHub event log under this directory",
     )
+    parser.add_argument(
+        "--points",
+        default=",".join(KILL_POINTS),
+        help=f"kill points to rotate over, comma-separated (default {','.join(KILL_POINTS)})",
+    )
     args = parser.parse_args(argv)
+    points = [point.strip() for point in args.points.split(",") if point.strip()]
+    unknown = sorted(set(points) - set(KILL_POINTS))
+    if unknown or not points:
+        parser.error(f"--points: unknown {unknown}; known: {', '.join(KILL_POINTS)}")
     if args.trials < 1 or args.jobs < 2 or args.max_runners < 1:
         parser.error("--trials and --max-runners must be at least 1, --jobs at least 2")
     summary = soak(
-        args.trials, args.seed, args.jobs, args.max_runners, args.guests, args.keep_failed
+        args.trials,
+        args.seed,
+        args.jobs,
+        args.max_runners,
+        args.guests,
+        args.keep_failed,
+        cast("list[KillPoint]", points),
     )
     print(json.dumps(summary), flush=True)
     return 0 if summary["passed"] == summary["trials"] else 1

@@ -16,7 +16,9 @@ Kill points, each found from what the simulators or the listener's log show:
   meanwhile so that the kill reliably lands there);
 * reconcile: first killed while jobs run, then the restarted listener is killed in the middle of
   its startup reconciliation (the cloud answers console requests slowly to widen the window),
-  then started once more.
+  then started once more;
+* anytime: killed 0-5 s after the jobs are queued, restarted, killed again 0-5 s after that
+  start (in the session conflict wait, the reconciliation or the catch-up), started once more.
 
 The tests run a few trials; `bench/crash_restart.py` runs many.
 """
@@ -34,8 +36,14 @@ from typing import Any, Literal
 from simulator.e2e_world import E2EWorld, GuestKind, Violation
 from simulator.listener_process import ListenerProcess
 
-KillPoint = Literal["provisioning", "jobs_running", "after_ack", "reconcile"]
-KILL_POINTS: tuple[KillPoint, ...] = ("provisioning", "jobs_running", "after_ack", "reconcile")
+KillPoint = Literal["provisioning", "jobs_running", "after_ack", "reconcile", "anytime"]
+KILL_POINTS: tuple[KillPoint, ...] = (
+    "provisioning",
+    "jobs_running",
+    "after_ack",
+    "reconcile",
+    "anytime",
+)
 
 WAIT = 30.0  # seconds any one expected step may take
 
@@ -134,6 +142,15 @@ def _kill_during_reconcile(world: E2EWorld, rng: random.Random) -> bool:
     return not second.log.named("reconcile_summary")
 
 
+def _kill_twice_at_random(world: E2EWorld, first: ListenerProcess, rng: random.Random) -> bool:
+    world.wait_until(rng.uniform(0.0, 5.0))
+    first.kill()
+    second = world.start_listener()
+    world.wait_until(rng.uniform(0.0, 5.0))
+    second.kill()
+    return True
+
+
 def _keep_evidence(directory: Path, world: E2EWorld) -> None:
     """The listeners' logs and the simulated GitHub's event log, for a failed trial."""
     for number, listener in enumerate(world.listeners, 1):
@@ -183,6 +200,8 @@ def run_trial(
                 result.landed = _kill_while_provisioning(world, first, rng)
             elif point == "after_ack":
                 result.landed = _kill_after_ack(world, first, after)
+            elif point == "anytime":
+                result.landed = _kill_twice_at_random(world, first, rng)
             else:
                 result.landed = _kill_while_jobs_run(world, first, rng, after)
                 if point == "reconcile":
