@@ -14,7 +14,8 @@
 * Deletion after a job: JobCompleted plus a second signal (the runner is gone from GitHub, or
   the VM powered itself off), or RUNNER_DEREGISTRATION_TIMEOUT after JobCompleted; never while
   GitHub reports the runner busy, except past MAX_RUNNER_LIFETIME (a warning and a counter).
-* The sweep (every VM_TRACKER_INTERVAL) reads the cloud and GitHub: a VM whose runner is missing
+* The sweep (every VM_TRACKER_INTERVAL; without startup reconciliation also once at start,
+  before demand is counted) reads the cloud and GitHub: a VM whose runner is missing
   from GitHub on two sweeps in a row (outside its boot window) is deleted, an ERROR or powered-off
   VM is cleaned up, and a registration with no VM is removed.
 * A scale set re-created by the listener (GitHub answered 404 for it, so it got a new id): the
@@ -342,6 +343,11 @@ class VMScaler:
             preparer.cancel()
         finally:
             binder.cancel()
+        if self._reconcile is None and not stop.is_set():
+            # Without startup reconciliation the first sweep runs before demand is counted: it
+            # adopts what an earlier process left (as GitHub reports the runners), so those VMs
+            # are not counted twice and max_runners holds.
+            await self._sweep_safely()
         next_sweep = self._clock() + self._lifecycle.sweep_interval
         try:
             while not stop.is_set():

@@ -17,16 +17,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import random
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,36 +29,13 @@ from simulator.fleet import Fleet, FleetConfig
 from simulator.github.config import SimulatorConfig
 from simulator.github.server import RunningSimulator
 from simulator.github.server import run_in_thread as run_github
-from simulator.openstack.cloudsyaml import APP_CREDENTIAL_CLOUD
+from simulator.listener_process import ListenerLog, ListenerProcess, world_settings, write_env_file
 from simulator.openstack.config import CloudConfig
 from simulator.openstack.server import RunningCloud
 from simulator.openstack.server import run_in_thread as run_cloud
-from simulator.openstack.state import FLAVOR_NAMES, IMAGE_NAME, NETWORK_NAME
 from simulator.sandbox import SandboxConfig, SandboxFleet, sandbox_problem
 
 SCALE_SET = "demo-linux"
-
-
-@dataclass
-class ListenerLog:
-    """The listener's JSON log lines, read on a thread as they arrive."""
-
-    events: list[dict[str, Any]] = field(default_factory=list)
-    other_lines: list[str] = field(default_factory=list)
-    changed: threading.Condition = field(default_factory=threading.Condition)
-
-    def follow(self, stream: Any) -> None:
-        for line in stream:
-            with self.changed:
-                try:
-                    self.events.append(json.loads(line))
-                except json.JSONDecodeError:
-                    self.other_lines.append(line.rstrip())
-                self.changed.notify_all()
-
-    def named(self, name: str) -> list[dict[str, Any]]:
-        with self.changed:
-            return [event for event in self.events if event.get("event") == name]
 
 
 GUESTS = ("auto", "sandbox", "light")
@@ -77,30 +49,20 @@ def _env_file(
     fleet: Fleet | SandboxFleet,
 ) -> Path:
     sandbox = isinstance(fleet, SandboxFleet)
-    guest_settings = fleet.listener_settings() if isinstance(fleet, SandboxFleet) else {}
-    clouds_yaml = cloud.write_clouds_yaml(directory / "clouds.yaml")
-    path = directory / "demo.env"
     runners = [{"name": SCALE_SET, "labels": ["demo"], "max_runners": max_runners}]
-    path.write_text(
-        f"GITHUB_URL={sim.base_url}/demo-org\n"
-        f"GITHUB_TOKEN={sim.config.pats[0]}\n"
-        f"RUNNERS={json.dumps(runners)}\n"
-        f"OS_CLIENT_CONFIG_FILE={clouds_yaml}\n"
-        f"OS_CLOUD={APP_CREDENTIAL_CLOUD}\n"
-        f"OPENSTACK_IMAGE={IMAGE_NAME}\n"
-        f"OPENSTACK_FLAVOR={FLAVOR_NAMES[0]}\n"
-        f"OPENSTACK_NETWORK={NETWORK_NAME}\n"
-        "LOG_FORMAT=json\n"
-        "IDLE_RUNNER_TIMEOUT=5s\n"
-        "RUNNER_DEREGISTRATION_TIMEOUT=5s\n"
-        "VM_TRACKER_INTERVAL=10s\n"
-        "RETRY_MAX_WAIT=1s\n"
-        "RECOVERY_BACKOFF_MAX=2s\n"
+    settings = world_settings(sim, cloud, directory / "clouds.yaml", runners, "demo-org")
+    settings.update(
         # Reconciliation probes VMs over SSH: only sandbox VMs have an sshd to answer.
-        f"ENABLE_RECONCILIATION={'true' if sandbox else 'false'}\n"
-        + "".join(f"{key}={value}\n" for key, value in guest_settings.items())
+        ENABLE_RECONCILIATION="true" if sandbox else "false",
+        IDLE_RUNNER_TIMEOUT="5s",
+        RUNNER_DEREGISTRATION_TIMEOUT="5s",
+        VM_TRACKER_INTERVAL="10s",
+        RETRY_MAX_WAIT="1s",
+        RECOVERY_BACKOFF_MAX="2s",
     )
-    return path
+    if isinstance(fleet, SandboxFleet):
+        settings.update(fleet.listener_settings())
+    return write_env_file(directory / "demo.env", settings)
 
 
 def choose_guest(guest: str) -> tuple[str, str]:
@@ -195,15 +157,8 @@ def run_demo(
         print(f"simulated GitHub at {sim.base_url}, simulated OpenStack at {cloud.base_url}")
         print(f"guests: {kind} ({why})")
         print(f"listener: scaleset-listener run --env-file {env_file}", flush=True)
-        listener = subprocess.Popen(  # noqa: S603 (our own command)
-            [sys.executable, "-m", "scaleset_listener", "run", "--env-file", str(env_file)],
-            stderr=subprocess.PIPE,
-            text=True,
-            env={k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "OS_"))},
-        )
-        log = ListenerLog()
-        reader = threading.Thread(target=log.follow, args=(listener.stderr,), daemon=True)
-        reader.start()
+        listener = ListenerProcess(env_file)
+        log = listener.log
         world = (sim, cloud)
         try:
             _wait(lambda: bool(log.named("session_created")), 30, "session", started, world, log)
@@ -230,16 +185,9 @@ def run_demo(
             if keep:
                 print("--keep: everything keeps running; Ctrl-C to stop", flush=True)
                 with contextlib.suppress(KeyboardInterrupt):
-                    listener.wait()
+                    listener.wait(timeout=None)
         finally:
-            if listener.poll() is None:
-                listener.send_signal(signal.SIGTERM)
-            try:
-                exit_code = listener.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                listener.kill()
-                exit_code = listener.wait()
-            reader.join(timeout=5)
+            exit_code = listener.stop(timeout=30)
         github_state = sim.control.state()
         cloud_state = cloud.control.state()
         counters = fleet.counters
