@@ -131,7 +131,10 @@ def _kill_after_ack(world: E2EWorld, listener: ListenerProcess, after: int) -> b
 
 
 def _kill_during_reconcile(world: E2EWorld, rng: random.Random) -> bool:
+    # Widen the window: console reads (light guests) and the runner list (every reconcile; with
+    # SSH probes it is the slow part that remains) answer slowly until the kill.
     delay = world.cloud_control.delay_requests("compute.servers.action", 0.4, times=None)
+    world.github.control.add_fault("find_runner", "delay", delay=0.5, times=None)
     try:
         second = world.start_listener()
         second.log.wait_event("scale_set_reused", WAIT)
@@ -139,6 +142,7 @@ def _kill_during_reconcile(world: E2EWorld, rng: random.Random) -> bool:
         second.kill()
     finally:
         world.cloud_control.remove_fault(int(delay["id"]))
+        world.github.control.clear_faults()
     return not second.log.named("reconcile_summary")
 
 
