@@ -10,22 +10,11 @@ from datetime import timedelta
 
 from provisioners.naming import Ownership
 from provisioners.openstack import OpenStackProvisioner
-from provisioners.ssh import ProbeResult, SSHProbeConfig, SSHProber
+from provisioners.ssh import SSHProbeConfig, SSHProber
 from reconciler.reconcile import run_once
 from scaleset_listener.cloud import openstack_config
 from tests.reconciler.test_end_to_end import Setup, admin_client, create_vm, world_state
-from tests.testsupport.ssh_hosts import HostSpec, SSHHost, SSHHostFactory
-
-
-class MappedProber:
-    """Probes the sshd host standing in for the VM at `address`."""
-
-    def __init__(self, inner: SSHProber, hosts: dict[str, SSHHost]) -> None:
-        self.inner = inner
-        self.hosts = hosts
-
-    async def probe(self, address: str, pinned_public_key: str | None) -> ProbeResult:
-        return await self.inner.probe(self.hosts[address].address, pinned_public_key)
+from tests.testsupport.ssh_hosts import HostSpec, MappedProber, SSHHost, SSHHostFactory
 
 
 async def test_probed_vms_are_adopted_cleaned_up_or_deleted_per_the_table(
