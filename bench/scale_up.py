@@ -52,6 +52,13 @@ LABEL = "bench"
 @contextlib.contextmanager
 def peer(module: str, *args: str) -> Iterator[str]:
     """A simulator as its own process (as in production, it must not share our GIL)."""
+    with peer_process(module, *args) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def peer_process(module: str, *args: str) -> Iterator[tuple[str, int]]:
+    """`peer`, also giving the process id (to read its CPU time)."""
     process = subprocess.Popen(  # noqa: S603 (our own simulator modules)
         [sys.executable, "-m", module, "--port", "0", *args],
         stdout=subprocess.PIPE,
@@ -64,7 +71,7 @@ def peer(module: str, *args: str) -> Iterator[str]:
         match = re.search(r"listening on (http://\S+)", line)
         if match is None:
             raise RuntimeError(f"{module} did not start: {line!r}")
-        yield match.group(1)
+        yield match.group(1), process.pid
     finally:
         process.send_signal(signal.SIGTERM)
         try:

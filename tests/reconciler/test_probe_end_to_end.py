@@ -14,7 +14,7 @@ from datetime import timedelta
 from provisioners.base import ServerSpec
 from provisioners.naming import META_HOST_KEY, Ownership
 from provisioners.openstack import OpenStackProvisioner
-from provisioners.ssh import HostKeyPolicy, ProbeOutcome, ProbeResult, SSHProbeConfig, SSHProber
+from provisioners.ssh import HostKeyPolicy, ProbeOutcome, SSHProbeConfig, SSHProber
 from reconciler.policy import Action
 from reconciler.reconcile import ReconcileReport, run_once
 from scaleset_listener.cloud import openstack_config
@@ -29,20 +29,7 @@ from tests.reconciler.test_end_to_end import (
     make_busy,
     world_state,
 )
-from tests.testsupport.ssh_hosts import HostSpec, SSHHost, SSHHostFactory
-
-
-class MappedProber:
-    """Probes the sshd host standing in for the VM at `address`; remembers the key pinned."""
-
-    def __init__(self, inner: SSHProber, hosts: dict[str, SSHHost]) -> None:
-        self.inner = inner
-        self.hosts = hosts
-        self.pinned: dict[str, str | None] = {}
-
-    async def probe(self, address: str, pinned_public_key: str | None) -> ProbeResult:
-        self.pinned[address] = pinned_public_key
-        return await self.inner.probe(self.hosts[address].address, pinned_public_key)
+from tests.testsupport.ssh_hosts import HostSpec, MappedProber, SSHHost, SSHHostFactory
 
 
 def make_prober(f: SSHHostFactory, policy: HostKeyPolicy = HostKeyPolicy.PINNED) -> SSHProber:

@@ -57,6 +57,7 @@ from provisioners.bootstrap import (
     SETUP_FAILED,
     generate_host_key,
 )
+from provisioners.ssh import ProbeResult, SSHProber
 from simulator.sandbox.vm import listening_keys, proc_net_key
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -172,6 +173,21 @@ class SSHHost:
     def target(self) -> tuple[str, str | None]:
         """`(address, pinned_public_key)`, as `SSHProber.probe_many` takes it."""
         return self.address, self.pinned_public_key
+
+
+class MappedProber:
+    """Probes the test host standing in for the VM at `address`: the simulated cloud reports
+    10.0.x.y addresses, the VMs' sshd listen on 127.0.x.y. The pinned key is passed through."""
+
+    def __init__(self, inner: SSHProber, hosts: dict[str, SSHHost]) -> None:
+        self.inner = inner
+        self.hosts = hosts
+        # The key pinned per cloud address, so tests can see what the reconciler passed.
+        self.pinned: dict[str, str | None] = {}
+
+    async def probe(self, address: str, pinned_public_key: str | None) -> ProbeResult:
+        self.pinned[address] = pinned_public_key
+        return await self.inner.probe(self.hosts[address].address, pinned_public_key)
 
 
 def namespace_problem() -> str | None:
