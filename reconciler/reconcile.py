@@ -183,37 +183,34 @@ async def run_once(
     registrations = list(await registry.list_runners(ownership.scale_set_id))
     by_name = {registration.name: registration for registration in registrations}
     gate = asyncio.Semaphore(max(1, concurrency))
-
-    async def examine(vm: RunnerVM) -> VMRow:
-        async with gate:
-            return await _examine(vm, by_name, provisioner, prober, boot_timeout, now())
-
-    async with asyncio.TaskGroup() as group:
-        tasks = [group.create_task(examine(vm)) for vm in vms]
-    report.rows = [task.result() for task in tasks]
-
-    names = {row.runner_name for row in report.rows}
+    names = {_runner_name(vm) for vm in vms}
     report.orphans = [OrphanRow(r) for r in registrations if r.name not in names]
 
-    if not dry_run:
-
-        async def act(row: VMRow) -> None:
+    # Each VM is acted on as soon as it is decided: the deletes and clean-ups of the quick
+    # answers overlap the probes still waiting out their timeouts, so a pass costs about one
+    # probe timeout more than the probing itself, not a second full round.
+    async def handle(vm: RunnerVM) -> VMRow:
+        async with gate:
+            row = await _examine(vm, by_name, provisioner, prober, boot_timeout, now())
+        if not dry_run:
             async with gate:
                 await _act(row, provisioner, registry)
+        return row
 
-        async def remove(orphan: OrphanRow) -> None:
-            async with gate:
-                try:
-                    await registry.remove_runner(orphan.registration.id)
-                    orphan.removed = True
-                except Exception as exc:  # noqa: BLE001 - a busy one (JobStillRunning) stays; reported
-                    orphan.error = f"{type(exc).__name__}: {exc}"
+    async def remove(orphan: OrphanRow) -> None:
+        async with gate:
+            try:
+                await registry.remove_runner(orphan.registration.id)
+                orphan.removed = True
+            except Exception as exc:  # noqa: BLE001 - a busy one (JobStillRunning) stays; reported
+                orphan.error = f"{type(exc).__name__}: {exc}"
 
-        async with asyncio.TaskGroup() as group:
-            for row in report.rows:
-                group.create_task(act(row))
+    async with asyncio.TaskGroup() as group:
+        tasks = [group.create_task(handle(vm)) for vm in vms]
+        if not dry_run:
             for orphan in report.orphans:
                 group.create_task(remove(orphan))
+    report.rows = [task.result() for task in tasks]
 
     report.elapsed_seconds = time.monotonic() - started
     log.info(
@@ -255,6 +252,11 @@ async def deleted_scale_sets(
     return gone
 
 
+def _runner_name(vm: RunnerVM) -> str:
+    info = parse_ownership(vm.tags, vm.metadata)
+    return (info.runner_name if info else "") or vm.name
+
+
 async def _examine(
     vm: RunnerVM,
     by_name: dict[str, RunnerRegistration],
@@ -264,7 +266,7 @@ async def _examine(
     now: datetime,
 ) -> VMRow:
     info = parse_ownership(vm.tags, vm.metadata)
-    runner_name = (info.runner_name if info else "") or vm.name
+    runner_name = _runner_name(vm)
     created_at = (info.created_at if info else None) or vm.created_at
     registration = by_name.get(runner_name)
     probe: ProbeResult | None = None

@@ -219,7 +219,7 @@ class Settings(BaseSettings):
     vm_ssh_private_key_path: Path | None = None
     ssh_probe_timeout: Duration = 10.0
     ssh_host_key_policy: Literal["pinned", "accept-new"] = "pinned"
-    reconcile_concurrency: int = Field(default=20, ge=1, le=1024)
+    reconcile_concurrency: int = Field(default=128, ge=1, le=1024)
 
     # OpenStack (auth comes from OS_CLOUD + clouds.yaml or the OS_* variables)
     openstack_image: str = ""
