@@ -53,7 +53,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from types import FrameType, TracebackType
-from typing import Any, Literal, NamedTuple, TypeVar
+from typing import Any, Generic, Literal, NamedTuple, Protocol, Self, TypeVar
 
 import httpx
 
@@ -233,25 +233,49 @@ def exit_code_for(result: str | None) -> int:
     return 0 if result == "succeeded" else 1
 
 
-class Fleet:
-    """Plays the VMs of a simulated cloud against a simulated GitHub; a context manager.
+class _GuestVm(Protocol):
+    """What the shared fleet machinery needs of a VM record."""
 
-    ```python
-    with Fleet(github_url, cloud_url, FleetConfig(boot_seconds=0.1)) as fleet:
-        fleet.next_boots_fail(1, "hang")
-        ...
-        fleet.wait_for_event("connected", server="runner-1", timeout=5)
-    ```
-    """
+    behaviour: Behaviour
 
-    def __init__(self, github_url: str, cloud_url: str, config: FleetConfig | None = None) -> None:
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def phase(self) -> Phase: ...
+
+    def view(self) -> VmView: ...
+
+
+VmT = TypeVar("VmT", bound=_GuestVm)
+
+
+class GuestFleet(Generic[VmT]):
+    """What every fleet of simulated VMs shares: one thread that looks at the world every
+    `poll_interval` (`_tick`, the subclass's), timed steps, per-name and next-N behaviours, an
+    event log with counters, and blocking waits notified on every change (tests never poll)."""
+
+    _NAME = "fleet"
+    # Phases in which a VM has not used its behaviour yet, so `behave` may still replace it.
+    _UNBOOTED: tuple[Phase, ...] = ("building",)
+    # Errors of one look at the world that are recorded and survived (the next look retries).
+    _SURVIVED: tuple[type[Exception], ...] = (
+        httpx.HTTPError,
+        ControlAPIError,
+        ControlApiError,
+        KeyError,
+    )
+
+    def __init__(
+        self, github_url: str, cloud_url: str, *, poll_interval: float, request_timeout: float
+    ) -> None:
         self.github_url = github_url.rstrip("/")
         self.cloud_url = cloud_url.rstrip("/")
-        self.config = config or FleetConfig()
+        self._poll_interval = poll_interval
         self._cond = threading.Condition()
         self._events: list[FleetEvent] = []
         self._counters = FleetCounters()
-        self._vms: dict[str, _Vm] = {}  # by server id
+        self._vms: dict[str, VmT] = {}  # by server id
         self._ignored: set[str] = set()  # server ids
         self._by_name: dict[str, Behaviour] = {}
         self._next: list[Behaviour] = []
@@ -260,16 +284,19 @@ class Fleet:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._ticks = 0
-        self._github = SimulatorControl(self.github_url, timeout=self.config.request_timeout)
-        self._cloud = CloudControl(self.cloud_url, timeout=self.config.request_timeout)
+        self._github = SimulatorControl(self.github_url, timeout=request_timeout)
+        self._cloud = CloudControl(self.cloud_url, timeout=request_timeout)
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> Fleet:
+    def start(self) -> Self:
         if self._thread is not None:
-            raise RuntimeError("the fleet is already running")
+            raise RuntimeError(f"the {self._NAME} is already running")
+        self._starting()
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="simulator.fleet", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"simulator.{self._NAME}", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -278,10 +305,17 @@ class Fleet:
         thread, self._thread = self._thread, None
         if thread is not None:
             thread.join(timeout)
+        self._stopped()
         self._github.close()
         self._cloud.close()
 
-    def __enter__(self) -> Fleet:
+    def _starting(self) -> None:
+        """Before the thread starts (a subclass prepares what its VMs need)."""
+
+    def _stopped(self) -> None:
+        """After the thread stopped, before the control clients close."""
+
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(
@@ -307,7 +341,7 @@ class Fleet:
         with self._cond:
             self._by_name[name] = behaviour
             for vm in self._vms.values():
-                if vm.name == name and vm.phase in ("building", "booting"):
+                if vm.name == name and vm.phase in self._UNBOOTED:
                     vm.behaviour = behaviour
 
     def next_boots(
@@ -331,16 +365,6 @@ class Fleet:
 
     def next_boots_slow(self, n: int, boot_seconds: float) -> None:
         self.next_boots(n, boot_seconds=boot_seconds)
-
-    def crash_runner(self, name: str, *, power_off: bool = True) -> None:
-        """The runner of server `name` dies now (idle or busy). With `power_off` run.sh exits
-        non-zero, so the VM prints run-complete exit=1 and powers off; without, it stays up
-        silent. KeyError when that server has no online runner."""
-        with self._cond:
-            vm = self._online_vm(name)
-            if vm is None:
-                raise KeyError(f"server {name!r} has no online runner")
-            self._schedule(0.0, partial(self._crash, vm, power_off))
 
     # ------------------------------------------------------------------ observation
 
@@ -395,7 +419,9 @@ class Fleet:
             result = self._cond.wait_for(predicate, timeout)
             if not result:
                 tail = [(e.server, e.what, e.detail) for e in self._events[-12:]]
-                raise TimeoutError(f"fleet condition not met within {timeout} s; last: {tail}")
+                raise TimeoutError(
+                    f"{self._NAME} condition not met within {timeout} s; last: {tail}"
+                )
             return result
 
     def wait_for_event(
@@ -435,13 +461,13 @@ class Fleet:
         if counts:
             changes = {k: getattr(self._counters, k) + v for k, v in counts.items()}
             self._counters = replace(self._counters, **changes)
-        log.info("fleet: %s %s%s", server or "-", what, f" {detail}" if detail else "")
+        log.info("%s: %s %s%s", self._NAME, server or "-", what, f" {detail}" if detail else "")
         self._cond.notify_all()
 
     def _schedule(self, delay: float, run: Callable[[], None]) -> None:
         heapq.heappush(self._actions, _Action(time.monotonic() + delay, next(self._seq), run))
 
-    def _online_vm(self, name: str) -> _Vm | None:
+    def _online_vm(self, name: str) -> VmT | None:
         for vm in self._vms.values():
             if vm.name == name and vm.phase in ("idle", "busy"):
                 return vm
@@ -453,32 +479,28 @@ class Fleet:
         while not self._stop.is_set():
             try:
                 self._tick()
-            except (httpx.HTTPError, ControlAPIError, ControlApiError, KeyError) as exc:
+                with self._cond:
+                    self._ticks += 1
+                    self._cond.notify_all()
+            except self._SURVIVED as exc:
                 with self._cond:
                     self._record("", "error", f"{type(exc).__name__}: {exc}", errors=1)
             except Exception as exc:  # a bug here must not silently stop every VM
-                log.exception("fleet: unexpected error")
+                log.exception("%s: unexpected error", self._NAME)
                 with self._cond:
                     self._record("", "error", f"{type(exc).__name__}: {exc}", errors=1)
             self._stop.wait(self._sleep_time())
+
+    def _tick(self) -> None:
+        """One look at the world: the subclass's."""
+        raise NotImplementedError
 
     def _sleep_time(self) -> float:
         with self._cond:
             if self._actions:
                 until = self._actions[0].due - time.monotonic()
-                return max(0.0, min(self.config.poll_interval, until))
-        return self.config.poll_interval
-
-    def _tick(self) -> None:
-        servers = self._cloud.state()["servers"]
-        world = self._github.state()
-        with self._cond:
-            self._observe_cloud(servers, world)
-            self._observe_github(world)
-        self._run_due_actions()
-        with self._cond:
-            self._ticks += 1
-            self._cond.notify_all()
+                return max(0.0, min(self._poll_interval, until))
+        return self._poll_interval
 
     def _run_due_actions(self) -> None:
         while True:
@@ -488,6 +510,47 @@ class Fleet:
                 action = heapq.heappop(self._actions)
             # Actions call the simulators; they take the lock themselves for bookkeeping.
             action.run()
+
+
+class Fleet(GuestFleet[_Vm]):
+    """Plays the VMs of a simulated cloud against a simulated GitHub; a context manager.
+
+    ```python
+    with Fleet(github_url, cloud_url, FleetConfig(boot_seconds=0.1)) as fleet:
+        fleet.next_boots_fail(1, "hang")
+        ...
+        fleet.wait_for_event("connected", server="runner-1", timeout=5)
+    ```
+    """
+
+    _UNBOOTED: tuple[Phase, ...] = ("building", "booting")
+
+    def __init__(self, github_url: str, cloud_url: str, config: FleetConfig | None = None) -> None:
+        self.config = config or FleetConfig()
+        super().__init__(
+            github_url,
+            cloud_url,
+            poll_interval=self.config.poll_interval,
+            request_timeout=self.config.request_timeout,
+        )
+
+    def crash_runner(self, name: str, *, power_off: bool = True) -> None:
+        """The runner of server `name` dies now (idle or busy). With `power_off` run.sh exits
+        non-zero, so the VM prints run-complete exit=1 and powers off; without, it stays up
+        silent. KeyError when that server has no online runner."""
+        with self._cond:
+            vm = self._online_vm(name)
+            if vm is None:
+                raise KeyError(f"server {name!r} has no online runner")
+            self._schedule(0.0, partial(self._crash, vm, power_off))
+
+    def _tick(self) -> None:
+        servers = self._cloud.state()["servers"]
+        world = self._github.state()
+        with self._cond:
+            self._observe_cloud(servers, world)
+            self._observe_github(world)
+        self._run_due_actions()
 
     def _observe_cloud(self, servers: list[JSON], world: JSON) -> None:
         present = {s["id"]: s for s in servers}

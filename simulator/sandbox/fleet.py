@@ -32,9 +32,7 @@ import base64
 import binascii
 import contextlib
 import functools
-import heapq
 import ipaddress
-import itertools
 import logging
 import os
 import random
@@ -44,29 +42,21 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal, TypeVar
-
-import httpx
 
 from simulator.fleet import (
     FAILURE_MODES,
     MARKER,
     Behaviour,
-    FailureMode,
-    FleetCounters,
-    FleetEvent,
+    GuestFleet,
     Phase,
     VmView,
 )
-from simulator.github.control import ControlAPIError, SimulatorControl
-from simulator.openstack.control import CloudControl, ControlApiError
+from simulator.github.control import ControlAPIError
+from simulator.openstack.control import ControlApiError
 from simulator.sandbox.downloads import DownloadServer
 from simulator.sandbox.runner_stub import BEHAVIOUR_PATH, build_runner_tarball
 from simulator.sandbox.vm import FAILING_CURL, SBIN_PATH, SandboxVm, VmSpec
@@ -163,13 +153,6 @@ class _Vm:
             self.job_id,
             self.exit_code,
         )
-
-
-@dataclass(order=True)
-class _Action:
-    due: float
-    seq: int
-    run: Callable[[], None]
 
 
 # ---------------------------------------------------------------------- can it run here?
@@ -283,7 +266,7 @@ def _keygen(path: Path, comment: str) -> tuple[str, str]:
 # ---------------------------------------------------------------------- the fleet
 
 
-class SandboxFleet:
+class SandboxFleet(GuestFleet[_Vm]):
     """Boots sandbox VMs for a simulated cloud's bootstrap servers; a context manager.
 
     ```python
@@ -294,30 +277,23 @@ class SandboxFleet:
     ```
     """
 
+    _NAME = "sandbox"
+    _SURVIVED = (*GuestFleet._SURVIVED, OSError)
+
     def __init__(
         self, github_url: str, cloud_url: str, config: SandboxConfig | None = None
     ) -> None:
-        self.github_url = github_url.rstrip("/")
-        self.cloud_url = cloud_url.rstrip("/")
         self.config = config or SandboxConfig()
+        super().__init__(
+            github_url,
+            cloud_url,
+            poll_interval=self.config.poll_interval,
+            request_timeout=self.config.request_timeout,
+        )
         self.subnet = ipaddress.IPv4Network(
             self.config.subnet or f"127.{random.randrange(100, 250)}.0.0/16"
         )
-        self._cond = threading.Condition()
-        self._events: list[FleetEvent] = []
-        self._counters = FleetCounters()
-        self._vms: dict[str, _Vm] = {}
-        self._ignored: set[str] = set()
-        self._by_name: dict[str, Behaviour] = {}
-        self._next: list[Behaviour] = []
-        self._actions: list[_Action] = []
-        self._seq = itertools.count()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._ticks = 0
         self._github_seq = 0
-        self._github = SimulatorControl(self.github_url, timeout=self.config.request_timeout)
-        self._cloud = CloudControl(self.cloud_url, timeout=self.config.request_timeout)
         self._own_root = self.config.root is None
         self.root = self.config.root or Path(tempfile.mkdtemp(prefix="scaleset-sandbox-"))
         (self.root / "vms").mkdir(parents=True, exist_ok=True)
@@ -331,44 +307,21 @@ class SandboxFleet:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> SandboxFleet:
-        if self._thread is not None:
-            raise RuntimeError("the sandbox fleet is already running")
+    def _starting(self) -> None:
         problem = sandbox_problem()
         if problem is not None:
             raise RuntimeError(f"sandbox VMs cannot run here: {problem}")
         self._cloud.update_config(fixed_subnet=str(self.subnet))
         self._downloads.start()
         atexit.register(self._kill_all)
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="simulator.sandbox", daemon=True)
-        self._thread.start()
-        return self
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop watching, kill every VM, stop the download server; nothing is left behind."""
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout)
+    def _stopped(self) -> None:
+        """Kill every VM, stop the download server; nothing is left behind."""
         self._downloads.stop()
         self._kill_all()
         atexit.unregister(self._kill_all)
-        self._github.close()
-        self._cloud.close()
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)
-
-    def __enter__(self) -> SandboxFleet:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def listener_settings(self) -> dict[str, str]:
         """The env-file settings a listener needs to boot and probe these VMs."""
@@ -390,53 +343,13 @@ class SandboxFleet:
 
     # ------------------------------------------------------------------ behaviours
 
-    def behave(
-        self,
-        name: str,
-        failure: FailureMode | None = None,
-        *,
-        boot_seconds: float | None = None,
-        crash_after: float = 0.0,
-    ) -> None:
-        """How the server called `name` behaves (before it boots; a later call replaces it)."""
-        behaviour = Behaviour(failure, boot_seconds, crash_after)
-        with self._cond:
-            self._by_name[name] = behaviour
-            for vm in self._vms.values():
-                if vm.name == name and vm.phase == "building":
-                    vm.behaviour = behaviour
-
-    def next_boots(
-        self,
-        n: int,
-        failure: FailureMode | None = None,
-        *,
-        boot_seconds: float | None = None,
-        crash_after: float = 0.0,
-    ) -> None:
-        """The next `n` bootstrap servers the fleet sees behave so (a per-name `behave` wins)."""
-        if n < 0:
-            raise ValueError("n must not be negative")
-        behaviour = Behaviour(failure, boot_seconds, crash_after)
-        with self._cond:
-            self._next.extend([behaviour] * n)
-
-    def next_boots_fail(self, n: int, mode: FailureMode, *, crash_after: float = 0.0) -> None:
-        self.next_boots(n, mode, crash_after=crash_after)
-
-    def next_boots_slow(self, n: int, boot_seconds: float) -> None:
-        self.next_boots(n, boot_seconds=boot_seconds)
-
     def crash_runner(self, name: str, *, power_off: bool = True) -> None:
         """The runner of server `name` dies now: the service sees it go offline and its
         Runner.Listener is killed (run.sh exits non-zero, the VM prints run-complete and powers
         off) or, without `power_off`, stopped (the VM stays up silent). KeyError when that
         server has no online runner."""
         with self._cond:
-            vm = next(
-                (v for v in self._vms.values() if v.name == name and v.phase in ("idle", "busy")),
-                None,
-            )
+            vm = self._online_vm(name)
             if vm is None or vm.runner_id is None or vm.sandbox is None:
                 raise KeyError(f"server {name!r} has no online runner")
             runner_id, sandbox = vm.runner_id, vm.sandbox
@@ -450,49 +363,6 @@ class SandboxFleet:
             self._record(name, "crashed", "power-off" if power_off else "wedged")
 
     # ------------------------------------------------------------------ observation
-
-    @property
-    def events(self) -> list[FleetEvent]:
-        with self._cond:
-            return list(self._events)
-
-    @property
-    def counters(self) -> FleetCounters:
-        with self._cond:
-            return self._counters
-
-    @property
-    def booted(self) -> int:
-        return self.counters.booted
-
-    @property
-    def connected(self) -> int:
-        return self.counters.connected
-
-    @property
-    def powered_off(self) -> int:
-        return self.counters.powered_off
-
-    @property
-    def died(self) -> int:
-        return self.counters.died
-
-    @property
-    def pending(self) -> int:
-        with self._cond:
-            return len(self._actions)
-
-    def vms(self) -> dict[str, VmView]:
-        """The fleet's VMs by server name (servers with a foreign user_data are not listed)."""
-        with self._cond:
-            return {vm.name: vm.view() for vm in self._vms.values()}
-
-    def vm(self, name: str) -> VmView:
-        with self._cond:
-            for vm in self._vms.values():
-                if vm.name == name:
-                    return vm.view()
-        raise KeyError(name)
 
     def sandbox_vm(self, name: str) -> SandboxVmInfo:
         """Where the VM of server `name` runs; KeyError before it has started."""
@@ -528,57 +398,7 @@ class SandboxFleet:
             raise KeyError(name)
         return box.output_log()
 
-    def wait_for(self, predicate: Callable[[], T], timeout: float = 5.0) -> T:
-        """Block until `predicate()` is truthy (checked on every change of the fleet); returns
-        its value. TimeoutError names the last events."""
-        with self._cond:
-            result = self._cond.wait_for(predicate, timeout)
-            if not result:
-                tail = [(e.server, e.what, e.detail) for e in self._events[-12:]]
-                raise TimeoutError(f"sandbox condition not met within {timeout} s; last: {tail}")
-            return result
-
-    def wait_for_event(
-        self,
-        what: str,
-        server: str | None = None,
-        timeout: float = 5.0,
-        after: int = 0,
-    ) -> FleetEvent:
-        """The first event (from index `after`) with that `what` (and server)."""
-
-        def find() -> FleetEvent | None:
-            for event in self._events[after:]:
-                if event.what == what and (server is None or event.server == server):
-                    return event
-            return None
-
-        event = self.wait_for(find, timeout)
-        assert event is not None  # wait_for returns only a truthy value
-        return event
-
-    def wait_idle_ticks(self, ticks: int = 2, timeout: float = 5.0) -> int:
-        """Block until the fleet has looked at the world `ticks` more times."""
-        with self._cond:
-            target = self._ticks + ticks
-        self.wait_for(lambda: self._ticks >= target, timeout)
-        with self._cond:
-            return self._ticks
-
-    # ------------------------------------------------------------------ internals: bookkeeping
-
-    def _record(self, server: str, what: str, detail: str = "", **counts: int) -> None:
-        """Under the lock: append an event, bump counters, wake waiters."""
-        event = FleetEvent(time.time(), server, what, detail)
-        self._events.append(event)
-        if counts:
-            changes = {k: getattr(self._counters, k) + v for k, v in counts.items()}
-            self._counters = replace(self._counters, **changes)
-        log.info("sandbox: %s %s%s", server or "-", what, f" {detail}" if detail else "")
-        self._cond.notify_all()
-
-    def _schedule(self, delay: float, run: Callable[[], None]) -> None:
-        heapq.heappush(self._actions, _Action(time.monotonic() + delay, next(self._seq), run))
+    # ------------------------------------------------------------------ internals
 
     def _kill_all(self) -> None:
         with self._cond:
@@ -587,26 +407,6 @@ class SandboxFleet:
             box.kill()
 
     # ------------------------------------------------------------------ internals: the loop
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._tick()
-            except (httpx.HTTPError, ControlAPIError, ControlApiError, KeyError, OSError) as exc:
-                with self._cond:
-                    self._record("", "error", f"{type(exc).__name__}: {exc}", errors=1)
-            except Exception as exc:  # a bug here must not silently stop every VM
-                log.exception("sandbox: unexpected error")
-                with self._cond:
-                    self._record("", "error", f"{type(exc).__name__}: {exc}", errors=1)
-            self._stop.wait(self._sleep_time())
-
-    def _sleep_time(self) -> float:
-        with self._cond:
-            if self._actions:
-                until = self._actions[0].due - time.monotonic()
-                return max(0.0, min(self.config.poll_interval, until))
-        return self.config.poll_interval
 
     def _tick(self) -> None:
         servers = self._cloud.state()["servers"]
@@ -618,17 +418,6 @@ class SandboxFleet:
             self._observe_cloud(servers, world)
         self._run_due_actions()
         self._observe_vms(events)
-        with self._cond:
-            self._ticks += 1
-            self._cond.notify_all()
-
-    def _run_due_actions(self) -> None:
-        while True:
-            with self._cond:
-                if not self._actions or self._actions[0].due > time.monotonic():
-                    return
-                action = heapq.heappop(self._actions)
-            action.run()
 
     def _observe_cloud(self, servers: list[JSON], world: JSON) -> None:
         present = {s["id"]: s for s in servers}
