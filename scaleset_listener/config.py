@@ -217,6 +217,8 @@ class Settings(BaseSettings):
     # SSH probe of the startup reconciler (docs/ssh-probe.md)
     vm_ssh_user: str = "runner"
     vm_ssh_private_key_path: Path | None = None
+    # The VMs' sshd port: 22 on cloud images; another where the image moves sshd.
+    vm_ssh_port: int = Field(default=22, ge=1, le=65535)
     ssh_probe_timeout: Duration = 10.0
     ssh_host_key_policy: Literal["pinned", "accept-new"] = "pinned"
     reconcile_concurrency: int = Field(default=128, ge=1, le=1024)

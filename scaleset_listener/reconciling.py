@@ -37,6 +37,7 @@ def make_prober(settings: Settings) -> SSHProber | None:
             host_key_policy=settings.ssh_host_key_policy,
             sentinel_dir=settings.sentinel_dir,
             max_workers=min(4096, settings.reconcile_concurrency),
+            port=settings.vm_ssh_port,
         )
     )
 

@@ -1,5 +1,6 @@
-"""`python -m simulator.sandbox --github-url U --cloud-url U`: boot sandbox VMs for a simulated
-cloud's servers until interrupted; prints the listener settings that go with them."""
+"""`python -m simulator.sandbox --github-url U --cloud-url U [--guest sandbox|light]`: boot sandbox
+VMs (or light guests) for a simulated cloud's servers until interrupted; prints the listener
+settings that go with them."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 import threading
 from types import FrameType
 
-from simulator.sandbox.fleet import SandboxConfig, SandboxFleet, sandbox_problem
+from simulator.sandbox.fleet import LightFleet, SandboxConfig, SandboxFleet
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -24,17 +25,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--boot-seconds", type=float, default=defaults.boot_seconds)
     parser.add_argument("--poll-interval", type=float, default=defaults.poll_interval)
     parser.add_argument("--subnet", help="loopback range for the VMs (default 127.N.0.0/16)")
-    parser.add_argument("--ssh-port", type=int, default=defaults.ssh_port)
+    parser.add_argument(
+        "--ssh-port", type=int, default=None, help="the VMs' sshd port (22; light guests 2222)"
+    )
+    parser.add_argument(
+        "--guest",
+        choices=("sandbox", "light"),
+        default="sandbox",
+        help="sandbox VMs (root, namespaces) or light guests (any user)",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    problem = sandbox_problem()
-    if problem is not None:
-        print(f"simulator.sandbox cannot run here: {problem}", file=sys.stderr)
-        return 2
     config = SandboxConfig(
         boot_seconds=args.boot_seconds,
         poll_interval=args.poll_interval,
@@ -48,12 +53,22 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    with SandboxFleet(args.github_url, args.cloud_url, config) as fleet:
+    kind = LightFleet if args.guest == "light" else SandboxFleet
+    fleet = kind(args.github_url, args.cloud_url, config)
+    try:
+        fleet.start()
+    except RuntimeError as exc:
+        print(f"simulator.sandbox: {exc}", file=sys.stderr)
+        fleet.stop()
+        return 2
+    try:
         print(f"simulator.sandbox running: VMs on {fleet.subnet}; listener settings:", flush=True)
         for key, value in fleet.listener_settings().items():
             print(f"{key}={value}", flush=True)
         while not stop.wait(0.5):
             pass
+    finally:
+        fleet.stop()
     return 0
 
 

@@ -45,7 +45,15 @@ import tempfile
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
 
 from simulator.fleet import (
     FAILURE_MODES,
@@ -58,6 +66,13 @@ from simulator.fleet import (
 from simulator.github.control import ControlAPIError
 from simulator.openstack.control import ControlApiError
 from simulator.sandbox.downloads import DownloadServer
+from simulator.sandbox.light_vm import (
+    LightVm,
+    current_user,
+    host_has_downloader,
+    light_problem,
+    light_user_data,
+)
 from simulator.sandbox.runner_stub import BEHAVIOUR_PATH, build_runner_tarball
 from simulator.sandbox.vm import FAILING_CURL, SBIN_PATH, SandboxVm, VmSpec
 
@@ -66,13 +81,19 @@ log = logging.getLogger("simulator.sandbox")
 JSON = dict[str, Any]
 T = TypeVar("T")
 
-LOGIN_USER = "root"
 _MARKER_LINE = re.compile(
     rf"^{MARKER} (?P<what>setup-complete|setup-failed|run-complete)\b(?P<rest>.*)$"
 )
 _EXIT = re.compile(r"\bexit=(-?\d+)")
 _REASON = re.compile(r"\breason=(.*)$")
-__all__ = ["FAILURE_MODES", "SandboxConfig", "SandboxFleet", "SandboxVmInfo", "sandbox_problem"]
+__all__ = [
+    "FAILURE_MODES",
+    "LightFleet",
+    "SandboxConfig",
+    "SandboxFleet",
+    "SandboxVmInfo",
+    "sandbox_problem",
+]
 
 
 @dataclass(frozen=True)
@@ -83,16 +104,20 @@ class SandboxConfig:
     poll_interval: how often the fleet looks at both simulators and its VMs.
     subnet: the loopback range for servers' fixed addresses; None picks 127.N.0.0/16 at random
         (two fleets on one machine rarely collide). The fleet sets the cloud's `fixed_subnet`.
-    ssh_port: the VMs' sshd port (the listener's prober uses 22).
+    ssh_port: the VMs' sshd port; None is 22 for sandbox VMs and 2222 for light guests (a
+        non-root user cannot bind 22). `listener_settings()` hands it on as VM_SSH_PORT.
     root: where per-VM directories go; None: a temporary directory removed at stop.
+    provide_curl: light guests only: give each VM the simulator's small `curl` (None: only
+        where the host has neither curl nor wget, as in the slim container image).
     """
 
     boot_seconds: float = 0.0
     poll_interval: float = 0.03
     request_timeout: float = 5.0
     subnet: str | None = None
-    ssh_port: int = 22
+    ssh_port: int | None = None
     root: Path | None = None
+    provide_curl: bool | None = None
 
     def __post_init__(self) -> None:
         for name in ("boot_seconds", "poll_interval", "request_timeout"):
@@ -100,7 +125,7 @@ class SandboxConfig:
                 raise ValueError(f"{name} must not be negative")
         if self.subnet is not None and not ipaddress.IPv4Network(self.subnet).is_loopback:
             raise ValueError(f"subnet {self.subnet} must be a loopback range (127.0.0.0/8)")
-        if not 0 < self.ssh_port < 65536:
+        if self.ssh_port is not None and not 0 < self.ssh_port < 65536:
             raise ValueError(f"ssh_port {self.ssh_port} is not a TCP port")
 
 
@@ -123,6 +148,28 @@ class SandboxVmInfo:
         return self.address, self.host_key_public
 
 
+class GuestMachine(Protocol):
+    """What the fleet needs of one running guest (`SandboxVm`, `LightVm`)."""
+
+    dir: Path
+    init_pid: int | None
+    pid_namespace: str | None
+
+    @property
+    def launcher_pid(self) -> int | None: ...
+
+    def start(self) -> None: ...
+    def kill(self) -> None: ...
+    def exited(self) -> int | None: ...
+    def note_namespace(self) -> bool: ...
+    def processes(self) -> list[int]: ...
+    def sshd_state(self) -> str | None: ...
+    def powered_off(self) -> bool: ...
+    def new_console_lines(self) -> list[str]: ...
+    def output_log(self) -> str: ...
+    def start_errors(self) -> str: ...
+
+
 @dataclass
 class _Vm:
     server_id: str
@@ -138,7 +185,7 @@ class _Vm:
     job_id: int | None = None
     exit_code: int | None = None
     address: str | None = None
-    sandbox: SandboxVm | None = None
+    sandbox: GuestMachine | None = None
     sshd_reported: bool = False
     connected: bool = False
 
@@ -165,7 +212,7 @@ def sandbox_problem() -> str | None:
     if os.geteuid() != 0:
         return "sandbox VMs need root (mount namespaces, overlay mounts, sshd, useradd)"
     path = os.pathsep.join([os.environ.get("PATH", ""), SBIN_PATH])
-    for tool in ("unshare", "sshd", "ssh-keygen", "curl", "runuser", "useradd", "pgrep"):
+    for tool in ("unshare", "sshd", "curl", "runuser", "useradd", "pgrep"):
         if shutil.which(tool, path=path) is None:
             return f"{tool} is not installed (scripts/install-system-deps installs it)"
     if shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin") is None:
@@ -239,28 +286,15 @@ def shell_assignment(script: str, name: str) -> str | None:
 
 
 def _keygen(path: Path, comment: str) -> tuple[str, str]:
-    keygen = shutil.which("ssh-keygen", path=SBIN_PATH)
-    if keygen is None:
-        raise RuntimeError("ssh-keygen is not installed (scripts/install-system-deps installs it)")
-    subprocess.run(  # noqa: S603 (fixed arguments)
-        [
-            keygen,
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            comment,
-            "-f",
-            str(path),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=30,
-        env={"PATH": SBIN_PATH},
-    )
-    return path.read_text(), path.with_suffix(".pub").read_text().strip()
+    """A fresh ed25519 key pair in OpenSSH formats, written to `path` and `path.pub`."""
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption()).decode()
+    public = key.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
+    public = f"{public} {comment}"
+    path.touch(mode=0o600)
+    path.write_text(private)
+    path.with_suffix(".pub").write_text(public + "\n")
+    return private, public
 
 
 # ---------------------------------------------------------------------- the fleet
@@ -279,6 +313,7 @@ class SandboxFleet(GuestFleet[_Vm]):
 
     _NAME = "sandbox"
     _SURVIVED = (*GuestFleet._SURVIVED, OSError)
+    _DEFAULT_SSH_PORT = 22
 
     def __init__(
         self, github_url: str, cloud_url: str, config: SandboxConfig | None = None
@@ -293,6 +328,8 @@ class SandboxFleet(GuestFleet[_Vm]):
         self.subnet = ipaddress.IPv4Network(
             self.config.subnet or f"127.{random.randrange(100, 250)}.0.0/16"
         )
+        self.ssh_port = self.config.ssh_port or self._DEFAULT_SSH_PORT
+        self.login_user = self._login_user()
         self._github_seq = 0
         self._own_root = self.config.root is None
         self.root = self.config.root or Path(tempfile.mkdtemp(prefix="scaleset-sandbox-"))
@@ -307,10 +344,19 @@ class SandboxFleet(GuestFleet[_Vm]):
 
     # ------------------------------------------------------------------ lifecycle
 
-    def _starting(self) -> None:
+    def _login_user(self) -> str:
+        """The user the listener's probe logs in as."""
+        return "root"
+
+    def _problem(self) -> str | None:
+        """Why this fleet's guests cannot run on this machine, or None."""
         problem = sandbox_problem()
+        return None if problem is None else f"sandbox VMs cannot run here: {problem}"
+
+    def _starting(self) -> None:
+        problem = self._problem()
         if problem is not None:
-            raise RuntimeError(f"sandbox VMs cannot run here: {problem}")
+            raise RuntimeError(problem)
         self._cloud.update_config(fixed_subnet=str(self.subnet))
         self._downloads.start()
         atexit.register(self._kill_all)
@@ -328,8 +374,9 @@ class SandboxFleet(GuestFleet[_Vm]):
         return {
             "RUNNER_DOWNLOAD_URL": self._downloads.runner_url,
             "RUNNER_SHA256": self.tarball.sha256,
-            "VM_SSH_USER": LOGIN_USER,
+            "VM_SSH_USER": self.login_user,
             "VM_SSH_PRIVATE_KEY_PATH": str(self.client_key_path),
+            "VM_SSH_PORT": str(self.ssh_port),
         }
 
     @property
@@ -374,7 +421,7 @@ class SandboxFleet(GuestFleet[_Vm]):
             return SandboxVmInfo(
                 vm.name,
                 vm.address,
-                self.config.ssh_port,
+                self.ssh_port,
                 vm.host_key_public,
                 box.dir,
                 box.launcher_pid,
@@ -580,7 +627,7 @@ class SandboxFleet(GuestFleet[_Vm]):
                     vm.phase = "down"
                     self._record(vm.name, "error", f"VM died: {box.start_errors()}", errors=1)
 
-    def _relay_console(self, vm: _Vm, box: SandboxVm) -> list[str]:
+    def _relay_console(self, vm: _Vm, box: GuestMachine) -> list[str]:
         """New lines of the VM's /dev/console, appended to the server's console log."""
         lines = box.new_console_lines()
         if lines:
@@ -653,23 +700,27 @@ class SandboxFleet(GuestFleet[_Vm]):
         spec = VmSpec(
             name=vm.name,
             address=vm.address,
-            port=self.config.ssh_port,
+            port=self.ssh_port,
             host_key_private=vm.host_key_private,
             host_key_public=vm.host_key_public,
             authorized_keys=self.client_public_key,
             user_data=None if behaviour.failure == "hang" else vm.user_data,
             files=files,
         )
-        box = SandboxVm(spec, vm_dir)
+        box, user_data_runs = self._machine(vm, spec, vm_dir)
         box.start()
         with self._cond:
             vm.sandbox = box
             self._record(vm.name, "vm-started", f"pid={box.launcher_pid}")
-            if behaviour.failure == "hang":
+            if not user_data_runs:
                 vm.phase = "hung"
                 self._record(vm.name, "setup-hang", hung=1)
             if _went_away_meanwhile(vm):
                 self._schedule(0.0, partial(self._pull_plug, vm, None))
+
+    def _machine(self, vm: _Vm, spec: VmSpec, vm_dir: Path) -> tuple[GuestMachine, bool]:
+        """The guest for `spec`, and whether it runs the user_data."""
+        return SandboxVm(spec, vm_dir), spec.user_data is not None
 
     def _power_off(self, vm: _Vm) -> None:
         """The guest powered itself off: pull the plug, report SHUTOFF."""
@@ -716,3 +767,47 @@ def _find_runner(world: JSON, vm: _Vm) -> JSON | None:
         if vm.runner_id is None and runner["name"].lower() == vm.runner_name.lower():
             return dict(runner)
     return None
+
+
+class LightFleet(SandboxFleet):
+    """Light guests (simulator/sandbox/light_vm.py) for a simulated cloud's bootstrap servers:
+    the same bootstrap, stub runner, sentinels, console markers, behaviours and events as
+    sandbox VMs, for machines without namespaces or without root. Each VM is a directory, a
+    process session and a paramiko sshd on its loopback address at `ssh_port` (default 2222);
+    the probe logs in as the user the simulator runs as."""
+
+    _NAME = "light guests"
+    _DEFAULT_SSH_PORT = 2222
+
+    def _login_user(self) -> str:
+        return current_user() or str(os.getuid())
+
+    def _problem(self) -> str | None:
+        problem = light_problem()
+        return None if problem is None else f"light guests cannot run here: {problem}"
+
+    def _machine(self, vm: _Vm, spec: VmSpec, vm_dir: Path) -> tuple[GuestMachine, bool]:
+        runs = spec.user_data is not None
+        if spec.user_data is not None and (
+            light_user_data(spec.user_data, vm_dir, vm_dir, self.login_user) is None
+        ):
+            runs = False
+            with self._cond:
+                self._record(
+                    vm.name,
+                    "error",
+                    "user_data is not the default bootstrap (no ROOT=, CONSOLE= or RUNNER_USER= "
+                    "line): a light guest does not run it",
+                    errors=1,
+                )
+        provide_curl = self.config.provide_curl
+        if provide_curl is None:
+            provide_curl = not host_has_downloader()
+        guest = LightVm(
+            spec,
+            vm_dir,
+            login_user=self.login_user,
+            runner_user=self.login_user,
+            provide_curl=provide_curl,
+        )
+        return guest, runs

@@ -63,14 +63,16 @@ LoginGraceTime 30
 LogLevel ERROR
 """
 
+# `{power_file}` is where the guest's power-off is recorded (the fleet watches it).
 POWEROFF_STUB = """\
 #!/bin/sh
 # simulator.sandbox: this VM has no init system; powering off tells the sandbox, which then
 # pulls the plug and reports the server SHUTOFF.
 printf '%s %s\\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(basename "$0") $*" \\
-  >>/run/scaleset-sandbox/poweroff
+  >>{power_file}
 exit 0
 """
+SANDBOX_POWER_FILE = "/run/scaleset-sandbox/poweroff"
 
 SYSTEMCTL_STUB = """\
 #!/bin/sh
@@ -78,7 +80,7 @@ SYSTEMCTL_STUB = """\
 # restarts of the SSH service make sshd re-read its keys; everything else succeeds quietly.
 for word in "$@"; do
   case "$word" in
-    poweroff|halt|reboot|kexec) exec /usr/local/sbin/poweroff "$word" ;;
+    poweroff|halt|reboot|kexec) exec poweroff "$word" ;;
     reload|restart|try-restart|reload-or-restart|try-reload-or-restart)
       if [ -f /run/sshd.pid ]; then kill -HUP "$(cat /run/sshd.pid)" 2>/dev/null || true; fi
       exit 0 ;;
@@ -139,8 +141,7 @@ class SandboxVm:
         self.console_path = vm_dir / "console"
         self.output_log_path = vm_dir / "cloud-init-output.log"
         self.power_dir = vm_dir / "power"
-        self._console_offset = 0
-        self._console_rest = b""
+        self._console = ConsoleReader(self.console_path)
         self._process: subprocess.Popen[bytes] | None = None
         self.init_pid: int | None = None
         self.pid_namespace: str | None = None
@@ -240,16 +241,7 @@ class SandboxVm:
 
     def new_console_lines(self) -> list[str]:
         """Complete lines written to the VM's /dev/console since the last call."""
-        try:
-            with self.console_path.open("rb") as console:
-                console.seek(self._console_offset)
-                chunk = console.read()
-        except FileNotFoundError:
-            return []
-        self._console_offset += len(chunk)
-        data = self._console_rest + chunk
-        *lines, self._console_rest = data.split(b"\n")
-        return [line.decode("utf-8", "replace").rstrip("\r") for line in lines]
+        return self._console.new_lines()
 
     def output_log(self) -> str:
         return self.output_log_path.read_text(errors="replace")
@@ -287,11 +279,7 @@ class SandboxVm:
                 0o755,
             ),
             "root/.ssh/authorized_keys": (spec.authorized_keys.strip() + "\n", 0o600),
-            "usr/local/sbin/systemctl": (SYSTEMCTL_STUB, 0o755),
-            "usr/local/sbin/poweroff": (POWEROFF_STUB, 0o755),
-            "usr/local/sbin/shutdown": (POWEROFF_STUB, 0o755),
-            "usr/local/sbin/halt": (POWEROFF_STUB, 0o755),
-            "usr/local/sbin/reboot": (POWEROFF_STUB, 0o755),
+            **power_stubs(SANDBOX_POWER_FILE, "/usr/local/sbin"),
         }
         if spec.user_data is not None:
             files[USER_DATA_PATH.lstrip("/")] = (spec.user_data, 0o700)
@@ -339,6 +327,37 @@ class SandboxVm:
             'exec chroot "$R" /bin/sh /etc/scaleset-sandbox/init',
         ]
         return "\n".join(lines) + "\n"
+
+
+def power_stubs(power_file: str, sbin: str) -> dict[str, tuple[str, int]]:
+    """The guest's `systemctl`, `poweroff`, `shutdown`, `halt` and `reboot` (paths relative to
+    the guest's root, under `sbin`, which comes first in the guest's PATH): powering off appends
+    a line to `power_file`."""
+    poweroff = POWEROFF_STUB.format(power_file=shlex.quote(power_file))
+    stubs = {name: (poweroff, 0o755) for name in ("poweroff", "shutdown", "halt", "reboot")}
+    stubs["systemctl"] = (SYSTEMCTL_STUB, 0o755)
+    return {f"{sbin.strip('/')}/{name}": item for name, item in stubs.items()}
+
+
+class ConsoleReader:
+    """Reads the lines a guest appends to its console file, each complete line once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+        self._rest = b""
+
+    def new_lines(self) -> list[str]:
+        try:
+            with self.path.open("rb") as console:
+                console.seek(self._offset)
+                chunk = console.read()
+        except FileNotFoundError:
+            return []
+        self._offset += len(chunk)
+        data = self._rest + chunk
+        *lines, self._rest = data.split(b"\n")
+        return [line.decode("utf-8", "replace").rstrip("\r") for line in lines]
 
 
 def processes_in_namespace(pid_namespace: str) -> list[int]:

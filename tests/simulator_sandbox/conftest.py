@@ -1,6 +1,7 @@
-"""Both simulators in-process, a scale set with a live session, and a sandbox fleet whose VMs
-run the real rendered bootstrap. Skipped where `sandbox_problem()` says the machine cannot run
-sandbox VMs; with REQUIRE_SSH_HOSTS=1 (CI) that is a failure instead."""
+"""Both simulators in-process, a scale set with a live session, and a fleet whose VMs run the
+real rendered bootstrap: sandbox VMs and light guests, each test once per kind (`guest_kind`).
+Sandbox tests are skipped where `sandbox_problem()` says the machine cannot run sandbox VMs; with
+REQUIRE_SSH_HOSTS=1 (CI) that is a failure instead. Light guests run on any Linux machine."""
 
 from __future__ import annotations
 
@@ -15,8 +16,13 @@ from provisioners.bootstrap import BootstrapSpec, HostKey, generate_host_key, re
 from simulator.openstack.config import CloudConfig
 from simulator.openstack.control import CloudControl
 from simulator.openstack.server import RunningCloud, run_in_thread
-from simulator.sandbox import SandboxConfig, SandboxFleet, sandbox_problem
-from simulator.sandbox.vm import processes_in_namespace
+from simulator.sandbox import (
+    LightFleet,
+    SandboxConfig,
+    SandboxFleet,
+    light_problem,
+    sandbox_problem,
+)
 from tests.conftest import GitHubSim, GitHubSimFactory
 
 # The reconciler tests' world (simulators, settings, a scale set), for the prober tests.
@@ -44,6 +50,28 @@ def sandbox_available() -> None:
         pytest.skip(problem)
 
 
+GUEST_KINDS = ("sandbox", "light")
+
+
+@pytest.fixture(params=GUEST_KINDS)
+def guest_kind(request: pytest.FixtureRequest) -> str:
+    """Each test runs on sandbox VMs and on light guests."""
+    kind = str(request.param)
+    if kind == "sandbox":
+        request.getfixturevalue("sandbox_available")
+    else:
+        problem = light_problem()
+        if problem is not None:
+            pytest.fail(f"light guests must run on every Linux machine, but: {problem}")
+    return kind
+
+
+def make_fleet(
+    kind: str, github_url: str, cloud_url: str, config: SandboxConfig = FAST_SANDBOX
+) -> SandboxFleet:
+    return (LightFleet if kind == "light" else SandboxFleet)(github_url, cloud_url, config)
+
+
 @dataclass
 class World:
     """Both simulators, a scale set with a live session (so jobs get assigned), the sandbox."""
@@ -55,6 +83,7 @@ class World:
     scale_set_id: int
     session: Session
     fleet: SandboxFleet
+    kind: str
     host_keys: dict[str, HostKey] = field(default_factory=dict)
     jit_configs: dict[str, str] = field(default_factory=dict)
 
@@ -98,9 +127,10 @@ class World:
         ]
 
 
-def leftovers(namespaces: list[str]) -> dict[str, list[int]]:
-    """Processes still alive in any of these PID namespaces."""
-    return {ns: pids for ns in namespaces if (pids := processes_in_namespace(ns))}
+def leftovers(fleet: SandboxFleet, *names: str) -> dict[str, list[int]]:
+    """Processes still alive in any of these VMs (their PID namespace, a light guest's
+    session)."""
+    return {name: pids for name in names if (pids := fleet.vm_processes(name))}
 
 
 @pytest.fixture
@@ -110,7 +140,7 @@ def github_overrides() -> dict[str, Any]:
 
 @pytest.fixture
 def world(
-    sandbox_available: None,
+    guest_kind: str,
     github_sim_factory: GitHubSimFactory,
     github_overrides: dict[str, Any],
 ) -> Iterator[World]:
@@ -120,8 +150,8 @@ def world(
     session = actions.create_session(scale_set_id)
     with run_in_thread(FAST_CLOUD.copy()) as cloud:
         nova = Nova(cloud)
-        fleet = SandboxFleet(github.base_url, cloud.base_url, FAST_SANDBOX)
+        fleet = make_fleet(guest_kind, github.base_url, cloud.base_url)
         with fleet:
-            yield World(github, cloud, nova, actions, scale_set_id, session, fleet)
+            yield World(github, cloud, nova, actions, scale_set_id, session, fleet, guest_kind)
         nova.close()
     actions.close()

@@ -1,5 +1,5 @@
-"""A sandbox VM boots the real bootstrap: runner download, one job, markers, power-off; and
-it leaves nothing behind, on the host or in the process table."""
+"""A sandbox VM or a light guest boots the real bootstrap: runner download, one job, markers,
+power-off; and it leaves nothing behind, on the host or in the process table."""
 
 from __future__ import annotations
 
@@ -61,9 +61,7 @@ def test_a_vm_runs_the_real_bootstrap_one_job_and_powers_off(world: World) -> No
     assert world.jit_configs["runner-1"] not in output  # the secret never reaches the log
     view = world.fleet.vm("runner-1")
     assert (view.phase, view.job_id, view.exit_code) == ("off", job_id, 0)
-    vm = world.fleet.sandbox_vm("runner-1")
-    assert vm.pid_namespace is not None
-    assert leftovers([vm.pid_namespace]) == {}
+    assert leftovers(world.fleet, "runner-1") == {}
 
 
 def test_nova_reports_the_vms_loopback_address(world: World) -> None:
@@ -76,8 +74,9 @@ def test_nova_reports_the_vms_loopback_address(world: World) -> None:
     assert (entry["addr"], entry["version"], entry["OS-EXT-IPS:type"]) == (vm.address, 4, "fixed")
     assert ipaddress.IPv4Address(vm.address) in world.fleet.subnet
     assert ipaddress.IPv4Address(vm.address).is_loopback
-    # The VM's own sshd answers there, on port 22.
-    with socket.create_connection((vm.address, 22), timeout=5) as sock:
+    # The VM's own sshd answers there, on the fleet's port (22; light guests 2222).
+    assert vm.port == world.fleet.ssh_port == (22 if world.kind == "sandbox" else 2222)
+    with socket.create_connection((vm.address, vm.port), timeout=5) as sock:
         assert sock.recv(4) == b"SSH-"
 
 
@@ -107,15 +106,13 @@ def test_deleting_a_busy_server_kills_its_vm_and_its_runner_dies(world: World) -
     [job_id] = world.github.control.enqueue_jobs([LABEL])
     server_id = world.boot("runner-1")
     world.fleet.wait_for_event("job-started", "runner-1", timeout=30)
-    vm = world.fleet.sandbox_vm("runner-1")
-    assert vm.pid_namespace is not None
-    assert world.fleet.vm_processes("runner-1")  # sshd, the bootstrap, run.sh, the listener
+    assert world.fleet.vm_processes("runner-1")  # (sshd,) the bootstrap, run.sh, the listener
 
     world.nova.delete(server_id)
 
     world.fleet.wait_for_event("runner-killed", "runner-1", timeout=10)
     world.fleet.wait_for_event("runner-offline", "runner-1", timeout=10)
-    assert leftovers([vm.pid_namespace]) == {}
+    assert leftovers(world.fleet, "runner-1") == {}
     runner = world.runner("runner-1")
     assert runner is not None
     assert runner["state"] == "offline"
@@ -127,27 +124,30 @@ def test_deleting_a_busy_server_kills_its_vm_and_its_runner_dies(world: World) -
 def test_a_server_shut_off_from_outside_loses_its_vm(world: World) -> None:
     world.boot("runner-1")
     world.fleet.wait_for_event("connected", "runner-1", timeout=30)
-    vm = world.fleet.sandbox_vm("runner-1")
-    assert vm.pid_namespace is not None
+    assert world.fleet.vm_processes("runner-1")
 
     world.cloud_control.set_server_status("runner-1", "SHUTOFF")
 
     world.fleet.wait_for_event("runner-killed", "runner-1", timeout=10)
     assert world.fleet.vm("runner-1").phase == "down"
-    assert leftovers([vm.pid_namespace]) == {}
+    assert leftovers(world.fleet, "runner-1") == {}
 
 
 def test_stop_kills_every_vm_and_leaves_no_mounts_or_directories(world: World) -> None:
     world.boot("runner-1")
     world.boot("runner-2")
     world.fleet.wait_for(lambda: world.fleet.counters.connected == 2, timeout=30)
-    namespaces = [world.fleet.sandbox_vm(n).pid_namespace for n in ("runner-1", "runner-2")]
-    assert all(namespaces)
+    assert world.fleet.vm_processes("runner-1")
+    assert world.fleet.vm_processes("runner-2")
+    addresses = [world.fleet.sandbox_vm(n).address for n in ("runner-1", "runner-2")]
     root = world.fleet.root
 
     world.fleet.stop()
 
-    assert leftovers([ns for ns in namespaces if ns]) == {}
+    assert leftovers(world.fleet, "runner-1", "runner-2") == {}
+    for address in addresses:  # their sshd is gone with them
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((address, world.fleet.ssh_port), timeout=5)
     assert not root.exists()
     assert str(root) not in Path("/proc/self/mountinfo").read_text()
 
@@ -159,6 +159,7 @@ def test_the_bootstrap_changes_nothing_on_the_host(world: World) -> None:
     before = host_key.read_bytes() if host_key.exists() else None
     sentinels = Path("/var/lib/scaleset-runner")
     sentinels_existed = sentinels.exists()
+    runner_dir_existed = Path("/opt/actions-runner").exists()
     world.github.control.enqueue_jobs([LABEL], duration=0.05)
     world.boot("runner-1", runner_user="sbxrunner")
 
@@ -166,9 +167,18 @@ def test_the_bootstrap_changes_nothing_on_the_host(world: World) -> None:
 
     assert "SCALESET-RUNNER run-complete runner=runner-1 exit=0" in world.markers("runner-1")
     with pytest.raises(KeyError):
-        pwd.getpwnam("sbxrunner")  # useradd ran in the VM's /etc only
+        # Sandbox: useradd ran in the VM's /etc only. Light: the runner is the simulator's user.
+        pwd.getpwnam("sbxrunner")
     assert (host_key.read_bytes() if host_key.exists() else None) == before
     assert sentinels.exists() == sentinels_existed
+    assert Path("/opt/actions-runner").exists() == runner_dir_existed
+    if world.kind == "light":  # what the bootstrap wrote is in the VM's own directory
+        root = world.fleet.sandbox_vm("runner-1").dir / "root"
+        assert (root / "var/lib/scaleset-runner/run-complete").read_text() == "0\n"
+        assert (root / "opt/actions-runner/run.sh").exists()
+        assert (root / "etc/ssh/ssh_host_ed25519_key.pub").read_text().strip() == (
+            world.host_keys["runner-1"].public_openssh
+        )
 
 
 def test_two_vms_run_two_jobs_side_by_side(world: World) -> None:
@@ -184,7 +194,7 @@ def test_two_vms_run_two_jobs_side_by_side(world: World) -> None:
 
 
 def test_the_command_prints_the_listener_settings_and_runs_until_sigterm(
-    sandbox_available: None, github_sim: GitHubSim
+    guest_kind: str, github_sim: GitHubSim
 ) -> None:
     with run_in_thread(CloudConfig()) as cloud:
         process = subprocess.Popen(
@@ -198,6 +208,8 @@ def test_the_command_prints_the_listener_settings_and_runs_until_sigterm(
                 cloud.base_url,
                 "--subnet",
                 "127.99.0.0/16",
+                "--guest",
+                guest_kind,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -207,13 +219,15 @@ def test_the_command_prints_the_listener_settings_and_runs_until_sigterm(
             assert process.stdout is not None
             first = process.stdout.readline()
             assert first.startswith("simulator.sandbox running: VMs on 127.99.0.0/16"), first
-            settings = dict(process.stdout.readline().strip().split("=", 1) for _ in range(4))
+            settings = dict(process.stdout.readline().strip().split("=", 1) for _ in range(5))
             assert set(settings) == {
                 "RUNNER_DOWNLOAD_URL",
                 "RUNNER_SHA256",
                 "VM_SSH_USER",
                 "VM_SSH_PRIVATE_KEY_PATH",
+                "VM_SSH_PORT",
             }
+            assert settings["VM_SSH_PORT"] == ("22" if guest_kind == "sandbox" else "2222")
             key_path = Path(settings["VM_SSH_PRIVATE_KEY_PATH"])
             assert key_path.exists()
             assert cloud.control.config()["fixed_subnet"] == "127.99.0.0/16"

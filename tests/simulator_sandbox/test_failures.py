@@ -1,4 +1,5 @@
-"""Failure behaviours of sandbox VMs, each through the real bootstrap's own paths."""
+"""Failure behaviours of sandbox VMs and light guests, each through the real bootstrap's own
+paths."""
 
 from __future__ import annotations
 
@@ -80,9 +81,7 @@ def test_crash_runner_kills_the_listener_in_the_vm(world: World) -> None:
     world.fleet.wait_for_event("powered-off", "runner-1", timeout=10)
     assert event.detail == "exit=137"  # run.sh reports its killed child
     assert world.runner("runner-1")["state"] == "offline"  # type: ignore[index]
-    namespace = world.fleet.sandbox_vm("runner-1").pid_namespace
-    assert namespace is not None
-    assert leftovers([namespace]) == {}
+    assert leftovers(world.fleet, "runner-1") == {}
 
 
 def test_a_slow_boot_starts_the_vm_later(world: World) -> None:

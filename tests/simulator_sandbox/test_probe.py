@@ -1,4 +1,4 @@
-"""The listener's real SSH prober against sandbox VMs, the VM created through the real OpenStack
+"""The listener's real SSH prober against sandbox VMs and light guests, the VM created through the real OpenStack
 provisioner and the pinned host key read back from the server's metadata."""
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from reconciler.reconcile import run_once
 from scaleset_listener.cloud import openstack_config
 from simulator.sandbox import SandboxFleet
 from tests.reconciler.test_end_to_end import Setup, admin_client
-from tests.simulator_sandbox.conftest import FAST_SANDBOX
+from tests.simulator_sandbox.conftest import make_fleet
 
 LABEL = "linux"
 
 
 @pytest.fixture
-def sandbox(sandbox_available: None, setup: Setup) -> Iterator[SandboxFleet]:
-    with SandboxFleet(setup.github.base_url, setup.control.base_url, FAST_SANDBOX) as fleet:
+def sandbox(guest_kind: str, setup: Setup) -> Iterator[SandboxFleet]:
+    with make_fleet(guest_kind, setup.github.base_url, setup.control.base_url) as fleet:
         yield fleet
 
 
@@ -72,6 +72,7 @@ def _prober(fleet: SandboxFleet) -> SSHProber:
             5.0,
             user=settings["VM_SSH_USER"],
             private_key_path=fleet.client_key_path,
+            port=int(settings["VM_SSH_PORT"]),
         )
     )
 

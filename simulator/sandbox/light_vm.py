@@ -1,0 +1,362 @@
+"""A light guest: a simulated VM for machines without namespaces or without root.
+
+It runs the same bootstrap as a sandbox VM (the server's real user_data), the same stub runner
+and writes the same sentinels, but without a file-system or PID namespace of its own:
+
+* the VM's file system is a directory, `<vm dir>/root`. The bootstrap's own sandbox knobs point it
+  there: its `ROOT=` line (every path it writes: sentinels, runner, host key) becomes that
+  directory, `CONSOLE=` the VM's console file, and `RUNNER_USER=` the user the simulator runs as
+  (a light guest creates no users). Nothing else in the script changes. A user_data without those
+  lines (a custom template) is not run: it could write to the host's /var/lib or /opt.
+* the VM's programs are the host's, with the guest's own first in PATH (`<root>/usr/local/sbin`,
+  `<root>/usr/local/bin`): `systemctl`/`poweroff` stubs that record the power-off, a `pgrep` that
+  sees only this VM's processes (its session), and, where the host has neither curl nor wget (a
+  slim container), a small `curl` for the runner download.
+* the VM's processes are one session (`setsid`), so pulling the plug is SIGKILL to that session.
+* its sshd is `simulator.sandbox.sshd.GuestSSHServer` (paramiko) on the VM's loopback address and
+  the configured port (a non-root user cannot bind 22). It runs each command with the host's
+  `/bin/sh`, and roots the absolute paths handed to a `sh -c SCRIPT NAME ARGS...` command (the
+  probe's form: its argument is the sentinel directory) in the VM's directory.
+
+Started like a cloud image boots: the host key in place, sshd up, then user_data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+from simulator.sandbox.sshd import CommandResult, GuestSSHServer
+from simulator.sandbox.vm import (
+    SBIN_PATH,
+    STOP_TIMEOUT,
+    USER_DATA_PATH,
+    ConsoleReader,
+    VmSpec,
+    power_stubs,
+)
+
+COMMAND_TIMEOUT = 30.0
+# The top-level assignments of the default bootstrap that a light guest points at its VM.
+_REWRITTEN = ("ROOT", "CONSOLE", "RUNNER_USER")
+
+PGREP_SHIM = """\
+#!/bin/sh
+# simulator light guest: pgrep over this VM's processes only (they share one session).
+sid=$(cat {session_file} 2>/dev/null) || exit 1
+[ -n "$sid" ] || exit 1
+exec {pgrep} -s "$sid" "$@"
+"""
+
+# The subset of curl's options the default bootstrap uses: -fsSL --retry N --connect-timeout S
+# -o FILE URL.
+CURL_SHIM = """\
+#!/usr/bin/env python3
+\"\"\"simulator light guest: a curl for hosts that have none (the bootstrap's options only).\"\"\"
+import shutil
+import sys
+import urllib.request
+
+args, out, url, timeout = sys.argv[1:], None, None, 30.0
+i = 0
+while i < len(args):
+    if args[i] == "-o":
+        out, i = args[i + 1], i + 2
+    elif args[i] in ("--retry", "--connect-timeout"):
+        if args[i] == "--connect-timeout":
+            timeout = float(args[i + 1])
+        i += 2
+    elif args[i].startswith("-"):
+        i += 1
+    else:
+        url, i = args[i], i + 1
+if url is None or out is None:
+    print("curl: usage: curl -fsSL -o FILE URL", file=sys.stderr)
+    sys.exit(2)
+try:
+    with urllib.request.urlopen(url, timeout=timeout) as response, open(out, "wb") as target:
+        shutil.copyfileobj(response, target)
+except Exception as exc:
+    print(f"curl: (22) {exc}", file=sys.stderr)
+    sys.exit(22)
+"""
+
+
+def current_user() -> str | None:
+    """The name of the user the simulator runs as, or None when it has no passwd entry."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return None
+
+
+def light_problem() -> str | None:
+    """Why light guests cannot run here, or None."""
+    if not Path("/proc/self/stat").exists():
+        return "light guests need Linux's /proc"
+    for tool in ("bash", "tar", "gzip", "sha256sum"):
+        if shutil.which(tool, path=_host_path()) is None:
+            return f"{tool} is not installed (the bootstrap needs it)"
+    if shutil.which("python3", path=_host_path()) is None:
+        return "no python3 in PATH for the stub runner"
+    if current_user() is None:
+        return f"uid {os.getuid()} has no user name (the runner user must exist)"
+    return None
+
+
+def host_has_downloader() -> bool:
+    return any(shutil.which(tool, path=_host_path()) for tool in ("curl", "wget"))
+
+
+def light_user_data(user_data: str, root: Path, console: Path, runner_user: str) -> str | None:
+    """The bootstrap with its ROOT, CONSOLE and RUNNER_USER lines pointed at the VM, or None when
+    it lacks one of them (not the default template: running it could write to the host)."""
+    script = user_data
+    for name in _REWRITTEN:
+        value = {"ROOT": str(root), "CONSOLE": str(console), "RUNNER_USER": runner_user}[name]
+        pattern = re.compile(rf"^{name}=[^\n]*$", re.MULTILINE)
+        found = pattern.search(script)
+        if found is None:
+            return None
+        script = script[: found.start()] + f"{name}={shlex.quote(value)}" + script[found.end() :]
+    return script
+
+
+def _host_path() -> str:
+    return os.environ.get("PATH") or SBIN_PATH
+
+
+class LightVm:
+    """A started light guest; `kill()` ends it. The same face as `SandboxVm`."""
+
+    def __init__(
+        self,
+        spec: VmSpec,
+        vm_dir: Path,
+        *,
+        login_user: str,
+        runner_user: str,
+        provide_curl: bool,
+    ) -> None:
+        self.spec = spec
+        self.dir = vm_dir
+        self.root = vm_dir / "root"
+        self.console_path = vm_dir / "console"
+        self.output_log_path = vm_dir / "cloud-init-output.log"
+        self.power_dir = vm_dir / "power"
+        self.session_file = vm_dir / "session"
+        self._login_user = login_user
+        self._runner_user = runner_user
+        self._provide_curl = provide_curl
+        self._console = ConsoleReader(self.console_path)
+        self._process: subprocess.Popen[bytes] | None = None
+        self._sshd: GuestSSHServer | None = None
+        self._sshd_state: str | None = None
+        self._errors: list[str] = []
+        self.init_pid: int | None = None
+        self.pid_namespace: str | None = None  # the host's: a light guest has none of its own
+
+    # ------------------------------------------------------------------ start and stop
+
+    def start(self) -> None:
+        for sub in (self.root, self.power_dir):
+            sub.mkdir(parents=True, exist_ok=True)
+        self.console_path.touch()
+        self.output_log_path.touch()
+        self._write_image()
+        self._start_sshd()
+        if self.spec.user_data is None:
+            return  # cloud-init never gets to the user_data (a hang)
+        script = light_user_data(
+            self.spec.user_data, self.root, self.console_path, self._runner_user
+        )
+        if script is None:
+            self._errors.append(
+                "user_data is not the default bootstrap (no ROOT=, CONSOLE= or RUNNER_USER= "
+                "line): a light guest does not run it"
+            )
+            return
+        path = self.root / USER_DATA_PATH.lstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(script)
+        path.chmod(0o700)
+        with self.output_log_path.open("ab") as output:
+            self._process = subprocess.Popen(  # noqa: S603 (the guest's own user_data)
+                [shutil.which("bash", path=_host_path()) or "/bin/bash", str(path)],
+                cwd=self.root,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=output,
+                start_new_session=True,
+                env=self._env(),
+            )
+        self.init_pid = self._process.pid
+        self.session_file.write_text(f"{self._process.pid}\n")
+
+    def kill(self) -> None:
+        """Pull the plug: sshd stops answering, every process of the VM's session dies."""
+        if self._sshd is not None:
+            self._sshd.stop()
+        process = self._process
+        if process is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        for pid in self.processes():  # any that left the process group, not the session
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        process.wait(timeout=STOP_TIMEOUT)
+
+    # ------------------------------------------------------------------ observation
+
+    @property
+    def launcher_pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def exited(self) -> int | None:
+        """None: a light guest stays up until its plug is pulled (the bootstrap ending is not
+        the VM ending; a real VM without a power-off keeps running too)."""
+        return None
+
+    def note_namespace(self) -> bool:
+        return True
+
+    def processes(self) -> list[int]:
+        """Host pids of the VM's live processes (its session; zombies left out)."""
+        if self._process is None:
+            return []
+        return processes_in_session(self._process.pid)
+
+    def sshd_state(self) -> str | None:
+        return self._sshd_state
+
+    def powered_off(self) -> bool:
+        return (self.power_dir / "poweroff").exists()
+
+    def new_console_lines(self) -> list[str]:
+        return self._console.new_lines()
+
+    def output_log(self) -> str:
+        return self.output_log_path.read_text(errors="replace")
+
+    def start_errors(self) -> str:
+        return "; ".join(self._errors)
+
+    @property
+    def ssh_server(self) -> GuestSSHServer | None:
+        return self._sshd
+
+    # ------------------------------------------------------------------ internals
+
+    def _write_image(self) -> None:
+        spec = self.spec
+        files: dict[str, tuple[str, int]] = {
+            "etc/ssh/ssh_host_ed25519_key": (spec.host_key_private.strip() + "\n", 0o600),
+            "etc/ssh/ssh_host_ed25519_key.pub": (spec.host_key_public.strip() + "\n", 0o644),
+            "etc/hostname": (spec.name + "\n", 0o644),
+            **power_stubs(str(self.power_dir / "poweroff"), "/usr/local/sbin"),
+        }
+        pgrep = shutil.which("pgrep", path=_host_path())
+        if pgrep is not None:
+            files["usr/local/bin/pgrep"] = (
+                PGREP_SHIM.format(
+                    session_file=shlex.quote(str(self.session_file)), pgrep=shlex.quote(pgrep)
+                ),
+                0o755,
+            )
+        if self._provide_curl:
+            files["usr/local/bin/curl"] = (CURL_SHIM, 0o755)
+        files.update({path.lstrip("/"): item for path, item in spec.files.items()})
+        for relative, (content, mode) in files.items():
+            path = self.root / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(content)
+            path.chmod(mode)
+        for home in ("root", "home"):
+            (self.root / home).mkdir(exist_ok=True)
+
+    def _start_sshd(self) -> None:
+        server = GuestSSHServer(
+            self.spec.address,
+            self.spec.port,
+            self.spec.host_key_private,
+            self.spec.authorized_keys.splitlines(),
+            self._login_user,
+            self._run_command,
+        )
+        try:
+            server.start()
+        except OSError as exc:
+            self._sshd_state = f"failed {exc}"
+            return
+        self._sshd = server
+        self._sshd_state = "ok"
+
+    def _env(self) -> dict[str, str]:
+        guest_bins = [str(self.root / "usr/local/sbin"), str(self.root / "usr/local/bin")]
+        return {
+            "PATH": os.pathsep.join([*guest_bins, _host_path()]),
+            "HOME": str(self.root / "root"),
+            "LANG": "C.UTF-8",
+            # The stub runner reads its per-VM behaviour file under this root.
+            "SCALESET_GUEST_ROOT": str(self.root),
+        }
+
+    def _run_command(self, command: str) -> CommandResult:
+        """What the VM's sshd runs for an exec request."""
+        try:
+            words = shlex.split(command)
+        except ValueError:
+            words = []
+        if len(words) >= 3 and words[0] in ("/bin/sh", "sh") and words[1] == "-c":
+            argv = [*words[:4], *(self._guest_path(word) for word in words[4:])]
+        else:
+            argv = ["/bin/sh", "-c", command]
+        try:
+            done = subprocess.run(  # noqa: S603 (what the VM's login shell would run)
+                argv,
+                cwd=self.root / "root",
+                env=self._env(),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=COMMAND_TIMEOUT,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            return CommandResult(124, _bytes(exc.stdout), _bytes(exc.stderr))
+        except OSError as exc:
+            return CommandResult(127, b"", f"{exc}\n".encode())
+        return CommandResult(done.returncode, done.stdout, done.stderr)
+
+    def _guest_path(self, word: str) -> str:
+        if word.startswith("/") and not word.startswith(str(self.root) + "/"):
+            return str(self.root) + word
+        return word
+
+
+def _bytes(data: bytes | str | None) -> bytes:
+    if data is None:
+        return b""
+    return data.encode() if isinstance(data, str) else data
+
+
+def processes_in_session(session_id: int) -> list[int]:
+    """Host pids of the live (not zombie) processes whose session is `session_id`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            # After the parenthesised command name: state, ppid, pgrp, session, ...
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[3]) == session_id and fields[0] != "Z":
+                found.append(int(entry))
+    return found
