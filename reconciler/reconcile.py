@@ -94,6 +94,15 @@ class ReconcileReport:
         counts["orphan_registrations"] = len(self.orphans)
         return counts
 
+    def probe_outcomes(self) -> dict[str, int]:
+        """How the SSH probes ended, by outcome (`ok`, `timeout`, `unreachable`...)."""
+        outcomes: dict[str, int] = {}
+        for row in self.rows:
+            if row.probe is not None:
+                outcome = row.probe.outcome.value
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        return outcomes
+
     def slowest_probes(self, n: int = 3) -> list[tuple[str, float]]:
         probed = [row for row in self.rows if row.probe is not None]
         probed.sort(key=lambda row: row.probe.elapsed_seconds if row.probe else 0.0, reverse=True)
@@ -218,6 +227,7 @@ async def run_once(
         scale_set_id=ownership.scale_set_id,
         dry_run=dry_run,
         counts=report.counts(),
+        probes=report.probe_outcomes(),
         slowest_probes=report.slowest_probes(),
         errors=sum(1 for row in report.rows if row.error)
         + sum(1 for orphan in report.orphans if orphan.error),

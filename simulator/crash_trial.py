@@ -179,8 +179,9 @@ def run_trial(
     started = time.monotonic()
     result = TrialResult(point, seed)
     rng = random.Random(seed)
-    # A short BOOT_TIMEOUT makes the reconciler delete idle leftovers (no SSH probe here) while
-    # their runners may be taking a job: the race that must never kill a busy runner.
+    # A short BOOT_TIMEOUT makes the reconciler delete leftovers it cannot see set up (a probe
+    # cut off, a VM still booting) while their runners may be taking a job: the race that must
+    # never kill a busy runner.
     boot_timeout = rng.choice(("3s", "20s"))
     overrides = {"BOOT_TIMEOUT": boot_timeout}
     result.notes["boot_timeout"] = boot_timeout
@@ -222,6 +223,11 @@ def run_trial(
                 "listeners": len(world.listeners),
                 "reconciled": [
                     e.get("counts")
+                    for p in world.listeners
+                    for e in p.log.named("reconcile_summary")
+                ],
+                "probes": [
+                    e.get("probes")
                     for p in world.listeners
                     for e in p.log.named("reconcile_summary")
                 ],

@@ -1,12 +1,13 @@
 """`scaleset-listener demo`: the real listener against the built-in world, no accounts needed.
 
 The demo is a driver on the simulators' side of the wire. It starts the simulated GitHub +
-Actions service, the simulated OpenStack cloud and the guests that play the VMs: sandbox VMs
-(`simulator.sandbox`: each server boots in its own namespaces with a real sshd and runs the real
-bootstrap, which downloads a stub runner; the listener's startup reconciliation is on and probes
-them over SSH) where the machine allows it (root, namespaces), else the light fleet
-(`simulator.fleet`: each server "boots", connects its runner with the JIT config from its
-user_data, runs one job and powers off). `--guest` chooses. It writes a temporary env file,
+Actions service, the simulated OpenStack cloud and the guests that play the VMs
+(`simulator.sandbox`): each server runs the real bootstrap from its user_data, which downloads a
+stub runner that takes one job with the JIT config, runs it and powers the VM off; the listener's
+startup reconciliation is on and probes the VMs over SSH. Sandbox VMs (own namespaces, OpenSSH
+sshd on port 22) where the machine allows them (root, namespaces), else light guests (a
+directory and a process session per VM, a paramiko sshd on port 2222): `--guest` chooses. It
+writes a temporary env file,
 runs `scaleset-listener run` as a subprocess exactly as a user would, queues a stream of jobs,
 shows progress and ends with a summary that checks the outcome: every job served, every VM and
 registration gone.
@@ -25,7 +26,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from simulator.fleet import Fleet, FleetConfig
 from simulator.github.config import SimulatorConfig
 from simulator.github.server import RunningSimulator
 from simulator.github.server import run_in_thread as run_github
@@ -33,7 +33,13 @@ from simulator.listener_process import ListenerLog, ListenerProcess, world_setti
 from simulator.openstack.config import CloudConfig
 from simulator.openstack.server import RunningCloud
 from simulator.openstack.server import run_in_thread as run_cloud
-from simulator.sandbox import SandboxConfig, SandboxFleet, sandbox_problem
+from simulator.sandbox import (
+    LightFleet,
+    SandboxConfig,
+    SandboxFleet,
+    light_problem,
+    sandbox_problem,
+)
 
 SCALE_SET = "demo-linux"
 
@@ -46,28 +52,28 @@ def _env_file(
     sim: RunningSimulator,
     cloud: RunningCloud,
     max_runners: int,
-    fleet: Fleet | SandboxFleet,
+    fleet: SandboxFleet,
 ) -> Path:
-    sandbox = isinstance(fleet, SandboxFleet)
     runners = [{"name": SCALE_SET, "labels": ["demo"], "max_runners": max_runners}]
     settings = world_settings(sim, cloud, directory / "clouds.yaml", runners, "demo-org")
     settings.update(
-        # Reconciliation probes VMs over SSH: only sandbox VMs have an sshd to answer.
-        ENABLE_RECONCILIATION="true" if sandbox else "false",
+        ENABLE_RECONCILIATION="true",
         IDLE_RUNNER_TIMEOUT="5s",
         RUNNER_DEREGISTRATION_TIMEOUT="5s",
         VM_TRACKER_INTERVAL="10s",
         RETRY_MAX_WAIT="1s",
         RECOVERY_BACKOFF_MAX="2s",
     )
-    if isinstance(fleet, SandboxFleet):
-        settings.update(fleet.listener_settings())
+    settings.update(fleet.listener_settings())
     return write_env_file(directory / "demo.env", settings)
 
 
 def choose_guest(guest: str) -> tuple[str, str]:
     """`sandbox` or `light` for `--guest`, and why."""
     if guest == "light":
+        light = light_problem()
+        if light is not None:
+            raise SystemExit(f"--guest light: light guests cannot run here: {light}")
         return "light", "asked for"
     problem = sandbox_problem()
     if guest == "sandbox":
@@ -76,13 +82,15 @@ def choose_guest(guest: str) -> tuple[str, str]:
         return "sandbox", "asked for"
     if problem is None:
         return "sandbox", "this machine allows namespaces"
+    light = light_problem()
+    if light is not None:
+        raise SystemExit(f"no guests can run here: {problem}; and {light}")
     return "light", f"no sandbox here: {problem}"
 
 
-def _guests(kind: str, sim: RunningSimulator, cloud: RunningCloud) -> Fleet | SandboxFleet:
-    if kind == "sandbox":
-        return SandboxFleet(sim.base_url, cloud.base_url, SandboxConfig(boot_seconds=1.0))
-    return Fleet(sim.base_url, cloud.base_url, FleetConfig(boot_seconds=2.0))
+def _guests(kind: str, sim: RunningSimulator, cloud: RunningCloud) -> SandboxFleet:
+    fleet = SandboxFleet if kind == "sandbox" else LightFleet
+    return fleet(sim.base_url, cloud.base_url, SandboxConfig(boot_seconds=1.0))
 
 
 def _counts(items: list[dict[str, Any]], key: str) -> str:
@@ -243,8 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--guest",
         choices=GUESTS,
         default="auto",
-        help="who plays the VMs: sandbox VMs (real sshd and bootstrap; needs root and "
-        "namespaces), the light fleet, or auto (sandbox where possible; the default)",
+        help="who plays the VMs: sandbox VMs (namespaces, OpenSSH sshd; needs root), light "
+        "guests (any user; a paramiko sshd), or auto (sandbox where possible; the default)",
     )
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.max_runners < 1:

@@ -1,8 +1,8 @@
 """A whole world for end-to-end runs of the real listener as a subprocess.
 
 GitHub (+ the Actions service) and the cloud are the simulators, in threads of this process; the
-VMs are played by a guest fleet (the light `simulator.fleet.Fleet` by default; the sandbox
-fleet, when it exists, is the same shape); the listener is `python -m scaleset_listener run
+VMs are guests that run the real bootstrap (`simulator.sandbox`: light guests by default, sandbox
+VMs where the machine allows them); the listener is `python -m scaleset_listener run
 --env-file F`, started, killed and restarted at will (`simulator.listener_process`).
 
 At the end `violations()` judges the run from the simulators' own records, never from the
@@ -20,7 +20,6 @@ listener's word:
 from __future__ import annotations
 
 import contextlib
-import importlib
 import random
 import threading
 import time
@@ -31,7 +30,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Protocol, TypeVar
 
-from simulator.fleet import Fleet, FleetConfig
 from simulator.github.config import SimulatorConfig
 from simulator.github.server import RunningSimulator
 from simulator.github.server import run_in_thread as run_github
@@ -40,6 +38,7 @@ from simulator.openstack.config import CloudConfig
 from simulator.openstack.control import CloudControl
 from simulator.openstack.server import RunningCloud
 from simulator.openstack.server import run_in_thread as run_cloud
+from simulator.sandbox import LightFleet, SandboxConfig, SandboxFleet
 
 JSON = dict[str, Any]
 T = TypeVar("T")
@@ -66,7 +65,7 @@ FAST_LISTENER_SETTINGS: dict[str, str] = {
 
 
 class Guests(Protocol):
-    """What the world needs of the fleet that plays the VMs (light fleet, sandbox fleet)."""
+    """What the world needs of the fleet that plays the VMs (light guests, sandbox VMs)."""
 
     def __enter__(self) -> Any: ...
     def __exit__(
@@ -80,17 +79,12 @@ class Guests(Protocol):
 
 def make_guests(kind: GuestKind, github_url: str, cloud_url: str) -> Guests:
     """The one place that chooses what plays the VMs."""
-    if kind == "light":
-        return Fleet(github_url, cloud_url, FleetConfig(boot_seconds=0.3, poll_interval=0.05))
-    # Imported by name: the sandbox fleet is optional (it needs a VM sandbox on the machine).
-    sandbox = importlib.import_module("simulator.sandbox")
-    fleet: Guests = sandbox.SandboxFleet(github_url, cloud_url)
-    return fleet
+    fleet = LightFleet if kind == "light" else SandboxFleet
+    return fleet(github_url, cloud_url, SandboxConfig())
 
 
 def guest_settings(guests: Guests) -> dict[str, str]:
-    """Extra env-file settings the guests need (SSH key, runner download URL...); none for the
-    light fleet."""
+    """Extra env-file settings the guests need (SSH key and port, runner download URL...)."""
     settings = getattr(guests, "listener_settings", None)
     return dict(settings()) if callable(settings) else {}
 
@@ -136,9 +130,6 @@ class E2EWorld:
             self.cloud_control = self._stack.enter_context(CloudControl(self.cloud.base_url))
             self.guests = make_guests(self.guest_kind, self.github.base_url, self.cloud.base_url)
             self._stack.enter_context(self.guests)
-            problem = getattr(self.guests, "sandbox_problem", None)
-            if callable(problem) and problem():
-                raise RuntimeError(f"the sandbox guests cannot run here: {problem()}")
         except BaseException:
             self._stack.close()
             raise

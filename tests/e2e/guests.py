@@ -1,10 +1,12 @@
 """What plays the VMs in the end-to-end tests.
 
-Sandbox VMs (real sshd, the real bootstrap, SSH probes at reconcile) wherever the machine allows
-them; CI requires them (REQUIRE_SSH_HOSTS=1). Elsewhere the light fleet (console markers only).
+Sandbox VMs (real sshd in namespaces) wherever the machine allows them; CI requires them
+(REQUIRE_SSH_HOSTS=1). Elsewhere light guests (the same bootstrap, stub runner and sentinels, a
+paramiko sshd). E2E_GUESTS=light|sandbox chooses by hand.
 """
 
 import os
+from typing import cast
 
 from simulator.e2e_world import GuestKind
 from simulator.sandbox import sandbox_problem
@@ -13,4 +15,7 @@ _PROBLEM = sandbox_problem()
 if _PROBLEM is not None and os.environ.get("REQUIRE_SSH_HOSTS") == "1":
     raise RuntimeError(f"REQUIRE_SSH_HOSTS=1 but sandbox VMs cannot run here: {_PROBLEM}")
 
-GUESTS: GuestKind = "sandbox" if _PROBLEM is None else "light"
+_CHOSEN = os.environ.get("E2E_GUESTS", "")
+if _CHOSEN not in ("", "light", "sandbox"):
+    raise RuntimeError(f"E2E_GUESTS={_CHOSEN!r}: light or sandbox")
+GUESTS: GuestKind = cast(GuestKind, _CHOSEN) or ("sandbox" if _PROBLEM is None else "light")

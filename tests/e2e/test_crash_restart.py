@@ -25,3 +25,17 @@ def test_a_listener_killed_and_restarted_serves_every_job_and_leaks_nothing(
     # The kill hit the phase it aimed at (the seeds are chosen so; a miss would test less).
     assert result.landed, result.summary()
     assert result.notes["listeners"] == (3 if point in ("reconcile", "anytime") else 2)
+
+
+@pytest.mark.timeout(90)
+def test_light_guests_answer_the_restarted_listeners_ssh_probes(tmp_path: Path) -> None:
+    """The light guests (no namespaces, a paramiko sshd on port 2222, VM_SSH_PORT) in a trial:
+    the restarted listener probes the VMs it finds over SSH and they answer."""
+    result = run_trial(tmp_path, "jobs_running", seed=101, guests="light")
+
+    assert result.passed, result.summary()
+    assert result.landed, result.summary()
+    first, restarted = result.notes["probes"]
+    assert first == {}  # nothing to probe at the first start
+    assert restarted.get("ok", 0) >= 1, result.summary()
+    assert set(restarted) == {"ok"}, result.summary()
