@@ -15,7 +15,7 @@ _PROBLEM = sandbox_problem()
 if _PROBLEM is not None and os.environ.get("REQUIRE_SSH_HOSTS") == "1":
     raise RuntimeError(f"REQUIRE_SSH_HOSTS=1 but sandbox VMs cannot run here: {_PROBLEM}")
 
-_CHOSEN = os.environ.get("E2E_GUESTS", "")
-if _CHOSEN not in ("", "light", "sandbox"):
+_CHOSEN = os.environ.get("E2E_GUESTS") or ("sandbox" if _PROBLEM is None else "light")
+if _CHOSEN not in ("light", "sandbox"):
     raise RuntimeError(f"E2E_GUESTS={_CHOSEN!r}: light or sandbox")
-GUESTS: GuestKind = cast(GuestKind, _CHOSEN) or ("sandbox" if _PROBLEM is None else "light")
+GUESTS = cast(GuestKind, _CHOSEN)
