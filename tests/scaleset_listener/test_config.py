@@ -71,6 +71,8 @@ def test_bad_durations_are_refused(text: str) -> None:
         ('RUNNERS=[{"name": "a", "flavour": "x"}]', "RUNNERS[0].flavour: unknown setting"),
         ("RUNNERS=not json", "RUNNERS"),
         ("GITHUB_URL=https://github.com/a/b/c", "GITHUB_URL:"),
+        ("VM_SSH_PORT=0", "VM_SSH_PORT:"),
+        ("VM_SSH_PORT=65536", "VM_SSH_PORT:"),
         ("GITHUB_APP_ID=12", "GitHub App auth is incomplete: missing GITHUB_APP_INSTALLATION_ID"),
     ],
 )

@@ -139,10 +139,16 @@ def github_overrides() -> dict[str, Any]:
 
 
 @pytest.fixture
+def fleet_config() -> SandboxConfig:
+    return FAST_SANDBOX
+
+
+@pytest.fixture
 def world(
     guest_kind: str,
     github_sim_factory: GitHubSimFactory,
     github_overrides: dict[str, Any],
+    fleet_config: SandboxConfig,
 ) -> Iterator[World]:
     github = github_sim_factory(**github_overrides)
     actions = Actions(github)
@@ -150,7 +156,7 @@ def world(
     session = actions.create_session(scale_set_id)
     with run_in_thread(FAST_CLOUD.copy()) as cloud:
         nova = Nova(cloud)
-        fleet = make_fleet(guest_kind, github.base_url, cloud.base_url)
+        fleet = make_fleet(guest_kind, github.base_url, cloud.base_url, fleet_config)
         with fleet:
             yield World(github, cloud, nova, actions, scale_set_id, session, fleet, guest_kind)
         nova.close()
