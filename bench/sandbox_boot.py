@@ -1,14 +1,16 @@
-"""Sandbox VMs: how fast N of them boot the real bootstrap, what they cost, how fast they go.
+"""Sandbox VMs (or light guests): how fast N of them boot the real bootstrap, what they cost,
+how fast they go.
 
-    .venv/bin/python bench/sandbox_boot.py --vms 20
+    .venv/bin/python bench/sandbox_boot.py --vms 20 [--guest sandbox|light]
 
 N servers are created at once through the real OpenStack provisioner, each with the real
 rendered bootstrap and its own JIT config; the sandbox fleet boots one VM per server (namespaces,
 overlay root, sshd, user_data, stub runner download). Measured: from the create call to each
 VM's `setup-complete` and `connected` events (the slowest and the median), the memory of all VM
 processes once every runner is connected (sum of PSS, so shared pages count once), then the
-time to delete every server and see every VM's processes gone. Root and namespaces needed.
-The simulators run in this process (threads).
+time to delete every server and see every VM's processes gone. Sandbox VMs need root and
+namespaces; light guests do not (their sshd is a thread of this process: not in the PSS). The
+simulators run in this process (threads).
 """
 
 from __future__ import annotations
@@ -43,8 +45,13 @@ from simulator.openstack.state import (
     IMAGE_NAME,
     NETWORK_NAME,
 )
-from simulator.sandbox import SandboxConfig, SandboxFleet, sandbox_problem
-from simulator.sandbox.vm import processes_in_namespace
+from simulator.sandbox import (
+    LightFleet,
+    SandboxConfig,
+    SandboxFleet,
+    light_problem,
+    sandbox_problem,
+)
 
 LABEL = "bench"
 
@@ -120,7 +127,8 @@ async def _jit_configs(github_url: str, pat: str, scale_set_id: int, names: list
         ]
 
 
-def run(vms: int) -> dict[str, object]:
+def run(vms: int, guest: str = "sandbox") -> dict[str, object]:
+    kind = LightFleet if guest == "light" else SandboxFleet
     with (
         run_github(SimulatorConfig(long_poll_timeout=0.2)) as github,
         run_cloud(
@@ -128,7 +136,7 @@ def run(vms: int) -> dict[str, object]:
                 build_delay=0.2, delete_delay=0.2, quotas=Quotas(instances=-1, cores=-1, ram=-1)
             )
         ) as cloud,
-        SandboxFleet(github.base_url, cloud.base_url, SandboxConfig()) as fleet,
+        kind(github.base_url, cloud.base_url, SandboxConfig()) as fleet,
     ):
         scale_set = github.control.create_scale_set(LABEL, labels=[LABEL])
         names = [f"{LABEL}-{k:04d}" for k in range(vms)]
@@ -161,8 +169,7 @@ def run(vms: int) -> dict[str, object]:
         all_connected = time.monotonic() - started
         setup = sorted(e.time - wall for e in fleet.events if e.what == "setup-complete")
         connected = sorted(e.time - wall for e in fleet.events if e.what == "connected")
-        namespaces = [fleet.sandbox_vm(name).pid_namespace or "" for name in names]
-        pids = [pid for ns in namespaces for pid in processes_in_namespace(ns)]
+        pids = [pid for name in names for pid in fleet.vm_processes(name)]
         pss = _pss_kib(pids)
         deleting = time.monotonic()
         for server_id in ids:
@@ -171,10 +178,11 @@ def run(vms: int) -> dict[str, object]:
             lambda: sum(e.what == "runner-killed" for e in fleet.events) == vms,
             timeout=60 + vms,
         )
-        gone = all(not processes_in_namespace(ns) for ns in namespaces)
+        gone = all(not fleet.vm_processes(name) for name in names)
         teardown = time.monotonic() - deleting
         nova.http.close()
     return {
+        "guest": guest,
         "vms": vms,
         "seconds_to_all_connected": round(all_connected, 2),
         "setup_complete_median_s": round(statistics.median(setup), 2),
@@ -191,12 +199,13 @@ def run(vms: int) -> dict[str, object]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--vms", type=int, default=20, help="servers created at once")
+    parser.add_argument("--guest", choices=("sandbox", "light"), default="sandbox")
     args = parser.parse_args(argv)
-    problem = sandbox_problem()
+    problem = sandbox_problem() if args.guest == "sandbox" else light_problem()
     if problem is not None:
-        print(f"sandbox VMs cannot run here: {problem}", file=sys.stderr)
+        print(f"{args.guest} guests cannot run here: {problem}", file=sys.stderr)
         return 2
-    print(json.dumps(run(args.vms)))
+    print(json.dumps(run(args.vms, args.guest)))
     return 0
 
 
