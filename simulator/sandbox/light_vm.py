@@ -38,7 +38,7 @@ from simulator.sandbox.vm import (
     SBIN_PATH,
     STOP_TIMEOUT,
     USER_DATA_PATH,
-    ConsoleReader,
+    GuestDirectory,
     VmSpec,
     power_stubs,
 )
@@ -133,7 +133,7 @@ def _host_path() -> str:
     return os.environ.get("PATH") or SBIN_PATH
 
 
-class LightVm:
+class LightVm(GuestDirectory):
     """A started light guest; `kill()` ends it. The same face as `SandboxVm`."""
 
     def __init__(
@@ -145,17 +145,13 @@ class LightVm:
         runner_user: str,
         provide_curl: bool,
     ) -> None:
+        super().__init__(vm_dir)
         self.spec = spec
-        self.dir = vm_dir
         self.root = vm_dir / "root"
-        self.console_path = vm_dir / "console"
-        self.output_log_path = vm_dir / "cloud-init-output.log"
-        self.power_dir = vm_dir / "power"
         self.session_file = vm_dir / "session"
         self._login_user = login_user
         self._runner_user = runner_user
         self._provide_curl = provide_curl
-        self._console = ConsoleReader(self.console_path)
         self._process: subprocess.Popen[bytes] | None = None
         self._sshd: GuestSSHServer | None = None
         self._sshd_state: str | None = None
@@ -236,15 +232,6 @@ class LightVm:
 
     def sshd_state(self) -> str | None:
         return self._sshd_state
-
-    def powered_off(self) -> bool:
-        return (self.power_dir / "poweroff").exists()
-
-    def new_console_lines(self) -> list[str]:
-        return self._console.new_lines()
-
-    def output_log(self) -> str:
-        return self.output_log_path.read_text(errors="replace")
 
     def start_errors(self) -> str:
         return "; ".join(self._errors)

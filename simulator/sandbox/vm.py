@@ -132,16 +132,34 @@ class VmSpec:
     files: dict[str, tuple[str, int]] = field(default_factory=dict)
 
 
-class SandboxVm:
-    """A started VM; `kill()` ends it."""
+class GuestDirectory:
+    """The host-side files of one guest (sandbox VM or light guest) in its directory: what it
+    writes to its console, its cloud-init-output.log and its power-off record in `power/`."""
 
-    def __init__(self, spec: VmSpec, vm_dir: Path) -> None:
-        self.spec = spec
+    def __init__(self, vm_dir: Path) -> None:
         self.dir = vm_dir
         self.console_path = vm_dir / "console"
         self.output_log_path = vm_dir / "cloud-init-output.log"
         self.power_dir = vm_dir / "power"
         self._console = ConsoleReader(self.console_path)
+
+    def powered_off(self) -> bool:
+        return (self.power_dir / "poweroff").exists()
+
+    def new_console_lines(self) -> list[str]:
+        """Complete lines written to the VM's console since the last call."""
+        return self._console.new_lines()
+
+    def output_log(self) -> str:
+        return self.output_log_path.read_text(errors="replace")
+
+
+class SandboxVm(GuestDirectory):
+    """A started VM; `kill()` ends it."""
+
+    def __init__(self, spec: VmSpec, vm_dir: Path) -> None:
+        super().__init__(vm_dir)
+        self.spec = spec
         self._process: subprocess.Popen[bytes] | None = None
         self.init_pid: int | None = None
         self.pid_namespace: str | None = None
@@ -235,16 +253,6 @@ class SandboxVm:
             return (self.power_dir / "sshd").read_text().strip() or None
         except FileNotFoundError:
             return None
-
-    def powered_off(self) -> bool:
-        return (self.power_dir / "poweroff").exists()
-
-    def new_console_lines(self) -> list[str]:
-        """Complete lines written to the VM's /dev/console since the last call."""
-        return self._console.new_lines()
-
-    def output_log(self) -> str:
-        return self.output_log_path.read_text(errors="replace")
 
     def start_errors(self) -> str:
         path = self.dir / "start.err"
