@@ -59,6 +59,7 @@ def _env_file(
     settings.update(
         ENABLE_RECONCILIATION="true",
         IDLE_RUNNER_TIMEOUT="5s",
+        SESSION_CONFLICT_RETRY_INTERVAL="1s",
         RUNNER_DEREGISTRATION_TIMEOUT="5s",
         VM_TRACKER_INTERVAL="10s",
         RETRY_MAX_WAIT="1s",
@@ -135,10 +136,54 @@ def _wait(
             log.changed.wait(timeout=min(1.0, remaining))
 
 
-def _phase_seconds(log: ListenerLog) -> dict[str, float]:
-    """Mean seconds per lifecycle phase, from the listener's runner_state events."""
+def _kill_and_restart(
+    listener: ListenerProcess,
+    env_file: Path,
+    running: int,
+    world: tuple[RunningSimulator, RunningCloud],
+) -> ListenerProcess:
+    """SIGKILL the listener once `running` jobs run, start it again: its startup reconciliation
+    finds the VMs, probes them over SSH and adopts those whose runners still work."""
+    sim, _ = world
+
+    def jobs_running(state: dict[str, Any]) -> bool:
+        busy: int = sum(j["state"] == "running" for j in state["jobs"])
+        return busy >= running
+
+    sim.control.wait_for_state(jobs_running, timeout=120)
+    print(
+        f"--kill-listener: SIGKILL the listener (pid {listener.pid}) with jobs running", flush=True
+    )
+    listener.kill()
+    restarted = ListenerProcess(env_file)
+    print(
+        f"--kill-listener: restarted (pid {restarted.pid}); its startup reconciliation probes "
+        "the VMs it finds over SSH",
+        flush=True,
+    )
+    summary = restarted.log.wait_event("reconcile_summary", timeout=120)
+    counts = {name: n for name, n in summary.get("counts", {}).items() if n}
+    print(f"--kill-listener: reconciled {counts}, probes {summary.get('probes')}", flush=True)
+    return restarted
+
+
+def _reconciled(log: ListenerLog) -> dict[str, Any]:
+    """What the restarted listener's startup reconciliation decided."""
+    events = log.named("reconcile_summary")
+    counts: dict[str, int] = events[0].get("counts", {}) if events else {}
+    adopted = sum(n for name, n in counts.items() if name.startswith("adopt"))
+    return {
+        "listener_restarts": 1,
+        "vms_adopted": adopted,
+        "vms_reconciled": {name: n for name, n in counts.items() if n},
+        "probes": events[0].get("probes", {}) if events else {},
+    }
+
+
+def _phase_seconds(logs: list[ListenerLog]) -> dict[str, float]:
+    """Mean seconds per lifecycle phase, from the listeners' runner_state events."""
     spent: dict[str, list[float]] = {}
-    for event in log.named("runner_state"):
+    for event in (e for log in logs for e in log.named("runner_state")):
         if "previous" in event and "seconds_in_previous" in event:
             spent.setdefault(event["previous"], []).append(float(event["seconds_in_previous"]))
     return {phase: round(sum(values) / len(values), 2) for phase, values in spent.items()}
@@ -151,12 +196,17 @@ def run_demo(
     keep: bool,
     as_json: bool,
     guest: str = "auto",
+    kill_listener: bool = False,
 ) -> int:
     started = time.monotonic()
     rng = random.Random(7)
     kind, why = choose_guest(guest)
+    # A SIGKILLed listener cannot delete its session: GitHub drops it once unseen for a while.
+    github_config = SimulatorConfig(
+        long_poll_timeout=5.0, session_abandon_timeout=3.0 if kill_listener else None
+    )
     with (
-        run_github(SimulatorConfig(long_poll_timeout=5.0)) as sim,
+        run_github(github_config) as sim,
         run_cloud(CloudConfig(build_delay=1.0, delete_delay=0.5)) as cloud,
         _guests(kind, sim, cloud) as fleet,
         tempfile.TemporaryDirectory() as scratch,
@@ -166,6 +216,7 @@ def run_demo(
         print(f"guests: {kind} ({why})")
         print(f"listener: scaleset-listener run --env-file {env_file}", flush=True)
         listener = ListenerProcess(env_file)
+        listeners = [listener]
         log = listener.log
         world = (sim, cloud)
         try:
@@ -183,6 +234,14 @@ def run_demo(
                 deadline = time.monotonic() + rng.uniform(0.5, 2.0)
                 _wait(lambda d=deadline: time.monotonic() >= d, 5, "pause", started, world, log)
 
+            if kill_listener:
+                listener = _kill_and_restart(listener, env_file, min(3, max_runners), world)
+                listeners.append(listener)
+                log = listener.log
+                _wait(
+                    lambda: bool(log.named("session_created")), 60, "session", started, world, log
+                )
+
             def all_served() -> bool:
                 done = [j for j in sim.control.state()["jobs"] if j["state"] == "completed"]
                 return len(done) == jobs
@@ -196,6 +255,9 @@ def run_demo(
                     listener.wait(timeout=None)
         finally:
             exit_code = listener.stop(timeout=30)
+            for earlier in listeners[:-1]:
+                if earlier.running:
+                    earlier.kill()
         github_state = sim.control.state()
         cloud_state = cloud.control.state()
         counters = fleet.counters
@@ -206,23 +268,28 @@ def run_demo(
         "vms_created": counters.seen,
         "vms_deleted": counters.seen - len(cloud_state["servers"]),
         "peak_desired_runners": max(
-            (e["desired"] for e in log.named("desired_runners")), default=0
+            (e["desired"] for p in listeners for e in p.log.named("desired_runners")), default=0
         ),
         "leaked_vms": len(cloud_state["servers"]),
         "leaked_registrations": len(github_state["runners"]),
         "messages_acked": github_state["counters"].get("messages_acked", 0),
         "messages_created": github_state["counters"].get("messages_created", 0),
-        "seconds_per_phase": _phase_seconds(log),
+        "seconds_per_phase": _phase_seconds([p.log for p in listeners]),
         "listener_exit_code": exit_code,
         "guests": kind,
         "seconds": round(time.monotonic() - started, 1),
     }
+    if kill_listener:
+        summary |= _reconciled(listener.log)
     ok = (
         exit_code == 0
         and summary["jobs_served"] == jobs
         and summary["leaked_vms"] == 0
         and summary["leaked_registrations"] == 0
         and summary["messages_acked"] == summary["messages_created"]
+        # After the kill, the restart found the VMs and adopted them (all of them: every job
+        # still succeeded) after probing them over SSH.
+        and (not kill_listener or summary["vms_adopted"] > 0)
     )
     summary["ok"] = ok
     print(
@@ -248,6 +315,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="leave everything running at the end")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON last")
     parser.add_argument(
+        "--kill-listener",
+        action="store_true",
+        help="SIGKILL the listener while jobs run and start it again: its startup "
+        "reconciliation probes the VMs over SSH and adopts them, and every job still succeeds",
+    )
+    parser.add_argument(
         "--guest",
         choices=GUESTS,
         default="auto",
@@ -259,7 +332,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--jobs and --max-runners must be at least 1")
     if args.job_seconds < 2.0:
         parser.error("--job-seconds must be at least 2")
-    return run_demo(args.jobs, args.job_seconds, args.max_runners, args.keep, args.json, args.guest)
+    return run_demo(
+        args.jobs,
+        args.job_seconds,
+        args.max_runners,
+        args.keep,
+        args.json,
+        args.guest,
+        kill_listener=args.kill_listener,
+    )
 
 
 if __name__ == "__main__":

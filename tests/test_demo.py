@@ -44,3 +44,44 @@ def test_the_demo_serves_every_job_on_its_own_vm_and_leaks_nothing(guest: str) -
     expected = "sandbox" if guest == "auto" and sandbox_problem() is None else "light"
     assert summary["guests"] == expected
     assert set(summary["seconds_per_phase"]) >= {"creating", "booting", "busy"}
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("guest", ["light", "auto"])
+def test_with_kill_listener_the_restart_probes_and_adopts_the_busy_vms(guest: str) -> None:
+    """The listener is SIGKILLed while jobs run; the restarted one's startup reconciliation
+    probes the VMs it finds over SSH (the light guests' paramiko sshd, or a sandbox VM's
+    OpenSSH), adopts the busy ones, and every job still succeeds."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scaleset_listener",
+            "demo",
+            "--jobs",
+            "4",
+            "--job-seconds",
+            "6",
+            "--max-runners",
+            "2",
+            "--json",
+            "--guest",
+            guest,
+            "--kill-listener",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=140,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["ok"] is True
+    assert summary["jobs_served"] == 4
+    assert (summary["leaked_vms"], summary["leaked_registrations"]) == (0, 0)
+    assert summary["listener_restarts"] == 1
+    # Killed once two jobs ran: both their VMs were found, probed and adopted busy.
+    assert summary["vms_reconciled"].get("adopt_busy", 0) >= 1, summary
+    assert summary["vms_adopted"] >= 1, summary
+    assert summary["probes"].get("ok", 0) >= 1, summary
+    assert "--kill-listener: SIGKILL the listener" in result.stdout
