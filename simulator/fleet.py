@@ -1,9 +1,11 @@
-"""A light guest fleet: it plays the VMs of the simulated cloud against the simulated GitHub.
+"""The scripted fleet: it plays the VMs of the simulated cloud against the simulated GitHub.
 
 The simulated cloud (`simulator.openstack`) only keeps servers' records; nothing boots them. The
 fleet watches the cloud's servers and, for each one whose user_data is the listener's bootstrap
-(a `JIT_CONFIG=<shell-quoted>` line), does what the real bootstrap does on a real VM
-(docs/bootstrap.md):
+(a `JIT_CONFIG=<shell-quoted>` line), plays in Python what the real bootstrap does on a real VM
+(docs/bootstrap.md), running nothing: fast enough for the scaler's tests with many VMs. The
+guests that run the real bootstrap (sandbox VMs, light guests) are `simulator.sandbox`; both
+kinds build on `GuestFleet` below.
 
 * when the server is ACTIVE it "boots" for `boot_seconds`, prints
   `SCALESET-RUNNER setup-complete runner=<name>` on the console and starts the runner: the
