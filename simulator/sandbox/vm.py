@@ -248,11 +248,18 @@ class SandboxVm(GuestDirectory):
         return processes_in_namespace(self.pid_namespace)
 
     def sshd_state(self) -> str | None:
-        """None until the VM's init has started sshd; then `ok` or `failed <code>`."""
+        """None until the VM's sshd listens; then `ok`, or `failed <code>` if it did not start."""
         try:
-            return (self.power_dir / "sshd").read_text().strip() or None
+            state = (self.power_dir / "sshd").read_text().strip() or None
         except FileNotFoundError:
             return None
+        # sshd daemonizes before it binds its socket, so its exit status comes first.
+        if (
+            state == "ok"
+            and proc_net_key(self.spec.address, self.spec.port) not in listening_keys()
+        ):
+            return None
+        return state
 
     def start_errors(self) -> str:
         path = self.dir / "start.err"
