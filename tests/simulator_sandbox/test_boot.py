@@ -65,6 +65,7 @@ def test_a_vm_runs_the_real_bootstrap_one_job_and_powers_off(world: World) -> No
 
 
 def test_nova_reports_the_vms_loopback_address(world: World) -> None:
+    world.fleet.behave("runner-1", "hang")  # sshd only: the bootstrap would reload it meanwhile
     server_id = world.boot("runner-1")
     world.fleet.wait_for_event("sshd-started", "runner-1", timeout=30)
     vm = world.fleet.sandbox_vm("runner-1")
