@@ -285,7 +285,7 @@ def shell_assignment(script: str, name: str) -> str | None:
     return token if token is not None else ""
 
 
-def _keygen(path: Path, comment: str) -> tuple[str, str]:
+def write_key_pair(path: Path, comment: str) -> tuple[str, str]:
     """A fresh ed25519 key pair in OpenSSH formats, written to `path` and `path.pub`."""
     key = Ed25519PrivateKey.generate()
     private = key.private_bytes(Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption()).decode()
@@ -337,7 +337,7 @@ class SandboxFleet(GuestFleet[_Vm]):
         (self.root / "keys").mkdir(exist_ok=True)
         self.client_key_path = self.root / "keys" / "client_ed25519"
         if not self.client_key_path.exists():
-            _keygen(self.client_key_path, "scaleset-sandbox-client")
+            write_key_pair(self.client_key_path, "scaleset-sandbox-client")
         self.client_public_key = self.client_key_path.with_suffix(".pub").read_text().strip()
         self.tarball = build_runner_tarball()
         self._downloads = DownloadServer(self.tarball)
@@ -688,7 +688,7 @@ class SandboxFleet(GuestFleet[_Vm]):
             key_path = vm_dir / "ssh_host_ed25519_key"
             key_path.unlink(missing_ok=True)
             key_path.with_suffix(".pub").unlink(missing_ok=True)
-            vm.host_key_private, vm.host_key_public = _keygen(key_path, vm.name)
+            vm.host_key_private, vm.host_key_public = write_key_pair(key_path, vm.name)
         files: dict[str, tuple[str, int]] = {}
         if behaviour.failure in ("crash", "wedge"):
             files[BEHAVIOUR_PATH] = (

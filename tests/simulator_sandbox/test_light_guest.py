@@ -11,7 +11,7 @@ import pytest
 
 from provisioners.ssh import ProbeOutcome, ProbeResult, SSHProbeConfig, SSHProber
 from simulator.sandbox import SandboxConfig
-from simulator.sandbox.fleet import _keygen
+from simulator.sandbox.fleet import write_key_pair
 from tests.simulator_sandbox.conftest import FAST_SANDBOX, LABEL, World
 
 SENTINELS = "var/lib/scaleset-runner"
@@ -50,7 +50,7 @@ async def test_the_sshd_lets_in_only_the_login_user_with_the_fleets_key(world: W
     world.fleet.wait_for_event("sshd-started", "runner-1", timeout=30)
     with tempfile.TemporaryDirectory() as scratch:
         other_key = Path(scratch) / "other"
-        _keygen(other_key, "someone-else")
+        write_key_pair(other_key, "someone-else")
 
         wrong_user = await _probe(world, "runner-1", user="someone-else")
         wrong_key = await _probe(world, "runner-1", key=other_key)
