@@ -219,18 +219,11 @@ def run_trial(
             code = final.stop(timeout=20)
             if code != 0:
                 result.violations.append(Violation("exit_code", f"final listener exited {code}"))
+            reconciles = [e for p in world.listeners for e in p.log.named("reconcile_summary")]
             result.notes |= {
                 "listeners": len(world.listeners),
-                "reconciled": [
-                    e.get("counts")
-                    for p in world.listeners
-                    for e in p.log.named("reconcile_summary")
-                ],
-                "probes": [
-                    e.get("probes")
-                    for p in world.listeners
-                    for e in p.log.named("reconcile_summary")
-                ],
+                "reconciled": [e.get("counts") for e in reconciles],
+                "probes": [e.get("probes") for e in reconciles],
                 "peak_servers": world.peak_servers(),
             }
         except Exception as exc:  # noqa: BLE001 - a trial reports, the soak goes on

@@ -7,10 +7,10 @@ stub runner that takes one job with the JIT config, runs it and powers the VM of
 startup reconciliation is on and probes the VMs over SSH. Sandbox VMs (own namespaces, OpenSSH
 sshd on port 22) where the machine allows them (root, namespaces), else light guests (a
 directory and a process session per VM, a paramiko sshd on port 2222): `--guest` chooses. It
-writes a temporary env file,
-runs `scaleset-listener run` as a subprocess exactly as a user would, queues a stream of jobs,
-shows progress and ends with a summary that checks the outcome: every job served, every VM and
-registration gone.
+writes a temporary env file, runs `scaleset-listener run` as a subprocess exactly as a user
+would, queues a stream of jobs, shows progress and ends with a summary that checks the outcome:
+every job served, every VM and registration gone. `--kill-listener` SIGKILLs the listener while
+jobs run and starts it again, so its startup reconciliation has VMs to probe and adopt.
 """
 
 from __future__ import annotations
@@ -161,9 +161,12 @@ def _kill_and_restart(
         "the VMs it finds over SSH",
         flush=True,
     )
-    summary = restarted.log.wait_event("reconcile_summary", timeout=120)
-    counts = {name: n for name, n in summary.get("counts", {}).items() if n}
-    print(f"--kill-listener: reconciled {counts}, probes {summary.get('probes')}", flush=True)
+    restarted.log.wait_event("reconcile_summary", timeout=120)
+    found = _reconciled(restarted.log)
+    print(
+        f"--kill-listener: reconciled {found['vms_reconciled']}, probes {found['probes']}",
+        flush=True,
+    )
     return restarted
 
 

@@ -71,7 +71,6 @@ from simulator.sandbox.light_vm import (
     current_user,
     host_has_downloader,
     light_problem,
-    light_user_data,
 )
 from simulator.sandbox.runner_stub import BEHAVIOUR_PATH, build_runner_tarball
 from simulator.sandbox.vm import FAILING_CURL, SBIN_PATH, SandboxVm, VmSpec
@@ -787,27 +786,11 @@ class LightFleet(SandboxFleet):
         return None if problem is None else f"light guests cannot run here: {problem}"
 
     def _machine(self, vm: _Vm, spec: VmSpec, vm_dir: Path) -> tuple[GuestMachine, bool]:
-        runs = spec.user_data is not None
-        if spec.user_data is not None and (
-            light_user_data(spec.user_data, vm_dir, vm_dir, self.login_user) is None
-        ):
-            runs = False
-            with self._cond:
-                self._record(
-                    vm.name,
-                    "error",
-                    "user_data is not the default bootstrap (no ROOT=, CONSOLE= or RUNNER_USER= "
-                    "line): a light guest does not run it",
-                    errors=1,
-                )
         provide_curl = self.config.provide_curl
         if provide_curl is None:
             provide_curl = not host_has_downloader()
-        guest = LightVm(
-            spec,
-            vm_dir,
-            login_user=self.login_user,
-            runner_user=self.login_user,
-            provide_curl=provide_curl,
-        )
-        return guest, runs
+        guest = LightVm(spec, vm_dir, user=self.login_user, provide_curl=provide_curl)
+        if guest.start_errors():
+            with self._cond:
+                self._record(vm.name, "error", guest.start_errors(), errors=1)
+        return guest, guest.runs_user_data

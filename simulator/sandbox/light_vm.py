@@ -40,12 +40,16 @@ from simulator.sandbox.vm import (
     USER_DATA_PATH,
     GuestDirectory,
     VmSpec,
-    power_stubs,
+    image_files,
+    processes_where,
+    write_files,
 )
 
 COMMAND_TIMEOUT = 30.0
-# The top-level assignments of the default bootstrap that a light guest points at its VM.
-_REWRITTEN = ("ROOT", "CONSOLE", "RUNNER_USER")
+NOT_THE_DEFAULT_BOOTSTRAP = (
+    "user_data is not the default bootstrap (no ROOT=, CONSOLE= or RUNNER_USER= line): a light "
+    "guest does not run it"
+)
 
 PGREP_SHIM = """\
 #!/bin/sh
@@ -119,8 +123,8 @@ def light_user_data(user_data: str, root: Path, console: Path, runner_user: str)
     """The bootstrap with its ROOT, CONSOLE and RUNNER_USER lines pointed at the VM, or None when
     it lacks one of them (not the default template: running it could write to the host)."""
     script = user_data
-    for name in _REWRITTEN:
-        value = {"ROOT": str(root), "CONSOLE": str(console), "RUNNER_USER": runner_user}[name]
+    values = {"ROOT": str(root), "CONSOLE": str(console), "RUNNER_USER": runner_user}
+    for name, value in values.items():
         pattern = re.compile(rf"^{name}=[^\n]*$", re.MULTILINE)
         found = pattern.search(script)
         if found is None:
@@ -134,28 +138,28 @@ def _host_path() -> str:
 
 
 class LightVm(GuestDirectory):
-    """A started light guest; `kill()` ends it. The same face as `SandboxVm`."""
+    """A light guest; `start()` boots it, `kill()` ends it. The same face as `SandboxVm`.
 
-    def __init__(
-        self,
-        spec: VmSpec,
-        vm_dir: Path,
-        *,
-        login_user: str,
-        runner_user: str,
-        provide_curl: bool,
-    ) -> None:
+    `user` is the simulator's own: the probe logs in as it and the runner runs as it."""
+
+    def __init__(self, spec: VmSpec, vm_dir: Path, *, user: str, provide_curl: bool) -> None:
         super().__init__(vm_dir)
         self.spec = spec
         self.root = vm_dir / "root"
         self.session_file = vm_dir / "session"
-        self._login_user = login_user
-        self._runner_user = runner_user
+        self._user = user
         self._provide_curl = provide_curl
+        self._script = (
+            None
+            if spec.user_data is None
+            else light_user_data(spec.user_data, self.root, self.console_path, user)
+        )
+        self._error = (
+            NOT_THE_DEFAULT_BOOTSTRAP if spec.user_data is not None and self._script is None else ""
+        )
         self._process: subprocess.Popen[bytes] | None = None
         self._sshd: GuestSSHServer | None = None
         self._sshd_state: str | None = None
-        self._errors: list[str] = []
         self.init_pid: int | None = None
         self.pid_namespace: str | None = None  # the host's: a light guest has none of its own
 
@@ -168,20 +172,11 @@ class LightVm(GuestDirectory):
         self.output_log_path.touch()
         self._write_image()
         self._start_sshd()
-        if self.spec.user_data is None:
-            return  # cloud-init never gets to the user_data (a hang)
-        script = light_user_data(
-            self.spec.user_data, self.root, self.console_path, self._runner_user
-        )
-        if script is None:
-            self._errors.append(
-                "user_data is not the default bootstrap (no ROOT=, CONSOLE= or RUNNER_USER= "
-                "line): a light guest does not run it"
-            )
-            return
+        if self._script is None:
+            return  # cloud-init never gets to the user_data (a hang), or it is not run here
         path = self.root / USER_DATA_PATH.lstrip("/")
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(script)
+        path.write_text(self._script)
         path.chmod(0o700)
         with self.output_log_path.open("ab") as output:
             self._process = subprocess.Popen(  # noqa: S603 (the guest's own user_data)
@@ -233,23 +228,18 @@ class LightVm(GuestDirectory):
     def sshd_state(self) -> str | None:
         return self._sshd_state
 
-    def start_errors(self) -> str:
-        return "; ".join(self._errors)
-
     @property
-    def ssh_server(self) -> GuestSSHServer | None:
-        return self._sshd
+    def runs_user_data(self) -> bool:
+        return self._script is not None
+
+    def start_errors(self) -> str:
+        return self._error
 
     # ------------------------------------------------------------------ internals
 
     def _write_image(self) -> None:
         spec = self.spec
-        files: dict[str, tuple[str, int]] = {
-            "etc/ssh/ssh_host_ed25519_key": (spec.host_key_private.strip() + "\n", 0o600),
-            "etc/ssh/ssh_host_ed25519_key.pub": (spec.host_key_public.strip() + "\n", 0o644),
-            "etc/hostname": (spec.name + "\n", 0o644),
-            **power_stubs(str(self.power_dir / "poweroff"), "/usr/local/sbin"),
-        }
+        files = image_files(spec, str(self.power_dir / "poweroff"))
         pgrep = shutil.which("pgrep", path=_host_path())
         if pgrep is not None:
             files["usr/local/bin/pgrep"] = (
@@ -261,11 +251,7 @@ class LightVm(GuestDirectory):
         if self._provide_curl:
             files["usr/local/bin/curl"] = (CURL_SHIM, 0o755)
         files.update({path.lstrip("/"): item for path, item in spec.files.items()})
-        for relative, (content, mode) in files.items():
-            path = self.root / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(content)
-            path.chmod(mode)
+        write_files(self.root, files)
         for home in ("root", "home"):
             (self.root / home).mkdir(exist_ok=True)
 
@@ -275,7 +261,7 @@ class LightVm(GuestDirectory):
             self.spec.port,
             self.spec.host_key_private,
             self.spec.authorized_keys.splitlines(),
-            self._login_user,
+            self._user,
             self._run_command,
         )
         try:
@@ -336,14 +322,11 @@ def _bytes(data: bytes | str | None) -> bytes:
 
 def processes_in_session(session_id: int) -> list[int]:
     """Host pids of the live (not zombie) processes whose session is `session_id`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            # After the parenthesised command name: state, ppid, pgrp, session, ...
-            fields = stat[stat.rindex(")") + 2 :].split()
-            if int(fields[3]) == session_id and fields[0] != "Z":
-                found.append(int(entry))
-    return found
+
+    def live_in_session(pid: int) -> bool:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        # After the parenthesised command name: state, ppid, pgrp, session, ...
+        fields = stat[stat.rindex(")") + 2 :].split()
+        return int(fields[3]) == session_id and fields[0] != "Z"
+
+    return processes_where(live_in_session)

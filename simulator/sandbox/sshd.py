@@ -101,12 +101,6 @@ class GuestSSHServer:
         self._thread: threading.Thread | None = None
         self._transports: set[paramiko.Transport] = set()
         self._lock = threading.Lock()
-        self.connections = 0
-        self.commands = 0
-
-    @property
-    def host_key_public(self) -> str:
-        return f"{self._host_key.get_name()} {self._host_key.get_base64()}"
 
     def start(self) -> None:
         owner = self
@@ -146,8 +140,6 @@ class GuestSSHServer:
 
     def _serve(self, sock: socket.socket) -> None:
         sock.settimeout(HANDSHAKE_TIMEOUT)
-        with self._lock:
-            self.connections += 1
         transport = paramiko.Transport(sock)
         transport.set_log_channel(_PARAMIKO_LOG)
         transport.add_server_key(self._host_key)
@@ -171,8 +163,6 @@ class GuestSSHServer:
         with channel:
             if not interface.command_ready.wait(HANDSHAKE_TIMEOUT) or interface.command is None:
                 return
-            with self._lock:
-                self.commands += 1
             command = interface.command.decode("utf-8", "replace")
             result = self._run_command(command)
             if result.stdout:

@@ -32,6 +32,7 @@ import shutil
 import signal
 import socket
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,14 +142,24 @@ class GuestDirectory:
         self.console_path = vm_dir / "console"
         self.output_log_path = vm_dir / "cloud-init-output.log"
         self.power_dir = vm_dir / "power"
-        self._console = ConsoleReader(self.console_path)
+        self._console_offset = 0
+        self._console_rest = b""
 
     def powered_off(self) -> bool:
         return (self.power_dir / "poweroff").exists()
 
     def new_console_lines(self) -> list[str]:
         """Complete lines written to the VM's console since the last call."""
-        return self._console.new_lines()
+        try:
+            with self.console_path.open("rb") as console:
+                console.seek(self._console_offset)
+                chunk = console.read()
+        except FileNotFoundError:
+            return []
+        self._console_offset += len(chunk)
+        data = self._console_rest + chunk
+        *lines, self._console_rest = data.split(b"\n")
+        return [line.decode("utf-8", "replace").rstrip("\r") for line in lines]
 
     def output_log(self) -> str:
         return self.output_log_path.read_text(errors="replace")
@@ -284,9 +295,7 @@ class SandboxVm(GuestDirectory):
                 SSHD_CONFIG.format(address=spec.address, port=spec.port),
                 0o644,
             ),
-            "etc/ssh/ssh_host_ed25519_key": (spec.host_key_private.strip() + "\n", 0o600),
-            "etc/ssh/ssh_host_ed25519_key.pub": (spec.host_key_public.strip() + "\n", 0o644),
-            "etc/hostname": (spec.name + "\n", 0o644),
+            **image_files(spec, SANDBOX_POWER_FILE),
             "etc/scaleset-sandbox/init": (
                 INIT_SCRIPT.format(
                     user_data=shlex.quote(USER_DATA_PATH), path=shlex.quote(CLOUD_INIT_PATH)
@@ -294,16 +303,11 @@ class SandboxVm(GuestDirectory):
                 0o755,
             ),
             "root/.ssh/authorized_keys": (spec.authorized_keys.strip() + "\n", 0o600),
-            **power_stubs(SANDBOX_POWER_FILE, "/usr/local/sbin"),
         }
         if spec.user_data is not None:
             files[USER_DATA_PATH.lstrip("/")] = (spec.user_data, 0o700)
         files.update({path.lstrip("/"): item for path, item in spec.files.items()})
-        for relative, (content, mode) in files.items():
-            path = seed / relative
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-            path.write_text(content)
-            path.chmod(mode)
+        write_files(seed, files)
         for directory in (seed / "root", seed / "root" / ".ssh"):
             directory.chmod(0o700)
 
@@ -344,47 +348,47 @@ class SandboxVm(GuestDirectory):
         return "\n".join(lines) + "\n"
 
 
-def power_stubs(power_file: str, sbin: str) -> dict[str, tuple[str, int]]:
-    """The guest's `systemctl`, `poweroff`, `shutdown`, `halt` and `reboot` (paths relative to
-    the guest's root, under `sbin`, which comes first in the guest's PATH): powering off appends
-    a line to `power_file`."""
+def image_files(spec: VmSpec, power_file: str) -> dict[str, tuple[str, int]]:
+    """What every guest's image holds before it boots (paths relative to its root): the host
+    key, installed before sshd starts as cloud-init's cc_ssh does, its hostname, and
+    `systemctl`, `poweroff`, `shutdown`, `halt` and `reboot` stubs in /usr/local/sbin (first
+    in the guest's PATH), which record a power-off by appending a line to `power_file`."""
     poweroff = POWEROFF_STUB.format(power_file=shlex.quote(power_file))
     stubs = {name: (poweroff, 0o755) for name in ("poweroff", "shutdown", "halt", "reboot")}
     stubs["systemctl"] = (SYSTEMCTL_STUB, 0o755)
-    return {f"{sbin.strip('/')}/{name}": item for name, item in stubs.items()}
+    return {
+        "etc/ssh/ssh_host_ed25519_key": (spec.host_key_private.strip() + "\n", 0o600),
+        "etc/ssh/ssh_host_ed25519_key.pub": (spec.host_key_public.strip() + "\n", 0o644),
+        "etc/hostname": (spec.name + "\n", 0o644),
+        **{f"usr/local/sbin/{name}": item for name, item in stubs.items()},
+    }
 
 
-class ConsoleReader:
-    """Reads the lines a guest appends to its console file, each complete line once."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._offset = 0
-        self._rest = b""
-
-    def new_lines(self) -> list[str]:
-        try:
-            with self.path.open("rb") as console:
-                console.seek(self._offset)
-                chunk = console.read()
-        except FileNotFoundError:
-            return []
-        self._offset += len(chunk)
-        data = self._rest + chunk
-        *lines, self._rest = data.split(b"\n")
-        return [line.decode("utf-8", "replace").rstrip("\r") for line in lines]
+def write_files(root: Path, files: dict[str, tuple[str, int]]) -> None:
+    """Write `files` (path relative to `root` -> (content, mode)) under `root`."""
+    for relative, (content, mode) in files.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        path.write_text(content)
+        path.chmod(mode)
 
 
-def processes_in_namespace(pid_namespace: str) -> list[int]:
-    """Host pids whose PID namespace is `pid_namespace` (a `pid:[inode]` link text)."""
+def processes_where(matches: Callable[[int], bool]) -> list[int]:
+    """Host pids for which `matches(pid)` holds; a process that ends meanwhile (OSError) is
+    left out."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         with contextlib.suppress(OSError):
-            if os.readlink(f"/proc/{entry}/ns/pid") == pid_namespace:
+            if matches(int(entry)):
                 found.append(int(entry))
     return found
+
+
+def processes_in_namespace(pid_namespace: str) -> list[int]:
+    """Host pids whose PID namespace is `pid_namespace` (a `pid:[inode]` link text)."""
+    return processes_where(lambda pid: os.readlink(f"/proc/{pid}/ns/pid") == pid_namespace)
 
 
 def _tool(name: str) -> str:
