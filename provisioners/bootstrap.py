@@ -53,9 +53,12 @@ SETUP_COMPLETE = "setup-complete"
 SETUP_FAILED = "setup-failed"
 RUNNER_STARTED = "runner-started"
 RUN_COMPLETE = "run-complete"
+# Console only: a pre-baked runner older than the wanted version is being replaced.
+RUNNER_UPDATE = "runner-update"
 MARKER_PREFIX = "SCALESET-RUNNER"
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_VERSION = re.compile(r"\d+\.\d+\.\d+")
 _USER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # `{arch}` is the only placeholder left for the VM; anything else in braces is a typo.
@@ -78,6 +81,18 @@ class UserDataTooLarge(BootstrapError):
         )
 
 
+# The runner builds a Linux VM can take, named as GitHub names them (`uname -m` picks one).
+RUNNER_ARCHITECTURES = ("x64", "arm64", "arm")
+
+
+@dataclass(frozen=True)
+class RunnerDownload:
+    """Where one architecture's runner tarball is and its SHA-256 (empty: not verified)."""
+
+    url: str
+    sha256: str = ""
+
+
 @dataclass(frozen=True)
 class BootstrapSpec:
     """What one VM's bootstrap needs. The documented template variables, plus sandbox knobs
@@ -86,10 +101,14 @@ class BootstrapSpec:
 
     runner_name: str
     jit_config: str = field(repr=False)
+    # The runner the VM must run: a pre-baked one older than this is replaced by a download.
     runner_version: str
     # May hold `{version}` (filled in here) and `{arch}` (x64/arm64/arm, filled in on the VM).
-    runner_download_url: str
+    runner_download_url: str = ""
     runner_sha256: str | None = None
+    # Per architecture, exact URLs and checksums (what GitHub's downloads endpoint lists); when
+    # empty they are derived from `runner_download_url` and `runner_sha256`.
+    runner_downloads: Mapping[str, RunnerDownload] = field(default_factory=dict)
     sentinel_dir: str = DEFAULT_SENTINEL_DIR
     labels: tuple[str, ...] = ()
     runner_user: str = "runner"
@@ -113,6 +132,20 @@ class BootstrapSpec:
             raise BootstrapError("jit_config must not be empty")
         if self.runner_sha256 and not _SHA256_HEX.fullmatch(self.runner_sha256.lower()):
             raise BootstrapError("runner_sha256 must be 64 hex digits (the tarball's SHA-256)")
+        if not _VERSION.fullmatch(self.runner_version):
+            raise BootstrapError(f"runner_version {self.runner_version!r} is not like 2.331.0")
+        if not self.runner_download_url and not self.runner_downloads:
+            raise BootstrapError("give runner_download_url or runner_downloads")
+        for arch, download in self.runner_downloads.items():
+            if arch not in RUNNER_ARCHITECTURES:
+                raise BootstrapError(
+                    f"runner_downloads: unknown architecture {arch!r}; "
+                    f"one of {', '.join(RUNNER_ARCHITECTURES)}"
+                )
+            if not download.url or "{" in download.url:
+                raise BootstrapError(f"runner_downloads[{arch}]: give the full URL")
+            if download.sha256 and not _SHA256_HEX.fullmatch(download.sha256.lower()):
+                raise BootstrapError(f"runner_downloads[{arch}]: sha256 must be 64 hex digits")
         if bool(self.ssh_host_key_private) != bool(self.ssh_host_key_public):
             raise BootstrapError("give both parts of the SSH host key, or neither")
         if not _USER_NAME.fullmatch(self.runner_user):
@@ -140,6 +173,21 @@ class BootstrapSpec:
         """The download URL with `{version}` filled in; `{arch}` is left for the VM."""
         return self.runner_download_url.replace("{version}", self.runner_version)
 
+    @property
+    def downloads_by_architecture(self) -> dict[str, RunnerDownload]:
+        """Each architecture's tarball: the given ones, or the URL template with one checksum."""
+        if self.runner_downloads:
+            return {
+                arch: RunnerDownload(d.url, d.sha256.lower())
+                for arch, d in self.runner_downloads.items()
+            }
+        checksum = (self.runner_sha256 or "").lower()
+        template = self.resolved_download_url
+        return {
+            arch: RunnerDownload(template.replace("{arch}", arch), checksum)
+            for arch in RUNNER_ARCHITECTURES
+        }
+
     def variables(self) -> dict[str, object]:
         """The template context: every built-in variable, then each extra variable by name
         (custom templates may also write `extra.NAME`)."""
@@ -149,6 +197,10 @@ class BootstrapSpec:
             "runner_version": self.runner_version,
             "runner_download_url": self.resolved_download_url,
             "runner_sha256": (self.runner_sha256 or "").lower(),
+            "runner_downloads": {
+                arch: {"url": d.url, "sha256": d.sha256}
+                for arch, d in self.downloads_by_architecture.items()
+            },
             "sentinel_dir": self.sentinel_dir,
             "labels": self.labels,
             "runner_user": self.runner_user,
@@ -173,6 +225,7 @@ _BUILTIN_VARIABLES = frozenset(
         "runner_version",
         "runner_download_url",
         "runner_sha256",
+        "runner_downloads",
         "sentinel_dir",
         "labels",
         "runner_user",

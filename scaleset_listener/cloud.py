@@ -13,6 +13,7 @@ from provisioners.bootstrap import BootstrapSpec, HostKey, render_user_data
 from provisioners.naming import Ownership, ownership_metadata
 from provisioners.openstack import OpenStackConfig
 from scaleset_listener.config import ScaleSetSpec, Settings
+from scaleset_listener.runner_versions import RunnerRelease
 
 
 def missing_cloud_settings(settings: Settings) -> list[str]:
@@ -49,6 +50,7 @@ def server_spec(
     jit_config: str,
     host_key: HostKey,
     now: datetime,
+    runner: RunnerRelease,
 ) -> ServerSpec:
     """Everything Nova needs to boot one runner: user_data, ownership marks, per-set overrides.
 
@@ -58,9 +60,10 @@ def server_spec(
     bootstrap = BootstrapSpec(
         runner_name=runner_name,
         jit_config=jit_config,
-        runner_version=settings.github_runner_version,
-        runner_download_url=settings.runner_download_url,
-        runner_sha256=settings.runner_sha256 or None,
+        runner_version=runner.version,
+        runner_download_url=runner.url_template,
+        runner_sha256=runner.common_sha256,
+        runner_downloads=runner.downloads,
         sentinel_dir=settings.sentinel_dir,
         labels=scale_set.effective_labels,
         ssh_host_key_private=injected.private_openssh if injected else None,

@@ -204,13 +204,15 @@ class Settings(BaseSettings):
     shutdown_timeout: Duration = 30.0
 
     # Runner and bootstrap
-    github_runner_version: str = "2.330.0"
-    # {version} and {arch} (x64/arm64, resolved on the VM) are filled in.
-    runner_download_url: str = (
-        "https://github.com/actions/runner/releases/download/v{version}/"
-        "actions-runner-linux-{arch}-{version}.tar.gz"
-    )
+    # `latest`: resolved from GitHub's runner downloads endpoint at start and every
+    # RUNNER_VERSION_CHECK_INTERVAL (GitHub stops giving jobs to runners 30 days after a newer
+    # release, and JIT runners do not update themselves). A version pins it (mirrors).
+    github_runner_version: str = "latest"
+    # Empty: GitHub's own download URL. Otherwise a mirror; {version} and {arch} (x64, arm64,
+    # arm; resolved on the VM) are filled in.
+    runner_download_url: str = ""
     runner_sha256: str = ""
+    runner_version_check_interval: Duration = 86400.0
     cloud_init_template: Path | None = None
     sentinel_dir: str = "/var/lib/scaleset-runner"
 
@@ -294,6 +296,45 @@ class Settings(BaseSettings):
         if not separator or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError("expected host:port or :port, e.g. :8080 or 127.0.0.1:9090")
         return f"{host}:{port}"
+
+    @field_validator("github_runner_version")
+    @classmethod
+    def _runner_version_is_latest_or_a_release(cls, value: str) -> str:
+        value = value.strip().removeprefix("v")
+        if value.lower() == "latest":
+            return "latest"
+        if not re.fullmatch(r"\d+\.\d+\.\d+", value):
+            raise ValueError("expected latest or a runner release such as 2.331.0")
+        return value
+
+    @field_validator("runner_download_url")
+    @classmethod
+    def _download_url_placeholders(cls, value: str) -> str:
+        value = value.strip()
+        if value and not re.match(r"https?://", value):
+            raise ValueError("expected an http(s) URL, e.g. https://mirror.example/v{version}/...")
+        unknown = re.search(r"\{(?!version\}|arch\})[^}]*\}", value)
+        if unknown:
+            raise ValueError(
+                f"unknown placeholder {unknown.group(0)}; use {{version}} and {{arch}}"
+            )
+        return value
+
+    @field_validator("runner_version_check_interval")
+    @classmethod
+    def _check_interval_is_positive(cls, value: float) -> float:
+        if value < 1:
+            raise ValueError("must be at least 1s (default 24h)")
+        return value
+
+    @model_validator(mode="after")
+    def _checksum_only_for_a_pinned_runner(self) -> Self:
+        if self.runner_sha256 and self.github_runner_version == "latest":
+            raise ValueError(
+                "RUNNER_SHA256: only with a pinned GITHUB_RUNNER_VERSION; with latest the "
+                "checksums come from GitHub's downloads endpoint"
+            )
+        return self
 
     @field_validator("runner_sha256")
     @classmethod

@@ -45,6 +45,13 @@ class GitHubTarget:
         repository = quote(self.repository, safe="")
         return f"/repos/{owner}/{repository}/actions/runners/registration-token"
 
+    @property
+    def runner_downloads_path(self) -> str:
+        """The REST path listing the runner release this scope wants (per OS and architecture).
+
+        Same scope as the registration token: GHES answers with the version it ships."""
+        return self.registration_token_path.removesuffix("/registration-token") + "/downloads"
+
 
 _HOSTED = frozenset({"github.com", "www.github.com", "github.localhost"})
 

@@ -36,6 +36,11 @@ from scaleset_listener.reconciling import (
     reconcile_scale_set,
 )
 from scaleset_listener.retrying import RetryPolicy
+from scaleset_listener.runner_versions import (
+    GitHubReleaseSource,
+    RunnerVersions,
+    RunnerVersionUnavailable,
+)
 from scaleset_listener.scaler import Adoption, Lifecycle, VMScaler
 from scaleset_listener.scaling import LoggingScaler, Scaler
 
@@ -80,9 +85,13 @@ def lifecycle(settings: Settings) -> Lifecycle:
 
 
 def vm_scalers(
-    settings: Settings, client: ActionsClient, provisioner: Provisioner
+    settings: Settings,
+    client: ActionsClient,
+    provisioner: Provisioner,
+    runner_versions: RunnerVersions,
 ) -> Callable[[ScaleSetSpec], VMScaler]:
-    """One VMScaler per scale set, all sharing the provisioning slots."""
+    """One VMScaler per scale set, all sharing the provisioning slots; each new VM gets the
+    runner release current at its creation."""
     slots = asyncio.Semaphore(settings.provision_concurrency)
     # One pass at a time over deleted scale sets' VMs, however many sets this process serves.
     deleted_sets_gate = asyncio.Lock()
@@ -111,7 +120,9 @@ def vm_scalers(
         def server_spec_for(
             ownership: Ownership, name: str, jit: str, host_key: HostKey, now: datetime
         ) -> ServerSpec:
-            return server_spec(settings, spec, ownership, name, jit, host_key, now)
+            return server_spec(
+                settings, spec, ownership, name, jit, host_key, now, runner_versions.current()
+            )
 
         return VMScaler(
             spec,
@@ -128,12 +139,18 @@ def vm_scalers(
     return make
 
 
-def _health_of(listener: Listener, scaler: Scaler) -> ScaleSetHealth:
+def _health_of(
+    listener: Listener, scaler: Scaler, runner_versions: RunnerVersions | None
+) -> ScaleSetHealth:
     def last_poll_at() -> float | None:
         return listener.last_poll_at
 
     def problem() -> str | None:
-        return scaler.permanent_error if isinstance(scaler, VMScaler) else None
+        problems = [
+            scaler.permanent_error if isinstance(scaler, VMScaler) else None,
+            runner_versions.problem() if runner_versions is not None else None,
+        ]
+        return "; ".join(p for p in problems if p) or None
 
     return ScaleSetHealth(listener.name, last_poll_at, problem)
 
@@ -173,18 +190,24 @@ async def _serve_scale_set(listener: Listener, scaler: Scaler, stop: asyncio.Eve
     return True
 
 
+async def _set_when_done(tasks: list[asyncio.Task[bool]], event: asyncio.Event) -> None:
+    await asyncio.wait(tasks)
+    event.set()
+
+
 async def run_service(
     settings: Settings,
     stop: asyncio.Event | None = None,
     *,
     scaler_factory: ScalerFactory | None = None,
-    scaler_factory_builder: Callable[[ActionsClient, Provisioner], ScalerFactory] | None = None,
+    scaler_factory_builder: Callable[[ActionsClient, Provisioner, RunnerVersions], ScalerFactory]
+    | None = None,
     handle_signals: bool = True,
 ) -> int:
     """Serve every configured scale set until stopped; the process exit code.
 
-    `stop` and `scaler_factory` (or `scaler_factory_builder`, given the client and the
-    provisioner) let an embedding program and the tests drive the service without signals.
+    `stop` and `scaler_factory` (or `scaler_factory_builder`, given the client, the
+    provisioner and the runner versions) let an embedding program and the tests drive the service without signals.
     Without a cloud configured the scaler only logs its decisions.
     """
     stop = stop or asyncio.Event()
@@ -195,6 +218,7 @@ async def run_service(
     http = HttpChannel(policy)
     provisioner: OpenStackProvisioner | None = None
     health: HealthServer | None = None
+    runner_versions: RunnerVersions | None = None
     try:
         target = settings.github_target
         credential = build_credential(
@@ -228,9 +252,25 @@ async def run_service(
                 )
                 make_scaler = lambda spec: LoggingScaler(spec.name)  # noqa: E731
             else:
+                runner_versions = RunnerVersions(
+                    settings.github_runner_version,
+                    GitHubReleaseSource(target, credential, http),
+                    mirror_url=settings.runner_download_url,
+                    pinned_sha256=settings.runner_sha256,
+                    check_interval=settings.runner_version_check_interval,
+                )
+                release = await runner_versions.start()
+                log.info(
+                    "runner_version",
+                    version=release.version,
+                    source=release.source,
+                    follows_latest=runner_versions.follows_latest,
+                    architectures=sorted(release.downloads),
+                    mirror=bool(settings.runner_download_url),
+                )
                 provisioner = OpenStackProvisioner(openstack_config(settings))
                 build = scaler_factory_builder or functools.partial(vm_scalers, settings)
-                make_scaler = build(client, provisioner)
+                make_scaler = build(client, provisioner, runner_versions)
         owner = socket.gethostname()
         pairs = []
         for spec in settings.runners:
@@ -251,7 +291,7 @@ async def run_service(
             pairs.append((listener, scaler))
         if settings.enable_metrics:
             health = HealthServer(
-                [_health_of(listener, scaler) for listener, scaler in pairs],
+                [_health_of(listener, scaler, runner_versions) for listener, scaler in pairs],
                 settings.metrics_addr,
             )
             health.start()
@@ -263,10 +303,18 @@ async def run_service(
                 )
                 for listener, scaler in pairs
             ]
+            if runner_versions is not None:
+                # Checked until every scale set is done (stopped, or failed on its own).
+                served = asyncio.Event()
+                group.create_task(runner_versions.run(served), name="runner-versions")
+                group.create_task(_set_when_done(tasks, served), name="runner-versions-stop")
         healthy = [task.result() for task in tasks]
     except ConfigError as failure:
         log.error("service_failed", error=str(failure), error_type=type(failure).__name__)
         exit_code = 2
+    except RunnerVersionUnavailable as failure:
+        log.error("service_failed", error=str(failure), error_type=type(failure).__name__)
+        exit_code = 1
     else:
         exit_code = 0 if all(healthy) else 1
         log.info("service_stopped", failed_scale_sets=healthy.count(False))

@@ -24,8 +24,10 @@ from cryptography.hazmat.primitives.serialization import (
 
 from provisioners.bootstrap import (
     NOVA_USER_DATA_LIMIT,
+    RUNNER_ARCHITECTURES,
     BootstrapError,
     BootstrapSpec,
+    RunnerDownload,
     UserDataTooLarge,
     fingerprint_sha256,
     generate_host_key,
@@ -110,11 +112,15 @@ def test_the_default_script_never_turns_on_tracing() -> None:
     assert not any("xtrace" in line for line in code_lines)
 
 
-def test_version_is_filled_in_here_and_arch_is_left_for_the_vm() -> None:
-    text = render_user_data(spec()).decode()
+def test_the_url_template_gives_one_url_per_architecture_with_the_version_filled_in() -> None:
+    text = render_user_data(spec(runner_sha256="ab" * 32)).decode()
 
-    url = "https://example.test/v2.330.0/runner-{arch}-2.330.0.tar.gz"
-    assert f"RUNNER_URL={shquote(url)}\n" in text
+    for arch in RUNNER_ARCHITECTURES:
+        url = f"https://example.test/v2.330.0/runner-{arch}-2.330.0.tar.gz"
+        assert f"    {arch}) url={shquote(url)} sha256={'ab' * 32} ;;\n" in text
+    assert spec().variables()["runner_download_url"] == (
+        "https://example.test/v2.330.0/runner-{arch}-2.330.0.tar.gz"
+    )
 
 
 def test_an_unknown_placeholder_in_the_download_url_is_refused() -> None:
@@ -278,7 +284,10 @@ def test_a_sha256_that_is_not_64_hex_digits_is_refused() -> None:
 
 
 def test_an_empty_sha256_means_no_check() -> None:
-    assert "RUNNER_SHA256=''\n" in render_user_data(spec(runner_sha256="")).decode()
+    text = render_user_data(spec(runner_sha256="")).decode()
+
+    assert f"    {vm_arch()}) url=" in text
+    assert all(line.endswith(" sha256='' ;;") for line in text.splitlines() if ") url=" in line)
 
 
 def test_the_host_key_fingerprint_is_what_ssh_keygen_prints(tmp_path: Path) -> None:
@@ -408,19 +417,137 @@ def test_any_unexpected_failure_writes_setup_failed_and_powers_off(
     assert sandbox.poweroff_calls() == 1
 
 
-def test_a_prebaked_runner_dir_skips_the_download(sandbox: Sandbox, server: RunnerServer) -> None:
-    sandbox.runner_dir.mkdir(parents=True)
+def bake_runner(sandbox: Sandbox, version: str | None, exit_code: int = 0) -> None:
+    """A runner baked into the image: run.sh and a `bin/Runner.Listener` that answers
+    `--version` as the real one does (None: one that cannot tell its version)."""
+    (sandbox.runner_dir / "bin").mkdir(parents=True)
     run_sh = sandbox.runner_dir / "run.sh"
-    run_sh.write_text(stub_run_sh(0))
-    run_sh.chmod(0o755)
+    run_sh.write_text(stub_run_sh(exit_code))
+    listener = sandbox.runner_dir / "bin" / "Runner.Listener"
+    answer = f"echo {version}" if version else "exit 1"
+    listener.write_text(f'#!/bin/bash\n[ "$1" = --version ] && {answer}\nexit 2\n')
+    for script in (run_sh, listener):
+        script.chmod(0o755)
+    (sandbox.runner_dir / ".env").write_text("LANG=C.UTF-8\n")
+
+
+@pytest.mark.parametrize("baked", [RUNNER_VERSION, "2.330.1", "2.400.0"])
+def test_a_prebaked_runner_at_least_as_new_skips_the_download(
+    sandbox: Sandbox, server: RunnerServer, baked: str
+) -> None:
+    bake_runner(sandbox, baked)
 
     result = sandbox.run(render_user_data(sandbox.spec(server.base_url, runner_sha256="1" * 64)))
 
     assert result.returncode == 0, result.stderr
     assert server.requests == []
+    assert f"pre-baked runner {baked} in" in result.stdout
     assert sandbox.stub_args() == ["--jitconfig", "eyJKSVQiOiAiZmFrZSJ9+/="]
     assert sandbox.read(sandbox.sentinels / "run-complete") == "0\n"
     assert sandbox.poweroff_calls() == 1
+
+
+@pytest.mark.parametrize("baked", ["2.329.0", "2.9.9", None])
+def test_an_older_prebaked_runner_is_replaced_by_the_wanted_one(
+    sandbox: Sandbox, server: RunnerServer, baked: str | None
+) -> None:
+    # The old runner would exit 7; the downloaded one exits 0.
+    bake_runner(sandbox, baked, exit_code=7)
+    server.tarball = stub_runner_tarball(0)
+    the_spec = sandbox.spec(server.base_url, runner_sha256=sha256_hex(server.tarball))
+
+    result = sandbox.run(render_user_data(the_spec))
+
+    assert result.returncode == 0, result.stderr
+    assert server.paths == [f"/v2.330.0/actions-runner-linux-{vm_arch()}-2.330.0.tar.gz"]
+    update = (
+        f"SCALESET-RUNNER runner-update runner=linux-x64-abc123 baked={baked or 'unknown'} "
+        "wanted=2.330.0"
+    )
+    assert sandbox.read(sandbox.console).splitlines()[0] == update
+    assert sandbox.read(sandbox.sentinels / "run-complete") == "0\n"
+    assert sandbox.stub_calls() == 1
+    # The baked runner is kept aside, its environment file carried over.
+    baked_dir = sandbox.runner_dir.with_name("actions-runner.baked")
+    assert (baked_dir / "run.sh").exists()
+    assert not (baked_dir / "stub-calls").exists()
+    assert sandbox.read(sandbox.runner_dir / ".env") == "LANG=C.UTF-8\n"
+
+
+def test_an_older_prebaked_runner_that_cannot_be_updated_fails_setup_saying_why(
+    sandbox: Sandbox, server: RunnerServer
+) -> None:
+    bake_runner(sandbox, "2.329.0")
+    server.missing = True
+
+    result = sandbox.run(render_user_data(sandbox.spec(server.base_url)))
+
+    assert result.returncode == 1
+    reason = (
+        "the pre-baked runner 2.329.0 is older than 2.330.0 and the download of "
+        f"{server.base_url}/v2.330.0/actions-runner-linux-{vm_arch()}-2.330.0.tar.gz failed"
+    )
+    assert sandbox.read(sandbox.sentinels / "setup-failed") == reason + "\n"
+    assert sandbox.read(sandbox.console).splitlines()[-1] == (
+        f"SCALESET-RUNNER setup-failed runner=linux-x64-abc123 reason={reason}"
+    )
+    assert sandbox.stub_calls() == 0
+    assert not (sandbox.sentinels / "setup-complete").exists()
+    assert sandbox.poweroff_calls() == 1
+
+
+def test_per_architecture_downloads_fetch_this_machines_tarball_and_check_its_own_sha256(
+    sandbox: Sandbox, server: RunnerServer
+) -> None:
+    server.tarball = stub_runner_tarball(0)
+    downloads = {
+        arch: RunnerDownload(
+            f"{server.base_url}/{arch}.tar.gz",
+            sha256_hex(server.tarball) if arch == vm_arch() else "0" * 64,
+        )
+        for arch in RUNNER_ARCHITECTURES
+    }
+    the_spec = sandbox.spec(server.base_url, runner_download_url="", runner_downloads=downloads)
+
+    result = sandbox.run(render_user_data(the_spec))
+
+    assert result.returncode == 0, result.stderr
+    assert server.paths == [f"/{vm_arch()}.tar.gz"]
+    assert sandbox.stub_calls() == 1
+
+
+def test_per_architecture_downloads_with_a_wrong_checksum_fail_setup(
+    sandbox: Sandbox, server: RunnerServer
+) -> None:
+    server.tarball = stub_runner_tarball(0)
+    downloads = {
+        arch: RunnerDownload(f"{server.base_url}/{arch}.tar.gz", "0" * 64)
+        for arch in RUNNER_ARCHITECTURES
+    }
+    the_spec = sandbox.spec(server.base_url, runner_download_url="", runner_downloads=downloads)
+
+    result = sandbox.run(render_user_data(the_spec))
+
+    assert result.returncode == 1
+    assert "sha256 mismatch" in sandbox.read(sandbox.sentinels / "setup-failed")
+    assert sandbox.stub_calls() == 0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"runner_downloads": {"sparc": RunnerDownload("https://x/r.tar.gz")}}, "sparc"),
+        ({"runner_downloads": {"x64": RunnerDownload("https://x/{arch}.tar.gz")}}, "full URL"),
+        ({"runner_downloads": {"x64": RunnerDownload("https://x/r.tar.gz", "12")}}, "64 hex"),
+        ({"runner_download_url": ""}, "runner_download_url or runner_downloads"),
+        ({"runner_version": "latest"}, "not like 2.331.0"),
+    ],
+)
+def test_runner_downloads_that_cannot_work_are_refused(
+    overrides: dict[str, object], message: str
+) -> None:
+    with pytest.raises(BootstrapError, match=message):
+        spec(**overrides)
 
 
 def test_stale_sentinels_in_a_prebaked_image_are_cleared_first(

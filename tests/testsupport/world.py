@@ -21,6 +21,7 @@ from provisioners.base import Provisioner
 from scaleset_listener.actions_client import ActionsClient
 from scaleset_listener.config import ScaleSetSpec, Settings
 from scaleset_listener.scaler import VMScaler
+from scaleset_listener.runner_versions import RunnerVersions
 from scaleset_listener.service import ScalerFactory, run_service, vm_scalers
 from simulator.fleet import Fleet, FleetConfig, FleetEvent
 from simulator.github.config import SimulatorConfig
@@ -134,8 +135,10 @@ async def serving(world: World, settings: Settings) -> AsyncIterator[asyncio.Tas
     """The service with real VM scalers (recorded in `world.scalers`) until the block ends."""
     stop = asyncio.Event()
 
-    def factory_for(client: ActionsClient, provisioner: Provisioner) -> ScalerFactory:
-        make = vm_scalers(settings, client, provisioner)
+    def factory_for(
+        client: ActionsClient, provisioner: Provisioner, runner_versions: RunnerVersions
+    ) -> ScalerFactory:
+        make = vm_scalers(settings, client, provisioner, runner_versions)
 
         def record(spec: ScaleSetSpec) -> VMScaler:
             scaler = make(spec)

@@ -1,0 +1,353 @@
+"""Which GitHub Actions runner release new VMs get, and whether GitHub will still give it jobs.
+
+GitHub gives jobs only to recent runners: registering needs 2.329.0 or later, and a release is
+refused 30 days after a newer one came out ("Runner version vX is deprecated and cannot receive
+messages"). Our JIT runners have self-update disabled, so a pinned version quietly stops a whole
+deployment one month after GitHub's next release. Hence:
+
+* `GITHUB_RUNNER_VERSION=latest` (the default): the release is resolved from the REST endpoint
+  `GET .../actions/runners/downloads` of the configured scope (repository, organization or
+  enterprise; GHES answers with the version it wants): version, per-architecture URL and
+  SHA-256. At start a failure is fatal (there is nothing to give a VM); later, every
+  RUNNER_VERSION_CHECK_INTERVAL, a failure keeps the last good answer and says so.
+* A pinned version (air-gapped mirrors) is used as given, and checked on the same schedule
+  against the releases GitHub lists (`GET /repos/actions/runner/releases`): once a newer
+  release has been out for more than STALE_AFTER_DAYS, a warning is logged at every check and
+  `/readyz` carries the reason, days before GitHub's cut-off. GHES lists no releases: there the
+  pin is compared with the version GHES's downloads endpoint wants.
+
+The VM gets the URLs and checksums; `temp_download_token` (GHES) is never kept or logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+import structlog
+
+from provisioners.bootstrap import RUNNER_ARCHITECTURES, RunnerDownload
+from scaleset_listener.auth import GITHUB_JSON, Credential
+from scaleset_listener.errors import GitHubAPIError, ListenerError, ProtocolError
+from scaleset_listener.github_urls import GitHubTarget
+from scaleset_listener.http import HttpChannel
+
+log = structlog.get_logger(__name__)
+
+LATEST = "latest"
+GITHUB_RELEASE_URL = (
+    "https://github.com/actions/runner/releases/download/v{version}/"
+    "actions-runner-linux-{arch}-{version}.tar.gz"
+)
+# GitHub refuses a release this many days after a newer one; we warn a few days before.
+GITHUB_CUTOFF_DAYS = 30
+STALE_AFTER_DAYS = 25
+DAY = 86400.0
+
+_LINUX_TARBALL = re.compile(r"actions-runner-linux-(x64|arm64|arm)-(\d+\.\d+\.\d+)\.tar\.gz$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+Version = tuple[int, int, int]
+Clock = Callable[[], float]
+
+
+class RunnerVersionUnavailable(ListenerError):
+    """GITHUB_RUNNER_VERSION=latest could not be resolved and no earlier answer exists."""
+
+
+def parse_version(text: str) -> Version | None:
+    """`2.331.0` or `v2.331.0` as a comparable tuple; None for anything else."""
+    found = re.fullmatch(r"v?(\d+)\.(\d+)\.(\d+)", text.strip())
+    if found is None:
+        return None
+    major, minor, patch = (int(part) for part in found.groups())
+    return major, minor, patch
+
+
+@dataclass(frozen=True)
+class RunnerRelease:
+    """The runner new VMs install."""
+
+    version: str
+    downloads: Mapping[str, RunnerDownload]
+    # The download URL with `{arch}` left for the VM (the documented template variable).
+    url_template: str
+    source: Literal["github", "pinned"]
+
+    @property
+    def common_sha256(self) -> str | None:
+        """The checksum when every architecture has the same one (a pin's RUNNER_SHA256): the
+        documented `runner_sha256` template variable."""
+        checksums = {download.sha256 for download in self.downloads.values()}
+        return checksums.pop() or None if len(checksums) == 1 else None
+
+
+@dataclass(frozen=True)
+class PublishedRelease:
+    version: Version
+    published_at: float
+
+
+def pinned_release(version: str, url_template: str, sha256: str) -> RunnerRelease:
+    """A pinned release: the URL template (GitHub's, or a mirror's) and one optional checksum."""
+    template = (url_template or GITHUB_RELEASE_URL).replace("{version}", version)
+    downloads = {
+        arch: RunnerDownload(template.replace("{arch}", arch), sha256)
+        for arch in RUNNER_ARCHITECTURES
+    }
+    return RunnerRelease(version, downloads, template, "pinned")
+
+
+def release_from_downloads(data: Any, mirror_template: str = "") -> RunnerRelease:
+    """The Linux runner from a downloads-endpoint answer (a JSON list, one entry per OS and
+    architecture). With a mirror, its URLs replace GitHub's and GitHub's checksums still apply."""
+    if not isinstance(data, list):
+        raise ProtocolError("runner downloads: the answer is not a JSON list")
+    found: dict[str, tuple[str, RunnerDownload]] = {}
+    for entry in data:
+        if not isinstance(entry, dict) or str(entry.get("os", "")).lower() != "linux":
+            continue
+        filename = str(entry.get("filename") or entry.get("download_url") or "")
+        match = _LINUX_TARBALL.search(filename)
+        url, sha256 = entry.get("download_url"), str(entry.get("sha256_checksum") or "").lower()
+        if match is None or not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            continue
+        if not _SHA256.fullmatch(sha256):
+            raise ProtocolError(f"runner downloads: {filename} has no valid sha256_checksum")
+        found[match.group(1)] = (match.group(2), RunnerDownload(url, sha256))
+    if not found:
+        raise ProtocolError("runner downloads: no Linux runner (linux x64, arm64 or arm) listed")
+    versions = {version for version, _ in found.values()}
+    if len(versions) != 1:
+        raise ProtocolError(f"runner downloads: several versions listed: {sorted(versions)}")
+    version = versions.pop()
+    if mirror_template:
+        template = mirror_template.replace("{version}", version)
+        downloads = {
+            arch: RunnerDownload(template.replace("{arch}", arch), download.sha256)
+            for arch, (_, download) in found.items()
+        }
+    else:
+        downloads = {arch: download for arch, (_, download) in found.items()}
+        reference = downloads.get("x64") or next(iter(downloads.values()))
+        arch = next(a for a, d in downloads.items() if d is reference)
+        template = reference.url.replace(f"linux-{arch}-", "linux-{arch}-")
+    return RunnerRelease(version, downloads, template, "github")
+
+
+def releases_from_listing(data: Any) -> list[PublishedRelease]:
+    """Published, non-draft, non-prerelease releases from `GET /repos/actions/runner/releases`."""
+    if not isinstance(data, list):
+        raise ProtocolError("runner releases: the answer is not a JSON list")
+    releases = []
+    for entry in data:
+        if not isinstance(entry, dict) or entry.get("draft") or entry.get("prerelease"):
+            continue
+        version = parse_version(str(entry.get("tag_name", "")))
+        published = entry.get("published_at")
+        if version is None or not isinstance(published, str):
+            continue
+        try:
+            moment = datetime.fromisoformat(published.replace("Z", "+00:00"))
+        except ValueError:
+            continue
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        releases.append(PublishedRelease(version, moment.timestamp()))
+    return releases
+
+
+def days_superseded(version: str, releases: list[PublishedRelease], now: float) -> float | None:
+    """Days since the first release newer than `version` came out (GitHub's deprecation clock);
+    None while `version` is the newest."""
+    mine = parse_version(version)
+    newer = [release.published_at for release in releases if mine and release.version > mine]
+    if not newer:
+        return None
+    return max(0.0, (now - min(newer)) / DAY)
+
+
+class ReleaseSource(Protocol):
+    """Where releases come from (GitHub's REST API; a fake in unit tests)."""
+
+    async def downloads(self) -> Any: ...
+
+    async def releases(self) -> list[PublishedRelease] | None:
+        """None where the API has no actions/runner repository (GHES)."""
+        ...
+
+
+class GitHubReleaseSource:
+    """The two REST calls, with the service's credential (authenticated rate limits)."""
+
+    def __init__(self, target: GitHubTarget, credential: Credential, http: HttpChannel) -> None:
+        self._target = target
+        self._credential = credential
+        self._http = http
+
+    def __repr__(self) -> str:
+        return f"GitHubReleaseSource(api_url={self._target.api_url!r})"
+
+    async def _get(self, path: str, what: str, expected: set[int]) -> Any:
+        token = await self._credential.token()
+        answer = await self._http.request(
+            "GET",
+            self._target.api_url + path,
+            expected=expected,
+            service=GitHubAPIError,
+            headers={"Authorization": f"Bearer {token}", "Accept": GITHUB_JSON},
+            what=what,
+        )
+        return None if answer.status == 404 else answer.json(what)
+
+    async def downloads(self) -> Any:
+        return await self._get(self._target.runner_downloads_path, "runner downloads", {200})
+
+    async def releases(self) -> list[PublishedRelease] | None:
+        data = await self._get(
+            "/repos/actions/runner/releases?per_page=100", "runner releases", {200, 404}
+        )
+        return None if data is None else releases_from_listing(data)
+
+
+class RunnerVersions:
+    """The runner release in use, kept current; `current()` is what the next VM gets."""
+
+    def __init__(
+        self,
+        wanted: str,
+        source: ReleaseSource,
+        *,
+        mirror_url: str = "",
+        pinned_sha256: str = "",
+        check_interval: float = DAY,
+        clock: Clock = time.time,
+    ) -> None:
+        self._wanted = wanted
+        self._source = source
+        self._mirror_url = mirror_url
+        self._check_interval = check_interval
+        self._clock = clock
+        self._release: RunnerRelease | None = None
+        self._resolved_at: float | None = None
+        self._stale: str | None = None
+        if wanted != LATEST:
+            self._release = pinned_release(wanted, mirror_url, pinned_sha256)
+
+    @property
+    def follows_latest(self) -> bool:
+        return self._wanted == LATEST
+
+    def current(self) -> RunnerRelease:
+        if self._release is None:
+            raise RunnerVersionUnavailable("the runner release has not been resolved yet")
+        return self._release
+
+    def problem(self) -> str | None:
+        """Why the runner in use may soon get no jobs (a `/readyz` reason), or None."""
+        return self._stale
+
+    async def start(self) -> RunnerRelease:
+        """Resolve (latest) or check (pinned) once; RunnerVersionUnavailable when `latest`
+        cannot be resolved."""
+        await self.check()
+        if self._release is None:
+            raise RunnerVersionUnavailable(
+                "GITHUB_RUNNER_VERSION=latest: GitHub's runner downloads endpoint gave no "
+                "usable answer (runner_version_refresh_failed says why); pin "
+                "GITHUB_RUNNER_VERSION (with RUNNER_DOWNLOAD_URL for a mirror) to start without it"
+            )
+        return self._release
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Check every interval until `stop` is set."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._check_interval):
+                    await stop.wait()
+            if not stop.is_set():
+                await self.check()
+
+    async def check(self) -> None:
+        """One round: refresh `latest`, or judge how close the pin is to GitHub's cut-off."""
+        if self.follows_latest:
+            await self._refresh_latest()
+        else:
+            await self._check_pinned()
+
+    async def _refresh_latest(self) -> None:
+        now = self._clock()
+        try:
+            release = release_from_downloads(await self._source.downloads(), self._mirror_url)
+        except ListenerError as exc:
+            kept = self._release
+            log.warning(
+                "runner_version_refresh_failed",
+                error=str(exc),
+                keeping=kept.version if kept else None,
+                resolved_at=_iso(self._resolved_at) if self._resolved_at else None,
+            )
+            if kept is not None and self._resolved_at is not None:
+                age = (now - self._resolved_at) / DAY
+                if age > STALE_AFTER_DAYS:
+                    self._stale = (
+                        f"runner {kept.version} was resolved {age:.0f} days ago and GitHub's "
+                        "downloads endpoint has failed since; GitHub refuses runners "
+                        f"{GITHUB_CUTOFF_DAYS} days after a newer release"
+                    )
+            return
+        previous = self._release
+        self._release, self._resolved_at, self._stale = release, now, None
+        if previous is not None and previous.version != release.version:
+            # The VMs created from now on get the new release; running ones keep theirs.
+            log.info("runner_version_changed", version=release.version, previous=previous.version)
+
+    async def _check_pinned(self) -> None:
+        assert self._release is not None
+        version = self._release.version
+        try:
+            releases = await self._source.releases()
+            newest = (
+                None
+                if releases is not None
+                else release_from_downloads(await self._source.downloads()).version
+            )
+        except ListenerError as exc:
+            log.warning("runner_version_check_failed", version=version, error=str(exc))
+            return
+        if releases is not None:
+            days = days_superseded(version, releases, self._clock())
+            newer = [r.version for r in releases if (parse_version(version) or ()) < r.version]
+            newest = ".".join(map(str, max(newer))) if newer else None
+            if days is None or days <= STALE_AFTER_DAYS:
+                self._stale = None
+                return
+            reason = (
+                f"runner {version} (GITHUB_RUNNER_VERSION) was superseded {days:.0f} days ago "
+                f"(newest {newest}); GitHub refuses runners {GITHUB_CUTOFF_DAYS} days after a "
+                "newer release"
+            )
+        else:
+            mine, wanted = parse_version(version), parse_version(newest or "")
+            if mine is None or wanted is None or mine >= wanted:
+                self._stale = None
+                return
+            reason = f"runner {version} (GITHUB_RUNNER_VERSION) is older than {newest}, the "
+            reason += "version GitHub Enterprise Server offers"
+        self._stale = reason
+        log.warning(
+            "runner_version_stale",
+            version=version,
+            newest=newest,
+            reason=reason,
+            hint="set GITHUB_RUNNER_VERSION=latest, or update the pin and its mirror",
+        )
+
+
+def _iso(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
