@@ -1,8 +1,9 @@
 """Health endpoints for orchestrators: `/healthz` (the process is up) and `/readyz`.
 
 Ready means: every scale set's listener got an answer from the message queue recently (within
-two long polls: the broker holds a poll for about 50 s) and no scaler is stuck on a
-configuration error (an unknown image, say). `/readyz` answers 503 with the reasons otherwise,
+two long polls: the broker holds a poll for about 50 s), no scaler is stuck on a configuration
+error (an unknown image, say) and nothing service-wide is about to stop every job (a runner
+version GitHub will soon refuse). `/readyz` answers 503 with the reasons otherwise,
 so a Kubernetes readiness probe or a load balancer sees what an operator would grep for.
 """
 
@@ -30,9 +31,14 @@ class ScaleSetHealth:
     problem: Callable[[], str | None]
 
 
-def readiness(sets: Sequence[ScaleSetHealth], now: float) -> list[str]:
+Problem = Callable[[], str | None]
+
+
+def readiness(
+    sets: Sequence[ScaleSetHealth], now: float, service_problems: Sequence[Problem] = ()
+) -> list[str]:
     """Why the service is not ready (empty: ready)."""
-    reasons = []
+    reasons = [problem for check in service_problems if (problem := check())]
     for health in sets:
         polled = health.last_poll_at()
         if polled is None:
@@ -45,12 +51,14 @@ def readiness(sets: Sequence[ScaleSetHealth], now: float) -> list[str]:
     return reasons
 
 
-def health_app(sets: Sequence[ScaleSetHealth]) -> Starlette:
+def health_app(
+    sets: Sequence[ScaleSetHealth], service_problems: Sequence[Problem] = ()
+) -> Starlette:
     async def healthz(_: Request) -> PlainTextResponse:
         return PlainTextResponse("ok\n")
 
     async def readyz(_: Request) -> JSONResponse:
-        reasons = readiness(sets, time.monotonic())
+        reasons = readiness(sets, time.monotonic(), service_problems)
         return JSONResponse(
             {"ready": not reasons, "reasons": reasons}, status_code=503 if reasons else 200
         )
@@ -62,8 +70,10 @@ class HealthServer:
     """The endpoints on a thread of their own: uvicorn then leaves the process's signal
     handling to the service, and a busy event loop never delays a probe."""
 
-    def __init__(self, sets: Sequence[ScaleSetHealth], addr: str) -> None:
-        self._server = _uvicorn_server(sets, addr)
+    def __init__(
+        self, sets: Sequence[ScaleSetHealth], addr: str, service_problems: Sequence[Problem] = ()
+    ) -> None:
+        self._server = _uvicorn_server(health_app(sets, service_problems), addr)
         self._thread = threading.Thread(
             target=asyncio.run, args=(self._server.serve(),), name="health", daemon=True
         )
@@ -76,10 +86,10 @@ class HealthServer:
         self._thread.join(timeout=5)
 
 
-def _uvicorn_server(sets: Sequence[ScaleSetHealth], addr: str) -> uvicorn.Server:
+def _uvicorn_server(app: Starlette, addr: str) -> uvicorn.Server:
     host, _, port = addr.rpartition(":")
     config = uvicorn.Config(
-        health_app(sets),
+        app,
         host=host or "0.0.0.0",  # noqa: S104 (":port" means every interface, as documented)
         port=int(port),
         log_level="warning",

@@ -139,18 +139,12 @@ def vm_scalers(
     return make
 
 
-def _health_of(
-    listener: Listener, scaler: Scaler, runner_versions: RunnerVersions | None
-) -> ScaleSetHealth:
+def _health_of(listener: Listener, scaler: Scaler) -> ScaleSetHealth:
     def last_poll_at() -> float | None:
         return listener.last_poll_at
 
     def problem() -> str | None:
-        problems = [
-            scaler.permanent_error if isinstance(scaler, VMScaler) else None,
-            runner_versions.problem() if runner_versions is not None else None,
-        ]
-        return "; ".join(p for p in problems if p) or None
+        return scaler.permanent_error if isinstance(scaler, VMScaler) else None
 
     return ScaleSetHealth(listener.name, last_poll_at, problem)
 
@@ -207,7 +201,8 @@ async def run_service(
     """Serve every configured scale set until stopped; the process exit code.
 
     `stop` and `scaler_factory` (or `scaler_factory_builder`, given the client, the
-    provisioner and the runner versions) let an embedding program and the tests drive the service without signals.
+    provisioner and the runner versions) let an embedding program and the tests drive the
+    service without signals.
     Without a cloud configured the scaler only logs its decisions.
     """
     stop = stop or asyncio.Event()
@@ -291,8 +286,9 @@ async def run_service(
             pairs.append((listener, scaler))
         if settings.enable_metrics:
             health = HealthServer(
-                [_health_of(listener, scaler, runner_versions) for listener, scaler in pairs],
+                [_health_of(listener, scaler) for listener, scaler in pairs],
                 settings.metrics_addr,
+                [runner_versions.problem] if runner_versions is not None else [],
             )
             health.start()
             log.info("health_endpoints", addr=settings.metrics_addr, paths=["/healthz", "/readyz"])

@@ -30,6 +30,7 @@ from scaleset_listener.health import POLL_STALE_AFTER, ScaleSetHealth, readiness
 from scaleset_listener.http import HttpChannel
 from scaleset_listener.retrying import RetryPolicy
 from scaleset_listener.scaler import VMScaler
+from scaleset_listener.service import run_service
 from simulator.fleet import FleetConfig
 from tests.testsupport.world import World, serving, simulated_world
 
@@ -404,6 +405,47 @@ async def test_readiness_reports_a_misconfigured_scale_set_and_health_stays_up(
         (reason,) = ready.json()["reasons"]
         assert reason.startswith("gpu: ")
         assert "no-such-image" in reason
+
+
+async def test_readiness_reports_a_pinned_runner_github_will_soon_refuse_once(
+    world: World,
+) -> None:
+    world.github.control.announce_runner_release("2.332.0", age_days=27)
+    addr = f"127.0.0.1:{free_port()}"
+    settings = world.settings(
+        enable_metrics=True,
+        metrics_addr=addr,
+        github_runner_version="2.331.0",
+        runners=[{"name": "linux"}, {"name": "gpu"}],
+    )
+    async with serving(world, settings), httpx.AsyncClient(base_url=f"http://{addr}") as http:
+        await world.wait_github(lambda s: len([x for x in s["sessions"] if not x["ghost"]]) == 2)
+        ready = await http.get("/readyz")
+    assert ready.status_code == 503
+    stale = (
+        "runner 2.331.0 (GITHUB_RUNNER_VERSION) was superseded 27 days ago (newest 2.332.0); "
+        "GitHub refuses runners 30 days after a newer release"
+    )
+    reasons = ready.json()["reasons"]
+    # Said once for the service, not per scale set; the rest can only be polls not answered yet.
+    assert reasons[0] == stale
+    assert all(reason.startswith(("linux: no ", "gpu: no ")) for reason in reasons[1:])
+
+
+async def test_latest_runner_that_cannot_be_resolved_stops_the_start_with_exit_1(
+    world: World,
+) -> None:
+    world.github.control.add_fault("runner_downloads", status=503, times=None)
+    with capture_logs() as logs:
+        async with asyncio.timeout(30):
+            code = await run_service(world.settings(), asyncio.Event(), handle_signals=False)
+    assert code == 1
+    (failed,) = [entry for entry in logs if entry["event"] == "service_failed"]
+    assert failed["error_type"] == "RunnerVersionUnavailable"
+    assert "GITHUB_RUNNER_VERSION=latest" in failed["error"]
+    # Nothing was started: no session, no server.
+    assert world.github.control.requests(endpoint="create_session") == []
+    assert world.servers() == []
 
 
 def test_readiness_needs_a_recent_poll_from_every_scale_set() -> None:
