@@ -54,6 +54,8 @@ from simulator.sandbox import (
 )
 
 LABEL = "bench"
+# Pinned and served by the fleet's mirror (the bench builds the bootstraps itself).
+RUNNER_VERSION = "2.330.0"
 
 
 def _pss_kib(pids: list[int]) -> int:
@@ -143,7 +145,7 @@ def run(vms: int, guest: str = "sandbox") -> dict[str, object]:
         jits = asyncio.run(
             _jit_configs(github.base_url, github.config.pats[0], int(scale_set["id"]), names)
         )
-        settings = fleet.listener_settings()
+        mirror = fleet.mirror_settings(RUNNER_VERSION)
         user_data = []
         for name, jit in zip(names, jits, strict=True):
             key = generate_host_key(name)
@@ -152,9 +154,9 @@ def run(vms: int, guest: str = "sandbox") -> dict[str, object]:
                     BootstrapSpec(
                         runner_name=name,
                         jit_config=jit,
-                        runner_version="2.330.0",
-                        runner_download_url=settings["RUNNER_DOWNLOAD_URL"],
-                        runner_sha256=settings["RUNNER_SHA256"],
+                        runner_version=RUNNER_VERSION,
+                        runner_download_url=mirror["RUNNER_DOWNLOAD_URL"],
+                        runner_sha256=mirror["RUNNER_SHA256"],
                         labels=(LABEL,),
                         ssh_host_key_private=key.private_openssh,
                         ssh_host_key_public=key.public_openssh,

@@ -130,6 +130,25 @@ class BootstrapSpec:
             raise BootstrapError("runner_name must not be empty")
         if not self.jit_config:
             raise BootstrapError("jit_config must not be empty")
+        self._check_runner_source()
+        if bool(self.ssh_host_key_private) != bool(self.ssh_host_key_public):
+            raise BootstrapError("give both parts of the SSH host key, or neither")
+        if not _USER_NAME.fullmatch(self.runner_user):
+            raise BootstrapError(f"runner_user {self.runner_user!r} is not a valid user name")
+        for name, path in (("sentinel_dir", self.sentinel_dir), ("runner_dir", self.runner_dir)):
+            if not path.startswith("/"):
+                raise BootstrapError(f"{name} must be an absolute path, got {path!r}")
+        if self.root and not self.root.startswith("/"):
+            raise BootstrapError(f"root must be empty or an absolute path, got {self.root!r}")
+        builtins = _BUILTIN_VARIABLES
+        for name in self.extra:
+            if not _IDENTIFIER.fullmatch(name):
+                raise BootstrapError(f"extra variable name {name!r} is not an identifier")
+            if name in builtins:
+                raise BootstrapError(f"extra variable {name!r} would hide the built-in one")
+
+    def _check_runner_source(self) -> None:
+        """The runner's version, URLs and checksums can work on a VM."""
         if self.runner_sha256 and not _SHA256_HEX.fullmatch(self.runner_sha256.lower()):
             raise BootstrapError("runner_sha256 must be 64 hex digits (the tarball's SHA-256)")
         if not _VERSION.fullmatch(self.runner_version):
@@ -146,27 +165,12 @@ class BootstrapSpec:
                 raise BootstrapError(f"runner_downloads[{arch}]: give the full URL")
             if download.sha256 and not _SHA256_HEX.fullmatch(download.sha256.lower()):
                 raise BootstrapError(f"runner_downloads[{arch}]: sha256 must be 64 hex digits")
-        if bool(self.ssh_host_key_private) != bool(self.ssh_host_key_public):
-            raise BootstrapError("give both parts of the SSH host key, or neither")
-        if not _USER_NAME.fullmatch(self.runner_user):
-            raise BootstrapError(f"runner_user {self.runner_user!r} is not a valid user name")
-        for name, path in (("sentinel_dir", self.sentinel_dir), ("runner_dir", self.runner_dir)):
-            if not path.startswith("/"):
-                raise BootstrapError(f"{name} must be an absolute path, got {path!r}")
-        if self.root and not self.root.startswith("/"):
-            raise BootstrapError(f"root must be empty or an absolute path, got {self.root!r}")
         leftover = _LEFTOVER_PLACEHOLDER.search(self.resolved_download_url)
         if leftover:
             raise BootstrapError(
                 f"runner_download_url has an unknown placeholder {leftover.group(0)}; "
                 "only {version} and {arch} are filled in"
             )
-        builtins = _BUILTIN_VARIABLES
-        for name in self.extra:
-            if not _IDENTIFIER.fullmatch(name):
-                raise BootstrapError(f"extra variable name {name!r} is not an identifier")
-            if name in builtins:
-                raise BootstrapError(f"extra variable {name!r} would hide the built-in one")
 
     @property
     def resolved_download_url(self) -> str:

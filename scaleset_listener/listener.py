@@ -9,6 +9,15 @@ statistics, acknowledge (DELETE), acquire the JobAvailable requests, hand JobSta
 JobCompleted to the scaler, hand on the desired count. A shutdown request never splits it: the
 handler is shielded and the stop flag is only checked between messages.
 
+A message is acknowledged even when parts of it cannot be read (a schema change on GitHub's
+side): unacknowledged, it would come back to every new session and block the queue. Each
+unreadable part is logged once (`message_unparseable`, `job_message_unparseable`) and treated as
+absent: unreadable statistics leave the demand at its last known value until the next good ones,
+and the jobs an unreadable part may have been about are found by the acquirable-jobs look-up
+that follows (as at session start). The good parts are handled as usual.
+
+The recovery backoff is reset after every successful poll cycle (retrying.py explains why).
+
 Before the first session is open, errors that retrying cannot fix (bad credentials, unknown runner
 group, a 4xx on the scale set) end the process with a clear message: a misconfigured service
 should fail at start. After that every failure is logged and recovered from, because the
@@ -45,11 +54,14 @@ from scaleset_listener.wire import (
     JobAssigned,
     JobAvailable,
     JobCompleted,
+    JobMessage,
     JobStarted,
     MessageEnvelope,
     ScaleSet,
     Statistics,
     UnknownJobMessage,
+    UnparseableBody,
+    UnparseableJobMessage,
     parse_job_messages,
 )
 
@@ -121,6 +133,7 @@ class Listener:
         self._established = False
         self._last_message_id = 0
         self._latest_statistics: Statistics | None = None
+        self._recovery_backoff = policy.recovery_backoff()
         self.scale_set: ScaleSet | None = None
         self.messages_handled = 0
         # Monotonic time of the last poll that got an answer (message or not): readiness.
@@ -137,7 +150,10 @@ class Listener:
         self._stop = stop
         try:
             async for attempt in self._policy.recovery(
-                f"listen on {self._spec.name}", self._recoverable, sleep=self._sleep
+                f"listen on {self._spec.name}",
+                self._recoverable,
+                sleep=self._sleep,
+                backoff=self._recovery_backoff,
             ):
                 with attempt:
                     await self._listen_once()
@@ -305,35 +321,51 @@ class Listener:
         session = await self._open_session()
         self._established = True
         try:
+            for problem in session.unparseable:
+                self._log.warning(
+                    "session_unparseable", session_id=session.session_id, **problem.log_fields()
+                )
             initial = session.initial_statistics
             if initial is None:
-                self._log.warning("session_statistics_missing", session_id=session.session_id)
+                if not session.unparseable:
+                    self._log.warning("session_statistics_missing", session_id=session.session_id)
+                else:
+                    # Unreadable statistics may have counted available jobs: look them up.
+                    await self._acquire_leftover_jobs(session, why="unparseable_session")
             else:
                 self._latest_statistics = initial
                 log_statistics(self._log.bind(message_id=0), initial)
                 if initial.total_available_jobs > 0:
-                    await self._acquire_leftover_jobs(session)
+                    await self._acquire_leftover_jobs(session, why="session_start")
                 await self._hand_on_demand(initial)
             while not self._stop.is_set():
                 envelope = await self._poll(session)
                 if envelope is None:
                     if self._latest_statistics is not None and not self._stop.is_set():
                         await self._hand_on_demand(self._latest_statistics)
-                    continue
-                # The message in hand is finished even if shutdown arrives meanwhile.
-                await asyncio.shield(self._handle(session, envelope))
+                else:
+                    # The message in hand is finished even if shutdown arrives meanwhile.
+                    await asyncio.shield(self._handle(session, envelope))
+                # A full cycle worked: the next failure is a new incident, backed off afresh.
+                self._recovery_backoff.reset()
         finally:
             await asyncio.shield(self._close_session(session))
 
-    async def _acquire_leftover_jobs(self, session: MessageSession) -> None:
-        """Acquire jobs offered before this session existed (their JobAvailable went to a
-        session that is gone); without this, GHES jobs stay "available" forever."""
+    async def _acquire_leftover_jobs(self, session: MessageSession, *, why: str) -> None:
+        """Acquire the jobs the service offers but nobody acquired: offered before this session
+        existed (their JobAvailable went to a session that is gone), or announced in a message
+        part we could not read. Without this, GHES jobs stay "available" forever."""
         jobs = await self._client.get_acquirable_jobs(session.scale_set_id)
         requested = [job.runner_request_id for job in jobs if job.runner_request_id > 0]
+        self._log.debug("acquirable_jobs_looked_up", why=why, found=len(requested))
         if requested:
             acquired = await session.acquire_jobs(requested)
             self._log.info(
-                "jobs_acquired", requested=len(requested), acquired=len(acquired), leftover=True
+                "jobs_acquired",
+                requested=len(requested),
+                acquired=len(acquired),
+                leftover=True,
+                why=why,
             )
 
     def _capacity(self) -> int:
@@ -368,23 +400,55 @@ class Listener:
         )
         await self._scaler.handle_desired_runner_count(desired, stats)
 
+    def _read(
+        self, log: structlog.typing.FilteringBoundLogger, envelope: MessageEnvelope
+    ) -> tuple[list[JobMessage], bool]:
+        """The envelope's job messages, and whether any part of it could not be read.
+
+        Each unreadable part is logged here, before the ack, so once: after the ack the
+        message is not delivered again.
+        """
+        for problem in envelope.unparseable:
+            log.warning(
+                "message_unparseable", message_type=envelope.message_type, **problem.log_fields()
+            )
+        unreadable = bool(envelope.unparseable)
+        jobs: list[JobMessage] = []
+        if envelope.unreadable("messageType") or envelope.unreadable("body"):
+            pass  # logged above; the jobs it held are looked up after the ack
+        elif envelope.message_type != JOB_MESSAGES_TYPE:
+            log.warning("unknown_message_type", message_type=envelope.message_type)
+        else:
+            try:
+                jobs = parse_job_messages(envelope.body)
+            except UnparseableBody as exc:
+                unreadable = True
+                log.warning(
+                    "message_unparseable",
+                    message_type=envelope.message_type,
+                    **exc.problem.log_fields(),
+                )
+        for job in jobs:
+            if isinstance(job, UnparseableJobMessage):
+                unreadable = True
+                log.warning(
+                    "job_message_unparseable",
+                    index=job.index,
+                    message_type=job.message_type,
+                    **job.problem.log_fields(),
+                )
+        return jobs, unreadable
+
     async def _handle(self, session: MessageSession, envelope: MessageEnvelope) -> None:
         log = self._log.bind(message_id=envelope.message_id)
         self._last_message_id = max(self._last_message_id, envelope.message_id)
         stats = envelope.statistics
-        if stats is None:
-            log.warning("message_without_statistics")
-        else:
+        if stats is not None:
             self._latest_statistics = stats
             log_statistics(log, stats)
-        jobs: list[object] = []
-        if envelope.message_type != JOB_MESSAGES_TYPE:
-            log.warning("unknown_message_type", message_type=envelope.message_type)
-        else:
-            try:
-                jobs = list(parse_job_messages(envelope.body))
-            except ProtocolError as exc:
-                log.error("malformed_message", error=str(exc))
+        elif not envelope.unreadable("statistics"):
+            log.warning("message_without_statistics")
+        jobs, unreadable = self._read(log, envelope)
         await session.ack(envelope.message_id)
         self.messages_handled += 1
         log.debug("message_acked", jobs=len(jobs))
@@ -408,5 +472,10 @@ class Listener:
         for job in jobs:
             if isinstance(job, JobCompleted):
                 await self._scaler.handle_job_completed(job)
+        if unreadable:
+            # An unreadable part may have offered a job (JobAvailable): find it the other way.
+            await self._acquire_leftover_jobs(session, why="unparseable_message")
+        # Unreadable statistics hand on nothing: the demand stays at its last known value
+        # (re-asserted on empty polls) until the next good statistics.
         if stats is not None:
             await self._hand_on_demand(stats)

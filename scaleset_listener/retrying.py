@@ -9,6 +9,13 @@ Two layers, never more:
   capped, never giving up) and starts over with a new session. Its sleeps are asyncio sleeps,
   so shutdown cancels them at once.
 
+The recovery backoff grows over one incident, not over the life of the process: its wait
+(`RecoveryBackoff`) counts the failures since it was last reset, and the listener resets it
+whenever a poll cycle succeeds (an empty poll answer, or a message handled to the end). So the
+first failure after a success waits the first step again (about a second), even after an
+earlier outage had pushed the wait to its cap; the `recovering` log's `attempt` counts the
+same way. A message whose handling keeps failing still backs off, since no cycle succeeds.
+
 Token-expiry handling (refresh the session or admin token once, retry once) is protocol logic and
 lives beside the protocol, not here.
 """
@@ -16,6 +23,7 @@ lives beside the protocol, not here.
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -47,6 +55,39 @@ def is_transient(exc: BaseException) -> bool:
 def _exponential_with_jitter(first: float, cap: float) -> wait_base:
     """first, 2x, 4x ... capped, plus up to a quarter of `first` of jitter (spreads herds)."""
     return wait_exponential(multiplier=first, max=cap) + wait_random(0, first / 4)
+
+
+class RecoveryBackoff(wait_base):
+    """Exponential, capped wait over the failures since the last `reset()`.
+
+    tenacity's attempt number keeps growing for as long as its loop runs (for the listener, the
+    life of the process), so the streak is counted from the attempt at which a reset was seen.
+    """
+
+    def __init__(self, first: float, cap: float) -> None:
+        self._backoff = _exponential_with_jitter(first, cap)
+        self._attempts_before_streak = 0
+        self._reset_requested = False
+
+    def reset(self) -> None:
+        """Start over: the next failure is the first of a new streak."""
+        self._reset_requested = True
+
+    def streak_attempt(self, state: RetryCallState) -> int:
+        """Which failure of the current streak `state` is (1 for the first).
+
+        Idempotent per attempt: the wait and the log line of one failure both ask.
+        """
+        if self._reset_requested:
+            self._reset_requested = False
+            self._attempts_before_streak = state.attempt_number - 1
+        return state.attempt_number - self._attempts_before_streak
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        # tenacity's strategies read the attempt number from the state: hand them the streak's.
+        in_streak = copy.copy(retry_state)
+        in_streak.attempt_number = self.streak_attempt(retry_state)
+        return float(self._backoff(in_streak))
 
 
 @dataclass(frozen=True)
@@ -86,22 +127,29 @@ class RetryPolicy:
             reraise=True,
         )
 
+    def recovery_backoff(self) -> RecoveryBackoff:
+        return RecoveryBackoff(self.first_wait, self.recovery_max_wait)
+
     def recovery(
         self,
         what: str,
         retryable: Callable[[BaseException], bool],
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        backoff: RecoveryBackoff | None = None,
     ) -> AsyncRetrying:
         """Unbounded, capped backoff for a long-running loop that must outlive incidents.
 
         `sleep` lets the caller wake early on shutdown instead of finishing a long backoff.
+        `backoff` is the caller's handle to reset the wait after a success (see the module
+        docstring); without one the wait only grows.
         """
+        wait = backoff if backoff is not None else self.recovery_backoff()
         return AsyncRetrying(
             sleep=sleep,
             retry=retry_if_exception(retryable),
-            wait=_exponential_with_jitter(self.first_wait, self.recovery_max_wait),
+            wait=wait,
             stop=stop_never,
-            before_sleep=_log_recovery(what),
+            before_sleep=_log_recovery(what, wait),
             reraise=True,
         )
 
@@ -146,13 +194,13 @@ def _log_retry(what: str) -> Callable[[RetryCallState], None]:
     return before_sleep
 
 
-def _log_recovery(what: str) -> Callable[[RetryCallState], None]:
+def _log_recovery(what: str, backoff: RecoveryBackoff) -> Callable[[RetryCallState], None]:
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         log.error(
             "recovering",
             activity=what,
-            attempt=state.attempt_number,
+            attempt=backoff.streak_attempt(state),
             wait_seconds=round(state.upcoming_sleep, 3),
             error=str(exc),
             error_type=type(exc).__name__,

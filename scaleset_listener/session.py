@@ -6,7 +6,10 @@ admin token) once and the call retried once (section 5.2). A refresh answered 40
 broker evicted the session; that surfaces as SessionNotFound and the listener opens a new one.
 
 A 202, or a 200 whose body is blank, means "no message" (the broker has been seen answering an
-empty 200 during incidents; treating it as fatal crash-loops other listeners).
+empty 200 during incidents; treating it as fatal crash-loops other listeners). A message is
+refused only when its messageId cannot be read; any other part this version cannot read is
+reported in the envelope's `unparseable` and the message is still handed on, so it can be
+acknowledged and the queue moves on.
 """
 
 from __future__ import annotations
@@ -25,7 +28,13 @@ from scaleset_listener.errors import (
     SessionNotFound,
 )
 from scaleset_listener.http import HttpChannel
-from scaleset_listener.wire import MessageEnvelope, Session, Statistics, parse_model
+from scaleset_listener.wire import (
+    MessageEnvelope,
+    Session,
+    Statistics,
+    Unparseable,
+    parse_envelope,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -78,7 +87,13 @@ class MessageSession:
 
     @property
     def initial_statistics(self) -> Statistics | None:
+        """The statistics of the create-session answer; None when missing or unreadable."""
         return self._session.statistics
+
+    @property
+    def unparseable(self) -> tuple[Unparseable, ...]:
+        """Parts of the create-session answer that could not be read (its statistics)."""
+        return self._session.unparseable
 
     async def refresh(self) -> None:
         try:
@@ -158,7 +173,7 @@ class MessageSession:
             )
             if answer.status == 202 or answer.is_blank:
                 return None
-            return parse_model(MessageEnvelope, answer.json(what), what)
+            return parse_envelope(answer.json(what), what)
 
         return await self._with_queue_token(what, poll)
 

@@ -84,7 +84,8 @@ def make_guests(kind: GuestKind, github_url: str, cloud_url: str) -> Guests:
 
 
 def guest_settings(guests: Guests) -> dict[str, str]:
-    """Extra env-file settings the guests need (SSH key and port, runner download URL...)."""
+    """Extra env-file settings the guests need (SSH user, key and port). The runner needs none:
+    the listener's default resolves it from the GitHub simulator, which serves the files."""
     settings = getattr(guests, "listener_settings", None)
     return dict(settings()) if callable(settings) else {}
 

@@ -31,6 +31,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--public-url", default=None, help="base URL to hand out in replies")
     parser.add_argument("--auto-take", action="store_true", help="idle runners take jobs")
     parser.add_argument("--lenient", action="store_true", help="skip api-version/Accept checks")
+    defaults = SimulatorConfig()
+    parser.add_argument(
+        "--runner-version",
+        default=defaults.runner_version,
+        help="the newest actions/runner release at start",
+    )
+    parser.add_argument(
+        "--runner-version-age-days",
+        type=float,
+        default=defaults.runner_version_age_days,
+        help="how long ago that release was published",
+    )
+    parser.add_argument(
+        "--runner-min-version",
+        default=defaults.runner_min_version,
+        help="runners below this version cannot register",
+    )
+    parser.add_argument(
+        "--runner-deprecation-days",
+        type=float,
+        default=defaults.runner_deprecation_days,
+        help="a runner gets no messages once a newer release is older than this",
+    )
     return parser.parse_args(argv)
 
 
@@ -46,6 +69,10 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         public_url=args.public_url,
         auto_take=args.auto_take,
         strict=not args.lenient,
+        runner_version=args.runner_version,
+        runner_version_age_days=args.runner_version_age_days,
+        runner_min_version=args.runner_min_version,
+        runner_deprecation_days=args.runner_deprecation_days,
     )
 
 

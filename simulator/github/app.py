@@ -111,7 +111,9 @@ class Route:
     pattern: re.Pattern[str]
     endpoint: str
     surface: str  # api, actions, broker
-    auth: str  # app_jwt, credential, remoteauth, admin, queue
+    # app_jwt, credential, remoteauth, admin, queue; public (anonymous, or a valid credential);
+    # none (headers ignored)
+    auth: str
     handler: Handler
 
 
@@ -219,6 +221,66 @@ async def enterprise_registration_token(sim: SimulatorApp, ctx: Ctx) -> Reply:
 )
 async def repo_registration_token(sim: SimulatorApp, ctx: Ctx) -> Reply:
     return await _registration_token(sim, ctx, f"{ctx.params['owner']}/{ctx.params['repo']}")
+
+
+# Runner releases. The downloads endpoint exists per scope with the same answer; the release
+# files and the release list live where github.com has them (the actions/runner repository),
+# on the simulator's base URL so that VMs can reach them.
+
+
+@route(
+    "GET",
+    r"/repos/(?P<owner>[^/]+)/(?P<repo>[^/]+)/actions/runners/downloads",
+    "runner_downloads",
+    "api",
+    "credential",
+)
+@route(
+    "GET",
+    r"/orgs/(?P<org>[^/]+)/actions/runners/downloads",
+    "runner_downloads",
+    "api",
+    "credential",
+)
+@route(
+    "GET",
+    r"/enterprises/(?P<ent>[^/]+)/actions/runners/downloads",
+    "runner_downloads",
+    "api",
+    "credential",
+)
+async def runner_downloads(sim: SimulatorApp, ctx: Ctx) -> Reply:
+    return Reply.json(200, sim.world.runner_downloads())
+
+
+@route(
+    "GET",
+    r"/actions/runner/releases/download/v(?P<version>[^/]+)/(?P<filename>[^/]+)",
+    "runner_release_download",
+    "api",
+    "none",
+)
+async def runner_release_download(sim: SimulatorApp, ctx: Ctx) -> Reply:
+    tarball = sim.world.release_file(ctx.params["version"], ctx.params["filename"])
+    if tarball is None:
+        return Reply.text(404, "Not Found")
+    return Reply(200, tarball.data, "application/gzip")
+
+
+@route("GET", r"/repos/actions/runner/releases", "runner_releases", "api", "public")
+async def runner_releases(sim: SimulatorApp, ctx: Ctx) -> Reply:
+    if sim.world.config.mode == "ghes":
+        # A GHES instance has no actions/runner repository.
+        return Reply.json(404, {"message": "Not Found"})
+    per_page = min(max(_int_param(ctx.query.get("per_page"), "per_page") or 30, 1), 100)
+    page = max(_int_param(ctx.query.get("page"), "page") or 1, 1)
+    releases = sim.world.releases_newest_first()
+    start = (page - 1) * per_page
+    reply = Reply.json(200, [r.to_github() for r in releases[start : start + per_page]])
+    if start + per_page < len(releases):
+        url = f"{sim.world.base_url}/repos/actions/runner/releases"
+        reply.headers["Link"] = f'<{url}?per_page={per_page}&page={page + 1}>; rel="next"'
+    return reply
 
 
 @route("POST", r"/actions/runner-registration", "runner_registration", "api", "remoteauth")
@@ -667,6 +729,11 @@ class SimulatorApp:
                 return Reply.json(401, {"message": str(exc)})
         elif found.auth == "credential":
             if not bearer or not world.credential_valid(token):
+                return _bad_credentials()
+        elif found.auth == "public":
+            # Anonymous is fine, but a credential that is sent must be good, as on GitHub.
+            sent = ctx.request.headers.get("authorization") is not None
+            if sent and (not bearer or not world.credential_valid(token)):
                 return _bad_credentials()
         elif found.auth == "remoteauth":
             registration = world.registration_tokens.get(token) if scheme == "remoteauth" else None

@@ -11,6 +11,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 DEFAULT_PAT = "ghp_simulator_default_pat"
+# A runner release number, as GitHub tags them without the leading "v".
+VERSION_PATTERN = r"^\d+\.\d+\.\d+$"
 
 Mode = Literal["github.com", "ghes"]
 
@@ -54,6 +56,14 @@ class SimulatorConfig(BaseModel):
     # Base URL to put into returned URLs; None means the address the server is bound to.
     public_url: str | None = None
     seed: int | None = None
+    # The runner releases at start (and after a reset): the newest one, published this many
+    # days ago. More are announced through the control API.
+    runner_version: str = Field(default="2.331.0", pattern=VERSION_PATTERN)
+    runner_version_age_days: float = Field(default=1.0, ge=0)
+    # GitHub's runner policy: registering needs at least this version, and a runner gets no
+    # messages once a newer release has been out for more than `runner_deprecation_days`.
+    runner_min_version: str = Field(default="2.329.0", pattern=VERSION_PATTERN)
+    runner_deprecation_days: float = Field(default=30.0, ge=0)
 
     def patched(self, changes: dict[str, Any]) -> SimulatorConfig:
         return SimulatorConfig.model_validate({**self.model_dump(), **changes})

@@ -144,13 +144,22 @@ class SimulatorControl:
         message_type: str | None = None,
         body: str | None = None,
         job_messages: list[JSON] | None = None,
+        statistics: JSON | None = None,
     ) -> int | None:
-        """With message_type/body: a whole envelope (e.g. an unknown top-level type) and its
-        id; with only job_messages: raw job messages appended to the next batch."""
+        """With message_type, body or statistics: a whole envelope now (e.g. an unknown
+        top-level type) and its id; its body is `body`, else `job_messages` as the batch, and
+        `statistics` (raw, any shape inside the object, e.g. `{"totalAssignedJobs": "lots"}`)
+        is sent instead of the computed statistics. With only job_messages: raw job messages
+        (any shape) appended to the next batch; None is returned."""
         result = self._call(
             "POST",
             f"/scalesets/{scale_set_id}/messages",
-            {"message_type": message_type, "body": body, "job_messages": job_messages},
+            {
+                "message_type": message_type,
+                "body": body,
+                "job_messages": job_messages,
+                "statistics": statistics,
+            },
         )
         message_id = result["message_id"]
         return int(message_id) if message_id is not None else None
@@ -204,9 +213,14 @@ class SimulatorControl:
         response: JSON = self._call("POST", f"/jobs/{job_id}/cancel")
         return response
 
-    def connect_runner(self, jit_config: str) -> JSON:
-        """The runner started with this JIT config comes online (idle). Works once per config."""
-        response: JSON = self._call("POST", "/runners/connect", {"jit_config": jit_config})
+    def connect_runner(self, jit_config: str, version: str | None = None) -> JSON:
+        """The runner started with this JIT config comes online (idle). Works once per config.
+        `version` is the runner's (None: the newest release); a version below the minimum is
+        refused with 400, a deprecated one with 403 (ControlAPIError; the runner stays
+        offline)."""
+        response: JSON = self._call(
+            "POST", "/runners/connect", {"jit_config": jit_config, "version": version}
+        )
         return response
 
     def runner_take_job(self, runner_id: int, job_id: int | None = None) -> JSON:
@@ -216,6 +230,26 @@ class SimulatorControl:
     def runner_dies(self, runner_id: int) -> JSON:
         response: JSON = self._call("POST", f"/runners/{runner_id}/die")
         return response
+
+    # ------------------------------------------------------------------ runner releases
+
+    def announce_runner_release(
+        self, version: str, age_days: float = 0.0, published_at: float | str | None = None
+    ) -> JSON:
+        """Publish runner release `version`, `age_days` ago (or at `published_at`: epoch
+        seconds or ISO 8601). The newest release is what the downloads endpoints answer; once
+        it is older than `runner_deprecation_days`, runners of older versions are refused."""
+        body: JSON = {"version": version}
+        if published_at is not None:
+            body["published_at"] = published_at
+        else:
+            body["age_days"] = age_days
+        response: JSON = self._call("POST", "/runner_releases", body)
+        return response
+
+    def runner_releases(self) -> list[JSON]:
+        """The releases, newest first: `version`, `published_at` (epoch seconds), `age_days`."""
+        return list(self._call("GET", "/runner_releases")["releases"])
 
     # ------------------------------------------------------------------ faults
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Awaitable, Callable, Reversible
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 from starlette.requests import Request
 
 from simulator.github.faults import FaultSpecError
-from simulator.github.model import JSON, ControlError, ServiceError
+from simulator.github.model import DAY, JSON, ControlError, ServiceError
 from simulator.github.state import World
 from simulator.github.tokens import App
 
@@ -163,8 +165,11 @@ async def inject_message(world: World, p: dict[str, str], body: JSON, r: Request
     job_messages = body.get("job_messages")
     if job_messages is not None and not isinstance(job_messages, list):
         raise ControlError(400, "job_messages must be a list")
+    statistics = body.get("statistics")
+    if statistics is not None and not isinstance(statistics, dict):
+        raise ControlError(400, "statistics must be a JSON object (sent verbatim) or null")
     message_id = world.inject_message(
-        int(p["ss"]), body.get("message_type"), body.get("body"), job_messages
+        int(p["ss"]), body.get("message_type"), body.get("body"), job_messages, statistics
     )
     return 201, {"message_id": message_id}
 
@@ -205,7 +210,10 @@ async def connect_runner(world: World, p: dict[str, str], body: JSON, r: Request
     jit = body.get("jit_config")
     if not isinstance(jit, str):
         raise ControlError(400, "jit_config is required")
-    return 200, world.connect_runner(jit).to_state()
+    version = body.get("version")
+    if version is not None and not isinstance(version, str):
+        raise ControlError(400, "version must be a string like 2.331.0, or null")
+    return 200, world.connect_runner(jit, version).to_state()
 
 
 @_route("POST", r"/runners/(?P<rid>\d+)/take")
@@ -218,6 +226,46 @@ async def take_job(world: World, p: dict[str, str], body: JSON, r: Request) -> R
 @_route("POST", r"/runners/(?P<rid>\d+)/die")
 async def runner_dies(world: World, p: dict[str, str], body: JSON, r: Request) -> Result:
     return 200, world.runner_dies(int(p["rid"])).to_state()
+
+
+# ---------------------------------------------------------------------------- runner releases
+
+
+@_route("GET", "/runner_releases")
+async def list_runner_releases(world: World, p: dict[str, str], body: JSON, r: Request) -> Result:
+    now = time.time()
+    return 200, {"releases": [rel.to_control(now) for rel in world.releases_newest_first()]}
+
+
+@_route("POST", "/runner_releases")
+async def add_runner_release(world: World, p: dict[str, str], body: JSON, r: Request) -> Result:
+    version = body.get("version")
+    if not isinstance(version, str):
+        raise ControlError(400, "version is required (a string like 2.332.0)")
+    published_at = body.get("published_at")
+    age_days = body.get("age_days")
+    if published_at is not None and age_days is not None:
+        raise ControlError(400, "give age_days or published_at, not both")
+    if published_at is None:
+        days = _number(age_days if age_days is not None else 0.0, "age_days")
+        when = time.time() - days * DAY
+    elif isinstance(published_at, str):
+        try:
+            parsed = datetime.fromisoformat(published_at)
+        except ValueError as exc:
+            raise ControlError(400, f"published_at: {exc}") from exc
+        # GitHub's times are UTC; a time without a zone must not depend on the host's.
+        when = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+    else:
+        when = _number(published_at, "published_at")
+    release = world.add_runner_release(version, when)
+    return 201, release.to_control(time.time())
+
+
+def _number(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ControlError(400, f"{name} must be a number")
+    return float(value)
 
 
 # ---------------------------------------------------------------------------- faults

@@ -42,6 +42,9 @@ ENDPOINTS = (
     "get_runner",
     "find_runner",
     "remove_runner",
+    "runner_downloads",
+    "runner_release_download",
+    "runner_releases",
 )
 
 FaultKind = Literal["status", "delay", "drop", "bom", "empty_queue_url", "duplicate_result"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -14,6 +15,9 @@ EXCEPTION_NAMESPACE = "GitHub.Actions.Runtime.WebApi"
 
 JSON = dict[str, Any]
 
+_VERSION = re.compile(r"v?(\d+)\.(\d+)\.(\d+)")
+DAY = 86_400.0
+
 
 def wire_time(ts: float | None) -> str:
     """RFC 3339 with seven fractional digits, as the .NET service writes it; Go zero if unset."""
@@ -21,6 +25,21 @@ def wire_time(ts: float | None) -> str:
         return ZERO_TIME
     dt = datetime.fromtimestamp(ts, UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond:06d}0Z"
+
+
+def github_time(ts: float) -> str:
+    """ISO 8601 to the second, as the GitHub REST API writes times."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_version(text: str) -> tuple[int, int, int]:
+    """A runner version (`2.331.0`, also `v2.331.0`) as numbers, so 2.10.0 sorts after 2.9.0;
+    ValueError when it is not one."""
+    found = _VERSION.fullmatch(text.strip())
+    if found is None:
+        raise ValueError(f"{text!r} is not a runner version like 2.331.0")
+    major, minor, patch = (int(part) for part in found.groups())
+    return major, minor, patch
 
 
 def type_name(exception: str) -> str:
@@ -138,6 +157,36 @@ class Job:
         }
 
 
+@dataclass(frozen=True)
+class RunnerRelease:
+    """A release of actions/runner: its version (no leading "v") and when it was published."""
+
+    version: str
+    published_at: float
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        return parse_version(self.version)
+
+    def to_control(self, now: float) -> JSON:
+        return {
+            "version": self.version,
+            "published_at": self.published_at,
+            "age_days": (now - self.published_at) / DAY,
+        }
+
+    def to_github(self) -> JSON:
+        """The fields of GitHub's release object that runner-version lookups read."""
+        tag = f"v{self.version}"
+        return {
+            "tag_name": tag,
+            "name": tag,
+            "published_at": github_time(self.published_at),
+            "draft": False,
+            "prerelease": False,
+        }
+
+
 @dataclass
 class Runner:
     id: int
@@ -150,6 +199,10 @@ class Runner:
     state: str = "offline"
     jit_used: bool = False
     job: int | None = None
+    # The version the runner last connected (or tried to connect) with, and why the service
+    # refused it (None: not refused).
+    version: str | None = None
+    refused: str | None = None
 
     def reference(self) -> JSON:
         return {"id": self.id, "name": self.name, "runnerScaleSetId": self.scale_set_id}
@@ -173,6 +226,8 @@ class Runner:
             "state": self.state,
             "job": self.job,
             "jit_used": self.jit_used,
+            "version": self.version,
+            "refused": self.refused,
         }
 
 
@@ -183,6 +238,8 @@ class Envelope:
     message_type: str
     body: str
     deliveries: int = 0
+    # Injected raw statistics, sent verbatim instead of the computed ones (None: computed).
+    statistics: JSON | None = None
 
     def job_message_types(self) -> list[str]:
         try:

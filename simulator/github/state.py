@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import json
 import logging
 import random
@@ -24,6 +25,7 @@ from typing import Any
 from simulator.github.config import SimulatorConfig
 from simulator.github.faults import FaultBook
 from simulator.github.model import (
+    DAY,
     FIRST_MESSAGE_ID,
     JSON,
     ControlError,
@@ -32,13 +34,16 @@ from simulator.github.model import (
     MessageQueue,
     Runner,
     RunnerGroup,
+    RunnerRelease,
     ScaleSet,
     ServiceError,
     Session,
+    parse_version,
     statistics_json,
     wire_time,
 )
 from simulator.github.tokens import QUEUE, App, JwtIssuer, unverified_app_issuer
+from simulator.runner_stub import RunnerTarball, build_runner_tarball
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,17 @@ ZEROABLE = frozenset({"runnerRequestId", "workflowRunId", "jobId"})
 # What a job may ask of the runner that takes it (simulator.sandbox's stub runner obeys): crash
 # (the runner dies, its job fails) or hang (it never reports; auto_finish leaves the job running).
 RUNNER_BEHAVIOURS = frozenset({"crash", "hang"})
+# The files of a runner release, as GitHub's downloads endpoint lists them: os, architecture,
+# archive type. Only the Linux ones can be downloaded here (the stub runner, arch-independent).
+RUNNER_PLATFORMS = (
+    ("osx", "x64", "tar.gz"),
+    ("osx", "arm64", "tar.gz"),
+    ("linux", "x64", "tar.gz"),
+    ("linux", "arm64", "tar.gz"),
+    ("linux", "arm", "tar.gz"),
+    ("win", "x64", "zip"),
+    ("win", "arm64", "zip"),
+)
 
 COUNTERS = (
     "sessions_created",
@@ -74,6 +90,7 @@ COUNTERS = (
     "registration_tokens_issued",
     "installation_tokens_issued",
     "queue_tokens_issued",
+    "runners_refused",
 )
 
 
@@ -139,6 +156,8 @@ class World:
         self.issuer = JwtIssuer()
         self.waiters = Waiters()
         self.closing = False
+        # Deterministic per version, so kept across resets.
+        self._runner_tarballs: dict[str, RunnerTarball] = {}
         self._timers: set[asyncio.Task[None]] = set()
         self._ticker: asyncio.Task[None] | None = None
         self.reset()
@@ -153,6 +172,14 @@ class World:
         self.faults = FaultBook(self.rng)
         self.statistics_faults: list[StatisticsFault] = []
         self.pats: set[str] = set(self.config.pats)
+        self.runner_releases: list[RunnerRelease] = [
+            RunnerRelease(
+                self.config.runner_version,
+                time.time() - self.config.runner_version_age_days * DAY,
+            )
+        ]
+        # GHES hands out a temporary token with each runner download; kept to recognise them.
+        self.download_tokens: set[str] = set()
         self.apps: dict[str, App] = {}
         self.installation_tokens: dict[str, InstallationToken] = {}
         self.registration_tokens: dict[str, RegistrationToken] = {}
@@ -383,6 +410,8 @@ class World:
             return "pat"
         if token in self.installation_tokens:
             return "installation"
+        if token in self.download_tokens:
+            return "temp_download"
         kind = self.issuer.peek_kind(token)
         if kind in ("admin", QUEUE):
             return kind
@@ -696,8 +725,10 @@ class World:
         ]
         return self._new_envelope(ss_id, "RunnerScaleSetJobMessages", json.dumps(batch))
 
-    def _new_envelope(self, ss_id: int, message_type: str, body: str) -> Envelope:
-        envelope = Envelope(self._next_message_id, ss_id, message_type, body)
+    def _new_envelope(
+        self, ss_id: int, message_type: str, body: str, statistics: JSON | None = None
+    ) -> Envelope:
+        envelope = Envelope(self._next_message_id, ss_id, message_type, body, statistics=statistics)
         self._next_message_id += 1
         self.queues[ss_id].unacked[envelope.id] = envelope
         self.count("messages_created")
@@ -706,6 +737,7 @@ class World:
             scale_set_id=ss_id,
             message_id=envelope.id,
             job_messages=envelope.job_message_types(),
+            raw_statistics=statistics is not None,
         )
         return envelope
 
@@ -720,7 +752,12 @@ class World:
             "messageType": envelope.message_type,
             "body": envelope.body,
         }
-        stats = self.statistics(envelope.scale_set_id, "message")
+        # Injected statistics stand in for the computed ones (and for statistics faults), on
+        # every delivery, so a client can be shown a shape it does not expect.
+        if envelope.statistics is not None:
+            stats: JSON | None = envelope.statistics
+        else:
+            stats = self.statistics(envelope.scale_set_id, "message")
         if stats is not None:
             body["statistics"] = stats
         self._event(
@@ -755,13 +792,17 @@ class World:
         message_type: str | None,
         body: str | None,
         job_messages: list[JSON] | None,
+        statistics: JSON | None = None,
     ) -> int | None:
+        """With message_type, body or statistics: a whole envelope now (its body `body`, else
+        the job messages as a batch; `statistics` sent verbatim instead of the computed ones).
+        Otherwise the job messages join the pending ones and go out in the next batch."""
         if ss_id not in self.scale_sets:
             raise ControlError(404, f"no scale set {ss_id}")
-        if message_type is not None or body is not None:
+        if message_type is not None or body is not None or statistics is not None:
             payload = body if body is not None else json.dumps(job_messages or [])
             envelope = self._new_envelope(
-                ss_id, message_type or "RunnerScaleSetJobMessages", payload
+                ss_id, message_type or "RunnerScaleSetJobMessages", payload, statistics
             )
             return envelope.id
         self.queues[ss_id].pending.extend(job_messages or [])
@@ -1050,6 +1091,97 @@ class World:
             self._event("runner_removed", runner_id=runner.id, name=runner.name, reason="ephemeral")
         self._schedule()
 
+    # ------------------------------------------------------------------ runner releases
+
+    def releases_newest_first(self) -> list[RunnerRelease]:
+        return sorted(self.runner_releases, key=lambda r: r.key, reverse=True)
+
+    def newest_release(self) -> RunnerRelease:
+        return max(self.runner_releases, key=lambda r: r.key)
+
+    def runner_release(self, version: str) -> RunnerRelease | None:
+        return next((r for r in self.runner_releases if r.version == version), None)
+
+    def add_runner_release(self, version: str, published_at: float) -> RunnerRelease:
+        """Publish a release (announcing a newer runner, or back-dating an older one)."""
+        try:
+            key = parse_version(version)
+        except ValueError as exc:
+            raise ControlError(400, str(exc)) from exc
+        release = RunnerRelease(".".join(map(str, key)), published_at)
+        if self.runner_release(release.version) is not None:
+            raise ControlError(409, f"runner release v{release.version} exists")
+        self.runner_releases.append(release)
+        self._event("runner_release", version=release.version, published_at=release.published_at)
+        return release
+
+    def runner_tarball(self, version: str) -> RunnerTarball:
+        tarball = self._runner_tarballs.get(version)
+        if tarball is None:
+            tarball = self._runner_tarballs[version] = build_runner_tarball(version)
+        return tarball
+
+    def release_file(self, version: str, filename: str) -> RunnerTarball | None:
+        """The bytes behind a release download URL: the stub for a known release's Linux
+        files; None for anything else."""
+        if self.runner_release(version) is None:
+            return None
+        linux = {
+            f"actions-runner-{os_}-{arch}-{version}.{ext}"
+            for os_, arch, ext in RUNNER_PLATFORMS
+            if os_ == "linux"
+        }
+        return self.runner_tarball(version) if filename in linux else None
+
+    def runner_downloads(self) -> list[JSON]:
+        """GitHub's `actions/runners/downloads` answer: the newest release's files."""
+        version = self.newest_release().version
+        entries: list[JSON] = []
+        for os_, arch, ext in RUNNER_PLATFORMS:
+            filename = f"actions-runner-{os_}-{arch}-{version}.{ext}"
+            if os_ == "linux":
+                checksum = self.runner_tarball(version).sha256
+            else:
+                # Not served here; a stable stand-in for the real archive's checksum.
+                checksum = hashlib.sha256(filename.encode()).hexdigest()
+            entry: JSON = {
+                "os": os_,
+                "architecture": arch,
+                "download_url": (
+                    f"{self.base_url}/actions/runner/releases/download/v{version}/{filename}"
+                ),
+                "filename": filename,
+                "sha256_checksum": checksum,
+            }
+            if self.config.mode == "ghes":
+                token = secrets.token_urlsafe(24)
+                self.download_tokens.add(token)
+                entry["temp_download_token"] = token
+            entries.append(entry)
+        return entries
+
+    def runner_refusal(self, version: str) -> tuple[int, str, str] | None:
+        """Why GitHub would refuse a runner of this version (status, reason, message), or None.
+        Below the minimum it cannot register; once a newer release has been out for more than
+        `runner_deprecation_days` it gets no messages."""
+        key = parse_version(version)
+        minimum = self.config.runner_min_version
+        if key < parse_version(minimum):
+            return (
+                400,
+                "below_minimum",
+                f"Runner version v{version} is older than the minimum v{minimum} and cannot be "
+                "registered.",
+            )
+        cutoff = time.time() - self.config.runner_deprecation_days * DAY
+        if any(r.key > key and r.published_at < cutoff for r in self.runner_releases):
+            return (
+                403,
+                "deprecated",
+                f"Runner version v{version} is deprecated and cannot receive messages.",
+            )
+        return None
+
     # ------------------------------------------------------------------ runners
 
     def runner(self, runner_id: int) -> Runner:
@@ -1091,7 +1223,10 @@ class World:
         encoded = base64.b64encode(json.dumps(document).encode()).decode()
         return runner, encoded
 
-    def connect_runner(self, jit_config: str) -> Runner:
+    def connect_runner(self, jit_config: str, version: str | None = None) -> Runner:
+        """The runner started with this JIT config comes online (idle), unless its version is
+        refused (ControlError 400/403; it stays registered and offline). `version` None stands
+        for the newest release, for tests that drive runners through the control API."""
         try:
             document = json.loads(base64.b64decode(jit_config, validate=True))
             runner_id, secret = int(document["runnerId"]), str(document["secret"])
@@ -1102,9 +1237,35 @@ class World:
             raise ControlError(404, f"runner {runner_id} is not registered")
         if runner.jit_used:
             raise ControlError(409, f"the JIT config of runner {runner.name} was already used")
+        try:
+            key = parse_version(self.newest_release().version if version is None else version)
+        except ValueError as exc:
+            raise ControlError(400, f"malformed runner version: {exc}") from exc
+        runner.version = ".".join(map(str, key))
+        refusal = self.runner_refusal(runner.version)
+        if refusal is not None:
+            status, reason, message = refusal
+            runner.refused = message
+            self.count("runners_refused")
+            self._event(
+                "runner_refused",
+                runner_id=runner.id,
+                name=runner.name,
+                version=runner.version,
+                reason=reason,
+                message=message,
+            )
+            raise ControlError(status, message)
+        runner.refused = None
         runner.jit_used = True
         runner.state = "idle"
-        self._event("runner_state", runner_id=runner.id, name=runner.name, state="idle")
+        self._event(
+            "runner_state",
+            runner_id=runner.id,
+            name=runner.name,
+            state="idle",
+            version=runner.version,
+        )
         self._schedule()
         return runner
 
@@ -1203,6 +1364,7 @@ class World:
             ],
             "jobs": [j.to_state() for j in self.jobs.values()],
             "runners": [r.to_state() for r in self.runners.values()],
+            "runner_releases": [r.to_control(time.time()) for r in self.releases_newest_first()],
             "counters": dict(self.counters),
             "admin_epoch": self.admin_epoch,
             "last_request_seq": self.request_seq,

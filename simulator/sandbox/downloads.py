@@ -1,40 +1,46 @@
-"""A tiny HTTP server on 127.0.0.1 that serves the stub runner tarball to sandbox VMs.
+"""A runner mirror on 127.0.0.1: the stub runner tarball of any pinned version, for sandbox VMs.
 
-Every path ending in `.tar.gz` answers the tarball (so RUNNER_DOWNLOAD_URL may keep the real
-URL's `{version}` and `{arch}` placeholders); anything else is 404. Requests are counted, so a
-test can see that the bootstrap really downloaded the runner.
+A path ending in `actions-runner-linux-<arch>-<version>.tar.gz` answers the stub built for that
+version (`simulator.runner_stub`), so RUNNER_DOWNLOAD_URL may keep the real URL's `{version}` and
+`{arch}` placeholders and the runner reports the version it was downloaded as; anything else is
+404. Requests are counted, so a test can see that the bootstrap really downloaded the runner.
+Without a mirror, VMs download the runner from the simulated GitHub's release URLs instead.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from simulator.sandbox.runner_stub import RunnerTarball
+from simulator.runner_stub import RunnerTarball, build_runner_tarball
 
 TARBALL_PATH = "/actions-runner/actions-runner-linux-{arch}-{version}.tar.gz"
+_TARBALL = re.compile(r"actions-runner-linux-[A-Za-z0-9_]+-(?P<version>\d+\.\d+\.\d+)\.tar\.gz$")
 
 
 class DownloadServer:
-    def __init__(self, tarball: RunnerTarball, host: str = "127.0.0.1") -> None:
-        self.tarball = tarball
+    def __init__(self, host: str = "127.0.0.1") -> None:
         self.downloads: list[str] = []
         self._lock = threading.Lock()
+        self._tarballs: dict[str, RunnerTarball] = {}
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                if not self.path.split("?", 1)[0].endswith(".tar.gz"):
+                found = _TARBALL.search(self.path.split("?", 1)[0])
+                if found is None:
                     self.send_error(HTTPStatus.NOT_FOUND)
                     return
+                tarball = server.tarball(found.group("version"))
                 with server._lock:
                     server.downloads.append(self.path)
                 self.send_response(HTTPStatus.OK)
                 self.send_header("Content-Type", "application/gzip")
-                self.send_header("Content-Length", str(len(server.tarball.data)))
+                self.send_header("Content-Length", str(len(tarball.data)))
                 self.end_headers()
-                self.wfile.write(server.tarball.data)
+                self.wfile.write(tarball.data)
 
             def log_message(self, format: str, *args: object) -> None:
                 pass  # the request list is the record
@@ -44,6 +50,15 @@ class DownloadServer:
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, name="sandbox-downloads", daemon=True
         )
+
+    def tarball(self, version: str) -> RunnerTarball:
+        """The stub runner this mirror serves for `version` (built once; its sha256 is what
+        RUNNER_SHA256 must say)."""
+        with self._lock:
+            tarball = self._tarballs.get(version)
+            if tarball is None:
+                tarball = self._tarballs[version] = build_runner_tarball(version)
+            return tarball
 
     @property
     def url(self) -> str:

@@ -6,8 +6,10 @@ for it (simulator/sandbox/vm.py): its own PID and mount namespaces, a real OpenS
 server's fixed address (a loopback address: the fleet gives the cloud's tenant subnet a
 127.N.0.0/16 range), the host key from the user_data's `HOST_KEY` installed before sshd starts,
 and the user_data run as cloud-init runs it. The bootstrap downloads the stub runner from the
-fleet's download server (`listener_settings()` says where), and the stub connects to the
-simulated GitHub with the JIT config, takes one job, runs it for its duration, and exits.
+simulated GitHub's release URLs (what its downloads endpoint lists) or, for a pinned version,
+from the fleet's runner mirror (`mirror_settings(version)`), and the stub connects to the
+simulated GitHub with the JIT config and its version, takes one job, runs it for its duration,
+and exits.
 
 What the VM writes to /dev/console is relayed to the server's console log; marker lines drive
 the events (`setup-complete`, `setup-failed`, `run-complete`). When the bootstrap powers off, the
@@ -65,6 +67,7 @@ from simulator.fleet import (
 )
 from simulator.github.control import ControlAPIError
 from simulator.openstack.control import ControlApiError
+from simulator.runner_stub import BEHAVIOUR_PATH, RunnerTarball
 from simulator.sandbox.downloads import DownloadServer
 from simulator.sandbox.light_vm import (
     LightVm,
@@ -72,7 +75,6 @@ from simulator.sandbox.light_vm import (
     host_has_downloader,
     light_problem,
 )
-from simulator.sandbox.runner_stub import BEHAVIOUR_PATH, build_runner_tarball
 from simulator.sandbox.vm import FAILING_CURL, SBIN_PATH, SandboxVm, VmSpec
 
 log = logging.getLogger("simulator.sandbox")
@@ -338,8 +340,7 @@ class SandboxFleet(GuestFleet[_Vm]):
         if not self.client_key_path.exists():
             write_key_pair(self.client_key_path, "scaleset-sandbox-client")
         self.client_public_key = self.client_key_path.with_suffix(".pub").read_text().strip()
-        self.tarball = build_runner_tarball()
-        self._downloads = DownloadServer(self.tarball)
+        self._downloads = DownloadServer()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -369,22 +370,37 @@ class SandboxFleet(GuestFleet[_Vm]):
             shutil.rmtree(self.root, ignore_errors=True)
 
     def listener_settings(self) -> dict[str, str]:
-        """The env-file settings a listener needs to boot and probe these VMs."""
+        """The env-file settings a listener needs to boot and probe these VMs. No runner
+        settings: the listener's default (the latest release, from the simulated GitHub's
+        downloads endpoint) has the VMs download the runner from the GitHub simulator."""
         return {
-            "RUNNER_DOWNLOAD_URL": self._downloads.runner_url,
-            "RUNNER_SHA256": self.tarball.sha256,
             "VM_SSH_USER": self.login_user,
             "VM_SSH_PRIVATE_KEY_PATH": str(self.client_key_path),
             "VM_SSH_PORT": str(self.ssh_port),
         }
 
+    def mirror_settings(self, version: str) -> dict[str, str]:
+        """The env-file settings that pin runner `version` and have the VMs download it from
+        this fleet's mirror (`{version}` and `{arch}` kept in the URL)."""
+        return {
+            "GITHUB_RUNNER_VERSION": version,
+            "RUNNER_DOWNLOAD_URL": self._downloads.runner_url,
+            "RUNNER_SHA256": self.tarball(version).sha256,
+        }
+
+    def tarball(self, version: str) -> RunnerTarball:
+        """The stub runner the mirror serves for `version`."""
+        return self._downloads.tarball(version)
+
     @property
     def runner_download_url(self) -> str:
+        """The mirror's URL template (`{version}`, `{arch}`)."""
         return self._downloads.runner_url
 
     @property
     def downloads(self) -> list[str]:
-        """The paths the VMs downloaded the runner from, in order."""
+        """The paths the VMs downloaded the runner from the mirror, in order (downloads from
+        the GitHub simulator are in its request log, endpoint `runner_release_download`)."""
         return list(self._downloads.downloads)
 
     # ------------------------------------------------------------------ behaviours

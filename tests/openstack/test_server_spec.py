@@ -13,8 +13,11 @@ from provisioners.naming import Ownership, parse_ownership
 from provisioners.openstack import OpenStackProvisioner
 from scaleset_listener.cloud import missing_cloud_settings, openstack_config, server_spec
 from scaleset_listener.config import Settings
+from scaleset_listener.runner_versions import pinned_release
 from simulator.openstack.control import CloudControl
 from tests.testsupport.clouds import CloudTarget
+
+RUNNER = pinned_release("2.331.0", "https://mirror.example/{version}/{arch}.tgz", "c" * 64)
 
 
 def settings(**overrides: object) -> Settings:
@@ -60,6 +63,7 @@ async def test_a_runner_server_boots_with_its_bootstrap_ownership_and_overrides(
         "SECRET-JIT-CONFIG",
         host_key,
         datetime.now(UTC),
+        RUNNER,
     )
     assert spec.flavor == "m1.large"
     assert "SECRET-JIT-CONFIG" not in repr(spec)
@@ -77,6 +81,9 @@ async def test_a_runner_server_boots_with_its_bootstrap_ownership_and_overrides(
         assert script.startswith("#!")
         assert "gpu-0123abcd" in script
         assert "SECRET-JIT-CONFIG" in script
+        # The runner release is the one handed in, per architecture.
+        assert "RUNNER_VERSION=2.331.0\n" in script
+        assert "x64) url=https://mirror.example/2.331.0/x64.tgz sha256=" + "c" * 64 in script
         info = parse_ownership(vm.tags, vm.metadata)
         assert info is not None
         assert info.ownership == ownership
@@ -98,6 +105,7 @@ def test_with_accept_new_no_host_key_is_injected_or_recorded() -> None:
             "SECRET-JIT-CONFIG",
             host_key,
             datetime.now(UTC),
+            RUNNER,
         )
         info = parse_ownership(spec.tags, spec.metadata)
         assert info is not None

@@ -196,7 +196,9 @@ async def test_a_body_that_is_not_json_is_logged_and_acked(
             )
             await wait_state(sim, lambda s: bad in s["scale_sets"][0]["acked_message_ids"])
             await demand_still_flows(sim, service)
-    assert any(entry["event"] == "malformed_message" for entry in logs)
+    (unparseable,) = [entry for entry in logs if entry["event"] == "message_unparseable"]
+    assert (unparseable["message_id"], unparseable["field"]) == (bad, "body")
+    assert unparseable["excerpt"] == '"[{not json"'
 
 
 async def test_a_stale_session_conflict_is_waited_out(github_sim_factory: GitHubSimFactory) -> None:
@@ -370,3 +372,38 @@ async def test_a_stop_during_startup_retries_ends_them_at_once(
     state = sim.control.state()
     assert state["scale_sets"] == []
     assert state["counters"].get("sessions_created", 0) == 0
+
+
+async def test_the_recovery_backoff_starts_over_after_a_successful_poll(
+    github_sim_factory: GitHubSimFactory,
+) -> None:
+    """A long outage pushes the backoff to its cap; once a poll succeeded, the next short blip
+    waits the first step again, not the cap."""
+    sim = github_sim_factory(long_poll_timeout=0.05)
+    # One attempt per request: each failed poll is one recovery. First wait 0.02 s, cap 0.25 s.
+    settings = settings_for(
+        sim, retry_max_attempts=1, retry_max_wait=0.02, recovery_backoff_max=0.25
+    )
+    with capture_logs() as logs:
+        async with running_service(settings) as service:
+            await session_is_open(sim)
+            sim.control.add_fault("get_message", status=503, times=6)
+            # Each failed poll ends its session; the seventh session's polls succeed.
+            await wait_state(sim, lambda s: s["counters"]["sessions_created"] == 7)
+            last_failure = max(
+                r["seq"] for r in sim.control.requests(endpoint="get_message") if r["status"] == 503
+            )
+            await asyncio.to_thread(
+                sim.control.wait_for_request,
+                lambda r: r["endpoint"] == "get_message" and r["status"] == 202,
+                after=last_failure,
+            )
+            sim.control.add_fault("get_message", status=503, times=1)
+            await wait_state(sim, lambda s: s["counters"]["sessions_created"] == 8)
+            await demand_still_flows(sim, service)
+    recovering = [entry for entry in logs if entry["event"] == "recovering"]
+    assert [entry["attempt"] for entry in recovering] == [1, 2, 3, 4, 5, 6, 1]
+    outage, blip = recovering[:6], recovering[6]
+    assert outage[-1]["wait_seconds"] >= 0.25
+    # The first step (0.02 s plus at most a quarter of it as jitter), not the cap.
+    assert blip["wait_seconds"] <= 0.025

@@ -169,6 +169,43 @@ def test_unknown_message_types_can_be_injected(github_sim: GitHubSim, actions: A
     assert actions.job_messages(second) == [{"messageType": "JobTeleported"}]
 
 
+def test_messages_can_carry_raw_statistics_and_malformed_job_messages(
+    github_sim: GitHubSim, actions: Actions
+) -> None:
+    set_id = actions.create_scale_set("linux")
+    session = actions.create_session(set_id)
+    odd_statistics = {"totalAssignedJobs": "lots", "totalRunningJobs": 0, "newCounter": [1]}
+    bad_job = {"messageType": "JobStarted", "runnerId": "not-a-number"}
+    good_job = {"messageType": "JobCompleted", "runnerName": "r-1", "result": "succeeded"}
+    injected = github_sim.control.inject_message(
+        set_id, job_messages=[bad_job, good_job], statistics=odd_statistics
+    )
+    assert injected is not None
+    first = actions.poll(session)
+    # Verbatim, in place of the computed statistics, and the batch as given.
+    assert first.json()["messageId"] == injected
+    assert first.json()["messageType"] == "RunnerScaleSetJobMessages"
+    assert first.json()["statistics"] == odd_statistics
+    assert actions.job_messages(first) == [bad_job, good_job]
+    # Redelivered unacknowledged, it carries the same statistics again.
+    again = actions.poll(session)
+    assert again.json()["statistics"] == odd_statistics
+    actions.ack(session, injected)
+    # Only job messages: queued for the next batch, which has computed statistics.
+    assert github_sim.control.inject_message(set_id, job_messages=[bad_job]) is None
+    batch = actions.poll(session, last_message_id=injected)
+    assert actions.job_messages(batch) == [bad_job]
+    assert batch.json()["statistics"]["totalAssignedJobs"] == 0
+    created = github_sim.control.events(type="message_created")
+    assert [e["raw_statistics"] for e in created] == [True, False]
+    refused = httpx.post(
+        f"{github_sim.base_url}/_sim/scalesets/{set_id}/messages",
+        json={"statistics": "not an object"},
+    )
+    assert refused.status_code == 400
+    assert "statistics must be a JSON object" in refused.json()["error"]
+
+
 def test_service_side_deletion_makes_session_create_not_found(
     github_sim: GitHubSim, actions: Actions
 ) -> None:

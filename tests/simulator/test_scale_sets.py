@@ -171,6 +171,8 @@ def test_generatejitconfig_registers_an_offline_runner(
             "state": "offline",
             "job": None,
             "jit_used": False,
+            "version": None,  # not connected yet
+            "refused": None,
         }
     ]
 

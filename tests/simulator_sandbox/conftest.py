@@ -10,9 +10,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import pytest
 
-from provisioners.bootstrap import BootstrapSpec, HostKey, generate_host_key, render_user_data
+from provisioners.bootstrap import (
+    BootstrapSpec,
+    HostKey,
+    RunnerDownload,
+    generate_host_key,
+    render_user_data,
+)
 from simulator.openstack.config import CloudConfig
 from simulator.openstack.control import CloudControl
 from simulator.openstack.server import RunningCloud, run_in_thread
@@ -32,6 +39,9 @@ from tests.simulator_fleet.conftest import Nova
 from tests.testsupport.ssh_hosts import install_system_deps
 
 LABEL = "linux"
+# The runner the tests' bootstraps pin, from the fleet's mirror (`World.boot_latest` takes the
+# GitHub simulator's newest release instead).
+PINNED_RUNNER = "2.330.0"
 FAST_CLOUD = CloudConfig(build_delay=0.05, delete_delay=0.05, power_delay=0.02)
 FAST_SANDBOX = SandboxConfig(poll_interval=0.02)
 
@@ -98,15 +108,16 @@ class World:
         return self.jit_configs[name]
 
     def user_data(self, name: str, **overrides: Any) -> bytes:
-        """The real bootstrap for `name` with a fresh JIT config and host key."""
+        """The real bootstrap for `name` with a fresh JIT config and host key; the runner
+        pinned to PINNED_RUNNER from the fleet's mirror."""
         key = self.host_keys[name] = generate_host_key(name)
-        settings = self.fleet.listener_settings()
+        mirror = self.fleet.mirror_settings(PINNED_RUNNER)
         values: dict[str, Any] = {
             "runner_name": name,
             "jit_config": self.jit(name),
-            "runner_version": "2.330.0",
-            "runner_download_url": settings["RUNNER_DOWNLOAD_URL"],
-            "runner_sha256": settings["RUNNER_SHA256"],
+            "runner_version": mirror["GITHUB_RUNNER_VERSION"],
+            "runner_download_url": mirror["RUNNER_DOWNLOAD_URL"],
+            "runner_sha256": mirror["RUNNER_SHA256"],
             "labels": (LABEL,),
             "ssh_host_key_private": key.private_openssh,
             "ssh_host_key_public": key.public_openssh,
@@ -116,6 +127,34 @@ class World:
 
     def boot(self, name: str, **overrides: Any) -> str:
         return self.nova.create(name, self.user_data(name, **overrides))
+
+    def latest_release(self) -> tuple[str, dict[str, RunnerDownload]]:
+        """The newest runner release as the GitHub simulator's downloads endpoint lists it (what
+        a listener with GITHUB_RUNNER_VERSION=latest gives its VMs): version and Linux files."""
+        response = httpx.get(
+            f"{self.github.api_url}/orgs/acme/actions/runners/downloads",
+            headers={"Authorization": f"Bearer {self.github.pat}"},
+            timeout=10,
+        )
+        assert response.status_code == 200, response.text
+        linux = [e for e in response.json() if e["os"] == "linux"]
+        versions = {e["filename"].rsplit("-", 1)[1].removesuffix(".tar.gz") for e in linux}
+        [version] = versions
+        return version, {
+            e["architecture"]: RunnerDownload(e["download_url"], e["sha256_checksum"])
+            for e in linux
+        }
+
+    def boot_latest(self, name: str) -> str:
+        """Boot `name` with the newest release, downloaded from the GitHub simulator."""
+        version, downloads = self.latest_release()
+        return self.boot(
+            name,
+            runner_version=version,
+            runner_download_url="",
+            runner_sha256=None,
+            runner_downloads=downloads,
+        )
 
     def runner(self, name: str) -> dict[str, Any] | None:
         runners = self.github.control.state()["runners"]

@@ -15,10 +15,10 @@ def test_setup_fail_takes_the_bootstraps_failure_path_and_powers_off(world: Worl
     event = world.fleet.wait_for_event("setup-failed", "runner-1", timeout=30)
     world.fleet.wait_for_event("powered-off", "runner-1", timeout=10)
 
-    assert event.detail.startswith("download of http://127.0.0.1:")
+    assert event.detail.startswith("the download of http://127.0.0.1:")
     assert event.detail.endswith(" failed")
     [marker] = world.markers("runner-1")
-    assert marker.startswith("SCALESET-RUNNER setup-failed runner=runner-1 reason=download of")
+    assert marker.startswith("SCALESET-RUNNER setup-failed runner=runner-1 reason=the download of")
     assert world.cloud_control.server("runner-1").status == "SHUTOFF"
     assert world.fleet.counters.connected == 0
     assert world.runner("runner-1")["jit_used"] is False  # type: ignore[index]

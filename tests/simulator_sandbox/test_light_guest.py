@@ -127,5 +127,5 @@ class TestWithTheGuestsOwnCurl:
 
         event = world.fleet.wait_for_event("setup-failed", "runner-1", timeout=30)
 
-        assert event.detail == "download of http://127.0.0.1:9/missing-2.330.0.tar.gz failed"
+        assert event.detail == "the download of http://127.0.0.1:9/missing-2.330.0.tar.gz failed"
         assert world.fleet.downloads == []

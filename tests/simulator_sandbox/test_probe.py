@@ -19,7 +19,7 @@ from reconciler.reconcile import run_once
 from scaleset_listener.cloud import openstack_config
 from simulator.sandbox import SandboxFleet
 from tests.reconciler.test_end_to_end import Setup, admin_client
-from tests.simulator_sandbox.conftest import make_fleet
+from tests.simulator_sandbox.conftest import PINNED_RUNNER, make_fleet
 
 LABEL = "linux"
 
@@ -35,14 +35,14 @@ async def _boot(setup: Setup, fleet: SandboxFleet, name: str) -> RunnerVM:
     async with admin_client(setup) as client:
         jit = await client.generate_jit_config(setup.scale_set_id, name)
     key = generate_host_key(name)
-    settings = fleet.listener_settings()
+    mirror = fleet.mirror_settings(PINNED_RUNNER)
     user_data = render_user_data(
         BootstrapSpec(
             runner_name=name,
             jit_config=jit.encoded_jit_config,
-            runner_version=setup.settings.github_runner_version,
-            runner_download_url=settings["RUNNER_DOWNLOAD_URL"],
-            runner_sha256=settings["RUNNER_SHA256"],
+            runner_version=mirror["GITHUB_RUNNER_VERSION"],
+            runner_download_url=mirror["RUNNER_DOWNLOAD_URL"],
+            runner_sha256=mirror["RUNNER_SHA256"],
             labels=(LABEL,),
             ssh_host_key_private=key.private_openssh,
             ssh_host_key_public=key.public_openssh,

@@ -1,20 +1,27 @@
-"""The sandbox's pieces that need no namespaces: reading the bootstrap, the stub runner's
-tarball and the server that hands it out."""
+"""The sandbox's pieces that need no namespaces: reading the bootstrap, the stub runner (its
+tarball, its version, what it says when the service refuses it) and the mirror that hands it
+out."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import io
+import os
+import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import httpx
 import pytest
 
 from provisioners.bootstrap import BootstrapSpec, generate_host_key, render_user_data
+from simulator.runner_stub import build_runner_tarball
 from simulator.sandbox.downloads import DownloadServer
 from simulator.sandbox.fleet import SandboxConfig, shell_assignment, user_data_text
-from simulator.sandbox.runner_stub import build_runner_tarball
+from tests.conftest import GitHubSimFactory
+from tests.simulator.helpers import Actions
 
 
 def _bootstrap() -> tuple[bytes, str, str]:
@@ -50,27 +57,102 @@ def test_base64_user_data_is_decoded_and_foreign_user_data_is_not_a_bootstrap() 
     assert user_data_text(None) is None
 
 
+def _unpack(data: bytes, into: Path) -> Path:
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
+        archive.extractall(into, filter="data")
+    return into
+
+
+def _listener(
+    runner_dir: Path, *args: str, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    """The stub's Runner.Listener run with this Python (as `env python3` would on a VM)."""
+    return subprocess.run(
+        [sys.executable, str(runner_dir / "bin" / "Runner.Listener"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        # No behaviour file: the host's /etc must not decide how the stub behaves.
+        env={**os.environ, "SCALESET_GUEST_ROOT": str(runner_dir)},
+    )
+
+
 def test_the_runner_tarball_has_run_sh_and_the_listener_and_a_stable_digest() -> None:
-    tarball = build_runner_tarball()
+    tarball = build_runner_tarball("2.331.0")
     assert tarball.sha256 == hashlib.sha256(tarball.data).hexdigest()
-    assert build_runner_tarball().sha256 == tarball.sha256
+    assert build_runner_tarball("2.331.0") == tarball
     with tarfile.open(fileobj=io.BytesIO(tarball.data), mode="r:gz") as archive:
         members = {m.name: m for m in archive.getmembers()}
     assert set(members) == {"run.sh", "bin/Runner.Listener"}
     assert all(m.mode == 0o755 for m in members.values())
 
 
-def test_the_download_server_serves_the_tarball_for_any_version_and_arch() -> None:
-    tarball = build_runner_tarball()
-    server = DownloadServer(tarball)
+def test_each_version_is_its_own_tarball_and_the_stub_reports_it(tmp_path: Path) -> None:
+    old, new = build_runner_tarball("2.330.0"), build_runner_tarball("2.331.0")
+    assert old.sha256 != new.sha256
+    for version, tarball in (("2.330.0", old), ("2.331.0", new)):
+        done = _listener(_unpack(tarball.data, tmp_path / version), "--version")
+        assert (done.returncode, done.stdout) == (0, f"{version}\n"), done.stderr
+
+
+@pytest.mark.parametrize("version", ["latest", "v2.331.0", "2.331", ""])
+def test_a_tarball_needs_a_plain_release_number(version: str) -> None:
+    with pytest.raises(ValueError, match=r"not like 2\.331\.0"):
+        build_runner_tarball(version)
+
+
+def test_the_stub_logs_the_services_refusal_verbatim_and_exits_1(
+    github_sim_factory: GitHubSimFactory, tmp_path: Path
+) -> None:
+    # 2.331.0 has been out for 31 days: 2.330.0 is deprecated.
+    github = github_sim_factory(runner_version_age_days=31)
+    actions = Actions(github)
+    try:
+        scale_set_id = actions.create_scale_set("linux")
+        response = actions.generate_jit(scale_set_id, "runner-1")
+        assert response.status_code == 200, response.text
+        jit = str(response.json()["encodedJITConfig"])
+    finally:
+        actions.close()
+    runner_dir = _unpack(build_runner_tarball("2.330.0").data, tmp_path / "runner")
+
+    done = _listener(runner_dir, "run", "--jitconfig", jit)
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    [line] = done.stdout.splitlines()
+    assert line.endswith(
+        " Runner.Listener: An error occurred: Runner version v2.330.0 is deprecated and cannot "
+        "receive messages."
+    ), line
+    [runner] = github.control.state()["runners"]
+    assert (runner["name"], runner["state"], runner["version"]) == (
+        "runner-1",
+        "offline",
+        "2.330.0",
+    )
+
+
+def test_the_mirror_serves_each_versions_tarball_for_any_arch() -> None:
+    server = DownloadServer()
     server.start()
     try:
-        url = server.runner_url.format(version="2.330.0", arch="arm64")
-        response = httpx.get(url)
-        assert response.status_code == 200
-        assert hashlib.sha256(response.content).hexdigest() == tarball.sha256
+        digests = {}
+        for version, arch in (("2.330.0", "arm64"), ("2.331.0", "x64")):
+            url = server.runner_url.format(version=version, arch=arch)
+            response = httpx.get(url)
+            assert response.status_code == 200
+            assert response.headers["content-type"] == "application/gzip"
+            digests[version] = hashlib.sha256(response.content).hexdigest()
+            assert digests[version] == server.tarball(version).sha256
+            assert server.tarball(version) == build_runner_tarball(version)
+        assert digests["2.330.0"] != digests["2.331.0"]
         assert httpx.get(server.url + "/etc/passwd").status_code == 404
-        assert server.downloads == [url.removeprefix(server.url)]
+        assert httpx.get(server.url + "/actions-runner-linux-x64-latest.tar.gz").status_code == 404
+        assert server.downloads == [
+            "/actions-runner/actions-runner-linux-arm64-2.330.0.tar.gz",
+            "/actions-runner/actions-runner-linux-x64-2.331.0.tar.gz",
+        ]
     finally:
         server.stop()
 

@@ -20,8 +20,8 @@ import pytest
 from provisioners.base import Provisioner
 from scaleset_listener.actions_client import ActionsClient
 from scaleset_listener.config import ScaleSetSpec, Settings
-from scaleset_listener.scaler import VMScaler
 from scaleset_listener.runner_versions import RunnerVersions
+from scaleset_listener.scaler import VMScaler
 from scaleset_listener.service import ScalerFactory, run_service, vm_scalers
 from simulator.fleet import Fleet, FleetConfig, FleetEvent
 from simulator.github.config import SimulatorConfig

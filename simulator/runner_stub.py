@@ -1,12 +1,17 @@
-"""The stub GitHub Actions runner that sandbox VMs download, and its tarball.
+"""The stub "actions/runner release": the runner tarball sandbox VMs download, one per version.
 
-The tarball has the real runner's entry points: `run.sh` (a bash script that starts
+The simulated GitHub serves it as its runner release files (`simulator.github`) and the sandbox's
+mirror serves it for pinned versions (`simulator.sandbox.downloads`); stdlib only, so both can
+build it. The tarball has the real runner's entry points: `run.sh` (a bash script that starts
 `bin/Runner.Listener` and exits with its code, as the real one does) and `bin/Runner.Listener`,
 a stdlib-only Python script that names its process `Runner.Listener` (prctl PR_SET_NAME), so the
-probe's `pgrep -x Runner.Listener` finds it.
+probe's `pgrep -x Runner.Listener` finds it. The version is built in:
+`bin/Runner.Listener --version` prints it, as the real runner does.
 
 `run.sh --jitconfig <config>` decodes the JIT config (the GitHub simulator's is base64 JSON with
-the simulator's `serverUrl`), connects to the simulated Actions service with it, takes one job of
+the simulator's `serverUrl`), connects to the simulated Actions service with it and its version
+(the service refuses a version below the minimum or deprecated: the stub logs the service's
+message as `Runner.Listener: An error occurred: <message>` and exits 1), takes one job of
 its scale set (unless the service's `auto_take` gave it one), "runs" it for the job's
 `duration` (then finishes it with the job's configured result; a 409 means `auto_finish` or a
 test was first), and exits 0 when the job succeeded, else 1. A registration removed while idle,
@@ -25,6 +30,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import re
 import tarfile
 from dataclasses import dataclass
 
@@ -32,7 +38,7 @@ BEHAVIOUR_PATH = "/etc/scaleset-sandbox/runner.json"
 
 RUN_SH = """\
 #!/bin/bash
-# Stub of the GitHub Actions runner's run.sh (simulator.sandbox): it starts the listener and
+# Stub of the GitHub Actions runner's run.sh (simulator.runner_stub): it starts the listener and
 # exits with its exit code.
 cd "$(dirname "$0")"
 bin/Runner.Listener run "$@"
@@ -40,7 +46,7 @@ exit $?
 """
 
 RUNNER_LISTENER = r'''#!/usr/bin/env python3
-"""Stub Runner.Listener (simulator.sandbox.runner_stub): one job against the GitHub simulator."""
+"""Stub Runner.Listener (simulator.runner_stub): one job against the GitHub simulator."""
 import base64
 import ctypes
 import json
@@ -51,6 +57,7 @@ import urllib.error
 import urllib.request
 
 BEHAVIOUR_PATH = "@BEHAVIOUR_PATH@"
+VERSION = "@VERSION@"
 
 
 def log(message):
@@ -92,6 +99,9 @@ def name_process():
 
 
 def main(argv):
+    if argv[1:] == ["--version"]:
+        print(VERSION, flush=True)
+        return 0
     name_process()
     if len(argv) < 3 or argv[1] != "run" or "--jitconfig" not in argv:
         log("usage: Runner.Listener run --jitconfig <config>")
@@ -111,21 +121,25 @@ def main(argv):
         behaviour = {}
     failure = behaviour.get("failure")
     api = Api(server)
-    status, runner = api.call("POST", "/runners/connect", {"jit_config": jit})
+    status, runner = api.call("POST", "/runners/connect", {"jit_config": jit, "version": VERSION})
     if status != 200:
-        log(f"could not connect to the Actions service: {status} {runner.get('error')}")
+        # As the real runner words it, e.g. "Runner version v2.330.0 is deprecated and cannot
+        # receive messages."
+        error = runner.get("error") if isinstance(runner, dict) else None
+        log(f"An error occurred: {error or f'the service answered {status}'}")
         return 1
     runner_id, scale_set = runner["id"], runner["scale_set_id"]
-    log(f"connected as runner {runner['name']} (id {runner_id}); listening for jobs")
-    version = -1
+    log(f"connected as runner {runner['name']} (id {runner_id}, version {VERSION}); "
+        "listening for jobs")
+    seen = -1
     job = None
     while True:
-        status, world = api.call("GET", f"/state?after_version={version}&wait=20", timeout=60)
+        status, world = api.call("GET", f"/state?after_version={seen}&wait=20", timeout=60)
         if status != 200:
             log(f"state answered {status}")
             time.sleep(0.5)
             continue
-        version = world["version"]
+        seen = world["version"]
         mine = next((r for r in world["runners"] if r["id"] == runner_id), None)
         if job is None:
             if mine is None:
@@ -177,6 +191,8 @@ if __name__ == "__main__":
     sys.exit(main(sys.argv))
 '''.replace("@BEHAVIOUR_PATH@", BEHAVIOUR_PATH)
 
+_VERSION = re.compile(r"\d+\.\d+\.\d+")
+
 
 @dataclass(frozen=True)
 class RunnerTarball:
@@ -186,11 +202,15 @@ class RunnerTarball:
     sha256: str
 
 
-def build_runner_tarball() -> RunnerTarball:
-    """A gzipped tarball of `run.sh` and `bin/Runner.Listener`, both 0755, owned by root."""
+def build_runner_tarball(version: str) -> RunnerTarball:
+    """The stub of runner `version` (like 2.331.0): a gzipped tarball of `run.sh` and
+    `bin/Runner.Listener`, both 0755, owned by root. Same version, same bytes."""
+    if not _VERSION.fullmatch(version):
+        raise ValueError(f"runner version {version!r} is not like 2.331.0")
+    listener = RUNNER_LISTENER.replace("@VERSION@", version)
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as archive:
-        for name, text in (("run.sh", RUN_SH), ("bin/Runner.Listener", RUNNER_LISTENER)):
+        for name, text in (("run.sh", RUN_SH), ("bin/Runner.Listener", listener)):
             payload = text.encode()
             info = tarfile.TarInfo(name)
             info.size, info.mode, info.mtime = len(payload), 0o755, 1_700_000_000
