@@ -134,6 +134,8 @@ def simulated_world(
 async def serving(world: World, settings: Settings) -> AsyncIterator[asyncio.Task[int]]:
     """The service with real VM scalers (recorded in `world.scalers`) until the block ends."""
     stop = asyncio.Event()
+    # The scalers of this run only: a test serving twice must not see the first run's.
+    world.scalers.clear()
 
     def factory_for(
         client: ActionsClient, provisioner: Provisioner, runner_versions: RunnerVersions
