@@ -8,7 +8,10 @@ deployment one month after GitHub's next release. Hence:
 * `GITHUB_RUNNER_VERSION=latest` (the default): the release is resolved from the REST endpoint
   `GET .../actions/runners/downloads` of the configured scope (repository, organization or
   enterprise; GHES answers with the version it wants): version, per-architecture URL and
-  SHA-256. At start a failure is fatal (there is nothing to give a VM); later, every
+  SHA-256. At start no VM is created before it is resolved: a transient failure (network, 5xx,
+  429) is retried with a growing wait, as every GitHub request of the service is (the health
+  endpoints answer meanwhile and `/readyz` says why); any other failure (bad credentials, 404,
+  an answer we cannot use) stops the start with that message. Later, every
   RUNNER_VERSION_CHECK_INTERVAL, a failure keeps the last good answer and says so.
 * A pinned version (air-gapped mirrors) is used as given, and checked on the same schedule
   against the releases GitHub lists (`GET /repos/actions/runner/releases`): once a newer
@@ -37,6 +40,7 @@ from scaleset_listener.auth import GITHUB_JSON, Credential
 from scaleset_listener.errors import GitHubAPIError, ListenerError, ProtocolError
 from scaleset_listener.github_urls import GitHubTarget
 from scaleset_listener.http import HttpChannel
+from scaleset_listener.retrying import is_transient
 
 log = structlog.get_logger(__name__)
 
@@ -236,6 +240,7 @@ class RunnerVersions:
         self._release: RunnerRelease | None = None
         self._resolved_at: float | None = None
         self._stale: str | None = None
+        self._last_error: ListenerError | None = None
         if wanted != LATEST:
             self._release = pinned_release(wanted, mirror_url, pinned_sha256)
 
@@ -249,20 +254,42 @@ class RunnerVersions:
         return self._release
 
     def problem(self) -> str | None:
-        """Why the runner in use may soon get no jobs (a `/readyz` reason), or None."""
+        """Why no VM can be created yet, or why the runner in use may soon get no jobs (a
+        `/readyz` reason); None when all is well."""
+        if self._release is None:
+            cause = f": {self._last_error}" if self._last_error else ""
+            return f"the runner release (GITHUB_RUNNER_VERSION=latest) is not resolved yet{cause}"
         return self._stale
 
-    async def start(self) -> RunnerRelease:
-        """Resolve (latest) or check (pinned) once; RunnerVersionUnavailable when `latest`
-        cannot be resolved."""
-        await self.check()
-        if self._release is None:
-            raise RunnerVersionUnavailable(
-                "GITHUB_RUNNER_VERSION=latest: GitHub's runner downloads endpoint gave no "
-                "usable answer (runner_version_refresh_failed says why); pin "
-                "GITHUB_RUNNER_VERSION (with RUNNER_DOWNLOAD_URL for a mirror) to start without it"
-            )
-        return self._release
+    async def start(
+        self, stop: asyncio.Event | None = None, max_wait: float = 60.0
+    ) -> RunnerRelease | None:
+        """Resolve (latest) or check (pinned) once. `latest` is retried while GitHub fails
+        transiently (waits of 1, 2, 4 ... `max_wait` seconds); None when `stop` is set first.
+        RunnerVersionUnavailable when the failure is not transient."""
+        attempt = 0
+        while True:
+            await self.check()
+            if self._release is not None:
+                return self._release
+            error = self._last_error
+            if error is None or not is_transient(error):
+                raise RunnerVersionUnavailable(
+                    "GITHUB_RUNNER_VERSION=latest: GitHub's runner downloads endpoint gave no "
+                    f"usable answer ({error}); pin GITHUB_RUNNER_VERSION (with "
+                    "RUNNER_DOWNLOAD_URL for a mirror) to start without it"
+                )
+            wait = min(2.0**attempt, max_wait)
+            attempt += 1
+            log.warning("runner_version_unresolved", retry_in_seconds=wait, error=str(error))
+            if stop is None:
+                await asyncio.sleep(wait)
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await stop.wait()
+            if stop.is_set():
+                return None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Check every interval until `stop` is set."""
@@ -285,6 +312,7 @@ class RunnerVersions:
         try:
             release = release_from_downloads(await self._source.downloads(), self._mirror_url)
         except ListenerError as exc:
+            self._last_error = exc
             kept = self._release
             log.warning(
                 "runner_version_refresh_failed",
@@ -303,6 +331,7 @@ class RunnerVersions:
             return
         previous = self._release
         self._release, self._resolved_at, self._stale = release, now, None
+        self._last_error = None
         if previous is not None and previous.version != release.version:
             # The VMs created from now on get the new release; running ones keep theirs.
             log.info("runner_version_changed", version=release.version, previous=previous.version)

@@ -189,6 +189,44 @@ async def _set_when_done(tasks: list[asyncio.Task[bool]], event: asyncio.Event) 
     event.set()
 
 
+def _start_health(
+    settings: Settings,
+    pairs: list[tuple[Listener, Scaler]],
+    runner_versions: RunnerVersions | None,
+) -> HealthServer | None:
+    """The health endpoints, when ENABLE_METRICS is on (before the runner is resolved, so a
+    probe sees why the service is not ready yet)."""
+    if not settings.enable_metrics:
+        return None
+    health = HealthServer(
+        [_health_of(listener, scaler) for listener, scaler in pairs],
+        settings.metrics_addr,
+        [runner_versions.problem] if runner_versions is not None else [],
+    )
+    health.start()
+    log.info("health_endpoints", addr=settings.metrics_addr, paths=["/healthz", "/readyz"])
+    return health
+
+
+async def _resolve_runner(
+    runner_versions: RunnerVersions, settings: Settings, stop: asyncio.Event
+) -> bool:
+    """The runner release new VMs get, resolved before any is created; False when stopped
+    meanwhile."""
+    release = await runner_versions.start(stop, settings.recovery_backoff_max)
+    if release is None:
+        return False
+    log.info(
+        "runner_version",
+        version=release.version,
+        source=release.source,
+        follows_latest=runner_versions.follows_latest,
+        architectures=sorted(release.downloads),
+        mirror=bool(settings.runner_download_url),
+    )
+    return True
+
+
 async def run_service(
     settings: Settings,
     stop: asyncio.Event | None = None,
@@ -254,15 +292,6 @@ async def run_service(
                     pinned_sha256=settings.runner_sha256,
                     check_interval=settings.runner_version_check_interval,
                 )
-                release = await runner_versions.start()
-                log.info(
-                    "runner_version",
-                    version=release.version,
-                    source=release.source,
-                    follows_latest=runner_versions.follows_latest,
-                    architectures=sorted(release.downloads),
-                    mirror=bool(settings.runner_download_url),
-                )
                 provisioner = OpenStackProvisioner(openstack_config(settings))
                 build = scaler_factory_builder or functools.partial(vm_scalers, settings)
                 make_scaler = build(client, provisioner, runner_versions)
@@ -284,14 +313,13 @@ async def run_service(
                 policy,
             )
             pairs.append((listener, scaler))
-        if settings.enable_metrics:
-            health = HealthServer(
-                [_health_of(listener, scaler) for listener, scaler in pairs],
-                settings.metrics_addr,
-                [runner_versions.problem] if runner_versions is not None else [],
-            )
-            health.start()
-            log.info("health_endpoints", addr=settings.metrics_addr, paths=["/healthz", "/readyz"])
+        health = _start_health(settings, pairs, runner_versions)
+        # No VM before the runner release is known (the scalers ask for it at each create).
+        if runner_versions is not None and not await _resolve_runner(
+            runner_versions, settings, stop
+        ):
+            log.info("service_stopped", failed_scale_sets=0)
+            return 0
         async with asyncio.TaskGroup() as group:
             tasks = [
                 group.create_task(

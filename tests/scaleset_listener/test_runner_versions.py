@@ -203,7 +203,8 @@ async def test_every_scope_resolves_the_newest_release_with_githubs_checksums(
     sim = github_sim_factory(runner_version="2.331.0")
     async with source_for(sim, path) as source:
         versions = RunnerVersions("latest", source)
-        release = await versions.start()
+        await versions.start()
+        release = versions.current()
 
     assert release.version == "2.331.0"
     assert set(release.downloads) == {"x64", "arm64", "arm"}
@@ -272,17 +273,59 @@ async def test_a_failing_endpoint_keeps_the_last_good_answer_and_says_so(
     assert "runner 2.331.0 was resolved 26 days ago" in problem
 
 
-async def test_latest_that_cannot_be_resolved_at_start_stops_the_start(
+async def test_latest_that_github_refuses_at_start_stops_the_start(
     github_sim_factory: GitHubSimFactory,
 ) -> None:
     sim = github_sim_factory()
-    sim.control.add_fault("runner_downloads", status=503, times=None)
+    sim.control.add_fault("runner_downloads", status=404, times=None, type_name="")
     async with source_for(sim) as source:
         versions = RunnerVersions("latest", source)
-        with pytest.raises(RunnerVersionUnavailable, match="pin GITHUB_RUNNER_VERSION"):
+        with pytest.raises(RunnerVersionUnavailable, match="pin GITHUB_RUNNER_VERSION") as err:
             await versions.start()
+    assert "404" in str(err.value)
+    assert len(sim.control.requests(endpoint="runner_downloads")) == 1
     with pytest.raises(RunnerVersionUnavailable):
         versions.current()
+
+
+async def test_latest_is_retried_at_start_while_github_fails_transiently(
+    github_sim_factory: GitHubSimFactory,
+) -> None:
+    sim = github_sim_factory(runner_version="2.331.0")
+    # Each start attempt makes two requests (RetryPolicy max_attempts=2): two attempts fail.
+    sim.control.add_fault("runner_downloads", status=503, times=4)
+    async with source_for(sim) as source:
+        versions = RunnerVersions("latest", source)
+        with capture_logs() as logs:
+            unresolved = versions.problem()
+            release = await versions.start(asyncio.Event(), max_wait=0.05)
+
+    assert unresolved == "the runner release (GITHUB_RUNNER_VERSION=latest) is not resolved yet"
+    assert release is not None
+    assert release.version == "2.331.0"
+    waits = [e["retry_in_seconds"] for e in logs if e["event"] == "runner_version_unresolved"]
+    assert waits == [0.05, 0.05]
+    assert versions.problem() is None
+
+
+async def test_a_stop_while_latest_is_retried_ends_the_start_without_a_release(
+    github_sim_factory: GitHubSimFactory,
+) -> None:
+    sim = github_sim_factory()
+    sim.control.add_fault("runner_downloads", status=502, times=None)
+    stop = asyncio.Event()
+    async with source_for(sim) as source:
+        versions = RunnerVersions("latest", source)
+        starting = asyncio.create_task(versions.start(stop, max_wait=60.0))
+        await asyncio.to_thread(
+            sim.control.wait_for_request, lambda e: e["endpoint"] == "runner_downloads", 5.0
+        )
+        problem = versions.problem()
+        stop.set()
+        async with asyncio.timeout(5):
+            assert await starting is None
+    assert problem is not None
+    assert problem.startswith("the runner release (GITHUB_RUNNER_VERSION=latest) is not resolved")
 
 
 async def test_a_pin_warns_and_turns_unready_25_days_after_a_newer_release(
@@ -293,7 +336,8 @@ async def test_a_pin_warns_and_turns_unready_25_days_after_a_newer_release(
     async with source_for(sim) as source:
         now = [time.time()]
         versions = RunnerVersions("2.330.0", source, clock=lambda: now[0])
-        release = await versions.start()
+        await versions.start()
+        release = versions.current()
         assert release.version == "2.330.0"
         assert versions.problem() is None
         now[0] += 6 * DAY
@@ -338,7 +382,8 @@ async def test_a_pin_whose_check_fails_keeps_running_and_says_so(
     async with source_for(sim) as source:
         versions = RunnerVersions("2.331.0", source)
         with capture_logs() as logs:
-            release = await versions.start()
+            await versions.start()
+            release = versions.current()
 
     assert release.version == "2.331.0"
     assert versions.problem() is None

@@ -435,7 +435,7 @@ async def test_readiness_reports_a_pinned_runner_github_will_soon_refuse_once(
 async def test_latest_runner_that_cannot_be_resolved_stops_the_start_with_exit_1(
     world: World,
 ) -> None:
-    world.github.control.add_fault("runner_downloads", status=503, times=None)
+    world.github.control.add_fault("runner_downloads", status=403, times=None, type_name="")
     with capture_logs() as logs:
         async with asyncio.timeout(30):
             code = await run_service(world.settings(), asyncio.Event(), handle_signals=False)
