@@ -146,7 +146,8 @@ class Listener:
         return self._spec.name
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Listen until `stop` is set; then close the session (and the managed scale set)."""
+        """Listen until `stop` is set; then close the session (`release` deletes a managed
+        scale set)."""
         self._stop = stop
         try:
             async for attempt in self._policy.recovery(
@@ -164,9 +165,13 @@ class Listener:
                 raise
             # Shutting down anyway: a failure now is worth a line, not a failed exit.
             self._log.warning("error_during_shutdown", error=str(exc))
-        finally:
-            if self._options.manage_scale_set and self.scale_set is not None:
-                await self._delete_managed_scale_set()
+
+    async def release(self) -> None:
+        """The scale set is served no more (shutdown, or a failure that ends it): delete it
+        when we manage it. Not part of `run`, so the supervisor can restart a set without
+        deleting it."""
+        if self._options.manage_scale_set and self.scale_set is not None:
+            await self._delete_managed_scale_set()
 
     # Scale set -----------------------------------------------------------------------------
 

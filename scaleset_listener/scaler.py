@@ -215,6 +215,11 @@ class VMScaler:
     async def prepare(self, scale_set_id: int) -> None:
         """Startup reconciliation (once per scale set id), before any demand is counted; its
         adoptions join the owned set. A failure is logged: the sweep remains the safety net."""
+        # Before the session's first poll announces the capacity to GitHub.
+        try:
+            await self.refresh_capacity()
+        except ProvisionerError as exc:
+            self._log.warning("cloud_capacity_unknown", error=str(exc))
         try:
             if self._reconcile is None or scale_set_id in self._prepared_ids:
                 return
@@ -310,6 +315,9 @@ class VMScaler:
     @property
     def ready(self) -> bool:
         return self.permanent_error is None
+
+    def problem(self) -> str | None:
+        return self.permanent_error
 
     def _ownership(self) -> Ownership:
         return Ownership(self._listener_instance, self._scale_set_id)

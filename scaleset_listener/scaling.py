@@ -7,6 +7,7 @@ reassigned jobs repeat); they only tell which runner started or finished a job.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Protocol
 
 import structlog
@@ -52,6 +53,15 @@ class Scaler(Protocol):
 
     async def handle_job_completed(self, job: JobCompleted) -> None: ...
 
+    async def run(self, stop: asyncio.Event) -> None:
+        """The scaler's own loop, beside the listener, until `stop` is set. An exception out of
+        it is a bug: the supervisor logs it and restarts the scale set."""
+        ...
+
+    def problem(self) -> str | None:
+        """Why this scaler cannot do its work (a `/readyz` reason), or None."""
+        ...
+
 
 class LoggingScaler:
     """A scaler that only logs what it is told: `run` without a cloud, and the tests' witness."""
@@ -67,6 +77,12 @@ class LoggingScaler:
         return UNLIMITED
 
     async def prepare(self, scale_set_id: int) -> None:
+        return None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+
+    def problem(self) -> str | None:
         return None
 
     async def handle_desired_runner_count(self, desired: int, statistics: Statistics) -> None:

@@ -27,7 +27,7 @@ from scaleset_listener.auth import ActionsAdminAuth, build_credential
 from scaleset_listener.cloud import missing_cloud_settings, openstack_config, server_spec
 from scaleset_listener.config import ScaleSetSpec, Settings
 from scaleset_listener.errors import ConfigError, ListenerError
-from scaleset_listener.health import HealthServer, ScaleSetHealth
+from scaleset_listener.health import HealthServer
 from scaleset_listener.http import HttpChannel
 from scaleset_listener.listener import Listener, ListenerOptions
 from scaleset_listener.reconciling import (
@@ -43,6 +43,7 @@ from scaleset_listener.runner_versions import (
 )
 from scaleset_listener.scaler import Adoption, Lifecycle, VMScaler
 from scaleset_listener.scaling import LoggingScaler, Scaler
+from scaleset_listener.supervisor import ScaleSetSupervisor
 
 log = structlog.get_logger(__name__)
 
@@ -139,51 +140,6 @@ def vm_scalers(
     return make
 
 
-def _health_of(listener: Listener, scaler: Scaler) -> ScaleSetHealth:
-    def last_poll_at() -> float | None:
-        return listener.last_poll_at
-
-    def problem() -> str | None:
-        return scaler.permanent_error if isinstance(scaler, VMScaler) else None
-
-    return ScaleSetHealth(listener.name, last_poll_at, problem)
-
-
-async def _serve_scale_set(listener: Listener, scaler: Scaler, stop: asyncio.Event) -> bool:
-    """One scale set's listener and scaler; a fatal failure here stops only this set."""
-    set_stop = asyncio.Event()
-
-    async def relay_stop() -> None:
-        await stop.wait()
-        set_stop.set()
-
-    relay = asyncio.create_task(relay_stop())
-    scaler_task = None
-    # Only the VM scaler has a loop of its own (the logging one just logs what it is told).
-    if isinstance(scaler, VMScaler):
-        try:
-            await scaler.refresh_capacity()
-        except ProvisionerError as exc:
-            log.warning("cloud_capacity_unknown", scale_set=listener.name, error=str(exc))
-        scaler_task = asyncio.create_task(scaler.run(set_stop))
-    try:
-        await listener.run(set_stop)
-    except ListenerError as failure:
-        log.error(
-            "scale_set_failed",
-            scale_set=listener.name,
-            error=str(failure),
-            error_type=type(failure).__name__,
-        )
-        return False
-    finally:
-        set_stop.set()
-        relay.cancel()
-        if scaler_task is not None:
-            await scaler_task
-    return True
-
-
 async def _set_when_done(tasks: list[asyncio.Task[bool]], event: asyncio.Event) -> None:
     await asyncio.wait(tasks)
     event.set()
@@ -191,7 +147,7 @@ async def _set_when_done(tasks: list[asyncio.Task[bool]], event: asyncio.Event) 
 
 def _start_health(
     settings: Settings,
-    pairs: list[tuple[Listener, Scaler]],
+    supervisors: list[ScaleSetSupervisor],
     runner_versions: RunnerVersions | None,
 ) -> HealthServer | None:
     """The health endpoints, when ENABLE_METRICS is on (before the runner is resolved, so a
@@ -199,7 +155,7 @@ def _start_health(
     if not settings.enable_metrics:
         return None
     health = HealthServer(
-        [_health_of(listener, scaler) for listener, scaler in pairs],
+        [supervisor.health() for supervisor in supervisors],
         settings.metrics_addr,
         [runner_versions.problem] if runner_versions is not None else [],
     )
@@ -296,7 +252,7 @@ async def run_service(
                 build = scaler_factory_builder or functools.partial(vm_scalers, settings)
                 make_scaler = build(client, provisioner, runner_versions)
         owner = socket.gethostname()
-        pairs = []
+        supervisors = []
         for spec in settings.runners:
             scaler = make_scaler(spec)
             listener = Listener(
@@ -312,8 +268,15 @@ async def run_service(
                 ),
                 policy,
             )
-            pairs.append((listener, scaler))
-        health = _start_health(settings, pairs, runner_versions)
+            supervisors.append(
+                ScaleSetSupervisor(
+                    listener,
+                    scaler,
+                    first_wait=policy.first_wait,
+                    max_wait=settings.recovery_backoff_max,
+                )
+            )
+        health = _start_health(settings, supervisors, runner_versions)
         # No VM before the runner release is known (the scalers ask for it at each create).
         if runner_versions is not None and not await _resolve_runner(
             runner_versions, settings, stop
@@ -322,10 +285,8 @@ async def run_service(
             return 0
         async with asyncio.TaskGroup() as group:
             tasks = [
-                group.create_task(
-                    _serve_scale_set(listener, scaler, stop), name=f"scale-set:{listener.name}"
-                )
-                for listener, scaler in pairs
+                group.create_task(supervisor.run(stop), name=f"scale-set:{supervisor.name}")
+                for supervisor in supervisors
             ]
             if runner_versions is not None:
                 # Checked until every scale set is done (stopped, or failed on its own).

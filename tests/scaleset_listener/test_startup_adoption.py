@@ -30,12 +30,20 @@ class Clock:
         return self.now
 
 
+class UnlimitedCloud:
+    """All `prepare` asks of a provisioner: how many more servers fit (None: no limit)."""
+
+    async def capacity(self) -> None:
+        return None
+
+
 def scaler_with(reconcile: Any, clock: Clock) -> VMScaler:
     nothing: Any = None
+    cloud: Any = UnlimitedCloud()
     return VMScaler(
         ScaleSetSpec(name="linux"),
         nothing,
-        nothing,
+        cloud,
         nothing,
         "test",
         Lifecycle(boot_timeout=600.0),

@@ -66,6 +66,12 @@ class RecordingScaler:
     async def prepare(self, scale_set_id: int) -> None:
         self.prepared.append(scale_set_id)
 
+    async def run(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+
+    def problem(self) -> str | None:
+        return None
+
     async def _record(self, update: Callable[[], None]) -> None:
         async with self._changed:
             update()
