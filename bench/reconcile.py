@@ -59,11 +59,10 @@ from provisioners.ssh import SSHProbeConfig, SSHProber
 from reconciler.reconcile import ReconcileReport, run_once
 from scaleset_listener.actions_client import ActionsClient
 from scaleset_listener.auth import ActionsAdminAuth, PersonalAccessToken
-from scaleset_listener.cloud import openstack_config
 from scaleset_listener.config import LogFormat, LogLevel, Settings
 from scaleset_listener.http import HttpChannel
 from scaleset_listener.logs import configure
-from scaleset_listener.service import retry_policy
+from scaleset_listener.wiring import openstack_config, retry_policy
 from simulator.github.config import DEFAULT_PAT
 from simulator.github.control import SimulatorControl
 from simulator.openstack.control import CloudControl
@@ -228,7 +227,7 @@ def bench_settings(
 
 
 def probe_config(settings: Settings, port: int, workers: int) -> SSHProbeConfig:
-    """As `scaleset_listener.reconciling.make_prober` builds it, on the test hosts' port."""
+    """As `scaleset_listener.wiring.make_prober` builds it, on the test hosts' port."""
     assert settings.vm_ssh_private_key_path is not None
     return SSHProbeConfig.from_timeout(
         settings.ssh_probe_timeout,

@@ -37,10 +37,10 @@ from typing import Any
 from provisioners.base import ServerSpec
 from provisioners.naming import Ownership, ownership_metadata
 from provisioners.openstack import OpenStackProvisioner
-from scaleset_listener.cloud import openstack_config
 from scaleset_listener.config import LogFormat, LogLevel, Settings
 from scaleset_listener.logs import configure
 from scaleset_listener.service import run_service
+from scaleset_listener.wiring import openstack_config
 from simulator.github.config import DEFAULT_PAT
 from simulator.github.control import SimulatorControl
 from simulator.openstack.control import CloudControl

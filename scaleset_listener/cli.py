@@ -1,4 +1,4 @@
-"""The `scaleset-listener` command: `run` the service, `reconcile` once, `check-config`.
+"""The `scaleset-listener` command: `run` the service, `reconcile` once, `check-config`, `demo`.
 
 Exit codes: 0 success, 1 the service failed while running, 2 the configuration is wrong.
 """
@@ -9,17 +9,28 @@ import argparse
 import asyncio
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pydantic import SecretStr
 
+from provisioners.openstack import OpenStackProvisioner
+from reconciler.reconcile import ReconcileReport
 from scaleset_listener import __version__
 from scaleset_listener.auth import load_app_private_key
 from scaleset_listener.config import Settings, load_settings
 from scaleset_listener.errors import ConfigError
+from scaleset_listener.http import HttpChannel
 from scaleset_listener.logs import configure
-from scaleset_listener.service import reconcile_once, run_service
+from scaleset_listener.service import run_service
+from scaleset_listener.wiring import (
+    github,
+    missing_cloud_settings,
+    openstack_config,
+    reconcile_deleted_scale_sets,
+    reconcile_scale_set,
+    retry_policy,
+)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -126,6 +137,52 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"scaleset-listener: configuration error: {exc}", file=sys.stderr)
             return EXIT_CONFIG
     return asyncio.run(run_service(settings))
+
+
+async def reconcile_once(settings: Settings, *, dry_run: bool, out: Callable[[str], None]) -> int:
+    """`scaleset-listener reconcile`: one reconciliation pass per configured scale set, its
+    decision table written to `out`; with `dry_run` nothing is changed. The exit code."""
+    missing = missing_cloud_settings(settings)
+    if missing:
+        raise ConfigError(f"reconcile needs the cloud settings: {', '.join(missing)}")
+    http = HttpChannel(retry_policy(settings))
+    provisioner: OpenStackProvisioner | None = None
+    failed = False
+    try:
+        client = github(settings, http).client
+        provisioner = OpenStackProvisioner(openstack_config(settings))
+        mode = "dry run, nothing changed" if dry_run else "acted"
+        reports: list[ReconcileReport] = []
+        served: set[int] = set()
+        for spec in settings.runners:
+            group_id = spec.runner_group_id
+            if group_id is None:
+                group_id = (await client.get_runner_group_by_name(spec.runner_group)).id
+            scale_set = await client.find_scale_set(spec.name, group_id)
+            if scale_set is None:
+                out(f"# scale set {spec.name}: not registered at GitHub, nothing to reconcile")
+                continue
+            served.add(scale_set.id)
+            report = await reconcile_scale_set(
+                settings, client, provisioner, scale_set.id, dry_run=dry_run
+            )
+            out(f"# scale set {spec.name} (id {scale_set.id}): {mode}")
+            out(report.table())
+            reports.append(report)
+        for scale_set_id, report in await reconcile_deleted_scale_sets(
+            settings, client, provisioner, skip=served, dry_run=dry_run
+        ):
+            out(f"# scale set {scale_set_id} (deleted at GitHub, its VMs remain): {mode}")
+            out(report.table())
+            reports.append(report)
+        failed = any(row.error for report in reports for row in report.rows) or any(
+            orphan.error for report in reports for orphan in report.orphans
+        )
+    finally:
+        await http.aclose()
+        if provisioner is not None:
+            await provisioner.close()
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

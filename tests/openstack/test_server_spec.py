@@ -11,9 +11,9 @@ import pytest
 from provisioners.bootstrap import generate_host_key
 from provisioners.naming import Ownership, parse_ownership
 from provisioners.openstack import OpenStackProvisioner
-from scaleset_listener.cloud import missing_cloud_settings, openstack_config, server_spec
 from scaleset_listener.config import Settings
 from scaleset_listener.runner_versions import pinned_release
+from scaleset_listener.wiring import missing_cloud_settings, openstack_config, server_spec
 from simulator.openstack.control import CloudControl
 from tests.testsupport.clouds import CloudTarget
 

@@ -20,14 +20,13 @@ from provisioners.naming import FAILED_TAG, Ownership, ownership_metadata
 from provisioners.openstack import OpenStackProvisioner
 from scaleset_listener.actions_client import ActionsClient
 from scaleset_listener.auth import ActionsAdminAuth, PersonalAccessToken
-from scaleset_listener.cli import main
-from scaleset_listener.cloud import openstack_config
+from scaleset_listener.cli import main, reconcile_once
 from scaleset_listener.config import Settings
 from scaleset_listener.github_urls import parse_github_url
 from scaleset_listener.http import HttpChannel
 from scaleset_listener.retrying import RetryPolicy
-from scaleset_listener.service import reconcile_once
 from scaleset_listener.session import MessageSession
+from scaleset_listener.wiring import openstack_config
 from simulator.github.config import SimulatorConfig
 from simulator.github.server import RunningSimulator
 from simulator.github.server import run_in_thread as run_github

@@ -17,11 +17,10 @@ from provisioners.openstack import OpenStackProvisioner
 from provisioners.ssh import HostKeyPolicy, ProbeOutcome, SSHProbeConfig, SSHProber
 from reconciler.policy import Action
 from reconciler.reconcile import ReconcileReport, run_once
-from scaleset_listener.cloud import openstack_config
 from scaleset_listener.config import ScaleSetSpec
-from scaleset_listener.reconciling import adoptions
 from scaleset_listener.scaler import Adoption, Lifecycle, Phase, VMScaler
 from scaleset_listener.wire import Statistics
+from scaleset_listener.wiring import adoptions, openstack_config
 from tests.reconciler.test_end_to_end import (
     Setup,
     admin_client,

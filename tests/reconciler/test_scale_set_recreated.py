@@ -18,9 +18,9 @@ import pytest
 from provisioners.base import ServerSpec
 from provisioners.naming import SCALE_SET_TAG_PREFIX, Ownership, ownership_metadata
 from provisioners.openstack import OpenStackProvisioner
-from scaleset_listener.cloud import openstack_config
+from scaleset_listener.cli import reconcile_once
 from scaleset_listener.config import Settings
-from scaleset_listener.service import reconcile_once
+from scaleset_listener.wiring import openstack_config
 from simulator.fleet import FleetConfig
 from tests.testsupport.world import World, serving, simulated_world
 

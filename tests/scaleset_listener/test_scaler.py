@@ -24,13 +24,13 @@ from provisioners.naming import Ownership, ownership_metadata
 from provisioners.openstack import OpenStackProvisioner
 from scaleset_listener.actions_client import ActionsClient
 from scaleset_listener.auth import ActionsAdminAuth, PersonalAccessToken
-from scaleset_listener.cloud import openstack_config
 from scaleset_listener.github_urls import parse_github_url
 from scaleset_listener.health import POLL_STALE_AFTER, ScaleSetHealth, readiness
 from scaleset_listener.http import HttpChannel
 from scaleset_listener.retrying import RetryPolicy
 from scaleset_listener.scaler import VMScaler
 from scaleset_listener.service import run_service
+from scaleset_listener.wiring import openstack_config
 from simulator.fleet import FleetConfig
 from tests.testsupport.world import World, serving, simulated_world
 

@@ -15,7 +15,8 @@ from structlog.testing import capture_logs
 from provisioners.base import Provisioner
 from scaleset_listener.actions_client import ActionsClient
 from scaleset_listener.runner_versions import RunnerVersions
-from scaleset_listener.service import ScalerFactory, run_service, vm_scalers
+from scaleset_listener.service import run_service
+from scaleset_listener.wiring import ScalerFactory, vm_scalers
 from tests.testsupport.world import World, simulated_world
 
 JSON = dict[str, Any]

@@ -16,7 +16,7 @@ from provisioners.naming import META_HOST_KEY, Ownership, ownership_metadata, pa
 from provisioners.openstack import OpenStackProvisioner
 from provisioners.ssh import ProbeOutcome, ProbeResult, SSHProbeConfig, SSHProber
 from reconciler.reconcile import run_once
-from scaleset_listener.cloud import openstack_config
+from scaleset_listener.wiring import openstack_config
 from simulator.sandbox import SandboxFleet
 from tests.reconciler.test_end_to_end import Setup, admin_client
 from tests.simulator_sandbox.conftest import PINNED_RUNNER, make_fleet

@@ -1,0 +1,341 @@
+"""From settings to the service's parts: the GitHub client, the runner versions, the cloud's
+provisioner and the bootstrap's specs, the SSH prober, the reconciler's passes and one VMScaler
+per scale set.
+
+This is the one module that reads settings to build things; the parts themselves know nothing of
+the settings (`provisioners` and `reconciler` not even of this package). `service` runs what is
+built here, `cli` offers it as commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import structlog
+
+from provisioners.base import Provisioner, ProvisionerError, ServerSpec
+from provisioners.bootstrap import BootstrapSpec, HostKey, render_user_data
+from provisioners.naming import Ownership, ownership_metadata
+from provisioners.openstack import OpenStackConfig
+from provisioners.ssh import SSHProbeConfig, SSHProber
+from reconciler.policy import Action
+from reconciler.ports import RunnerRegistry
+from reconciler.reconcile import ReconcileReport, deleted_scale_sets, run_once
+from scaleset_listener.actions_client import ActionsClient
+from scaleset_listener.auth import ActionsAdminAuth, Credential, build_credential
+from scaleset_listener.config import ScaleSetSpec, Settings
+from scaleset_listener.errors import ListenerError, ScaleSetNotFound
+from scaleset_listener.github_urls import GitHubTarget
+from scaleset_listener.http import HttpChannel
+from scaleset_listener.retrying import RetryPolicy
+from scaleset_listener.runner_versions import GitHubReleaseSource, RunnerRelease, RunnerVersions
+from scaleset_listener.scaler import Adoption, Lifecycle, Phase, VMScaler
+from scaleset_listener.scaling import Scaler
+
+log = structlog.get_logger(__name__)
+
+
+# GitHub ------------------------------------------------------------------------------------
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(
+        max_attempts=settings.retry_max_attempts,
+        max_wait=settings.retry_max_wait,
+        recovery_max_wait=settings.recovery_backoff_max,
+    )
+
+
+@dataclass(frozen=True)
+class GitHub:
+    """What talks to GitHub: the parsed GITHUB_URL, the credential and the Actions client."""
+
+    target: GitHubTarget
+    credential: Credential
+    client: ActionsClient
+
+
+def github(settings: Settings, http: HttpChannel) -> GitHub:
+    """The PAT or GitHub App credential and the Actions client over `http`."""
+    target = settings.github_target
+    credential = build_credential(
+        target=target,
+        http=http,
+        pat=settings.github_token.get_secret_value() if settings.github_token else None,
+        app_id=settings.github_app_id,
+        installation_id=settings.github_app_installation_id,
+        private_key_pem=settings.app_private_key_pem() if settings.uses_github_app else None,
+    )
+    client = ActionsClient(ActionsAdminAuth(target, credential, http), http)
+    return GitHub(target, credential, client)
+
+
+def runner_versions(settings: Settings, gh: GitHub, http: HttpChannel) -> RunnerVersions:
+    """The runner release new VMs get (GITHUB_RUNNER_VERSION, resolved or pinned)."""
+    return RunnerVersions(
+        settings.github_runner_version,
+        GitHubReleaseSource(gh.target, gh.credential, http),
+        mirror_url=settings.runner_download_url,
+        pinned_sha256=settings.runner_sha256,
+        check_interval=settings.runner_version_check_interval,
+    )
+
+
+# The cloud and the bootstrap ---------------------------------------------------------------
+
+
+def missing_cloud_settings(settings: Settings) -> list[str]:
+    """The settings a cloud needs that are not set (empty: the cloud is configured)."""
+    missing = []
+    if not settings.openstack_image and not all(spec.image for spec in settings.runners):
+        missing.append("OPENSTACK_IMAGE")
+    if not settings.openstack_flavor and not all(spec.flavor for spec in settings.runners):
+        missing.append("OPENSTACK_FLAVOR")
+    return missing
+
+
+def openstack_config(settings: Settings) -> OpenStackConfig:
+    return OpenStackConfig(
+        image=settings.openstack_image,
+        flavor=settings.openstack_flavor,
+        network=settings.openstack_network or None,
+        security_groups=settings.openstack_security_groups,
+        keypair=settings.openstack_keypair or None,
+        availability_zone=settings.openstack_availability_zone or None,
+        boot_volume_size_gb=settings.openstack_boot_volume_size_gb,
+        floating_ips=settings.openstack_floating_ips,
+        server_metadata=dict(settings.openstack_server_metadata),
+        active_timeout=settings.openstack_server_active_timeout,
+        max_workers=settings.provision_concurrency,
+    )
+
+
+def server_spec(
+    settings: Settings,
+    scale_set: ScaleSetSpec,
+    ownership: Ownership,
+    runner_name: str,
+    jit_config: str,
+    host_key: HostKey,
+    now: datetime,
+    runner: RunnerRelease,
+) -> ServerSpec:
+    """Everything Nova needs to boot one runner: user_data, ownership marks, per-set overrides.
+
+    With SSH_HOST_KEY_POLICY=accept-new the image keeps its own host key: none is injected or
+    recorded, and the reconciler records the key the VM presents on first contact."""
+    injected: HostKey | None = host_key if settings.ssh_host_key_policy == "pinned" else None
+    bootstrap = BootstrapSpec(
+        runner_name=runner_name,
+        jit_config=jit_config,
+        runner_version=runner.version,
+        runner_download_url=runner.url_template,
+        runner_sha256=runner.common_sha256,
+        runner_downloads=runner.downloads,
+        sentinel_dir=settings.sentinel_dir,
+        labels=scale_set.effective_labels,
+        ssh_host_key_private=injected.private_openssh if injected else None,
+        ssh_host_key_public=injected.public_openssh if injected else None,
+    )
+    return ServerSpec(
+        name=runner_name,
+        user_data=render_user_data(bootstrap, settings.cloud_init_template),
+        tags=ownership.tags(),
+        metadata=ownership_metadata(
+            runner_name,
+            scale_set.name,
+            now,
+            host_public_key=injected.public_openssh if injected else None,
+        ),
+        image=scale_set.image,
+        flavor=scale_set.flavor,
+    )
+
+
+# The reconciler ----------------------------------------------------------------------------
+
+
+_PHASES = {
+    Action.ADOPT_IDLE: Phase.IDLE,
+    Action.ADOPT_BUSY: Phase.BUSY,
+    Action.ADOPT_BOOTING: Phase.BOOTING,
+}
+
+
+def make_prober(settings: Settings) -> SSHProber | None:
+    """The SSH prober, or None without VM_SSH_PRIVATE_KEY_PATH (console and GitHub decide)."""
+    if settings.vm_ssh_private_key_path is None:
+        return None
+    return SSHProber(
+        SSHProbeConfig.from_timeout(
+            settings.ssh_probe_timeout,
+            user=settings.vm_ssh_user,
+            private_key_path=settings.vm_ssh_private_key_path,
+            host_key_policy=settings.ssh_host_key_policy,
+            sentinel_dir=settings.sentinel_dir,
+            max_workers=min(4096, settings.reconcile_concurrency),
+            port=settings.vm_ssh_port,
+        )
+    )
+
+
+async def reconcile_scale_set(
+    settings: Settings,
+    registry: RunnerRegistry,
+    provisioner: Provisioner,
+    scale_set_id: int,
+    *,
+    dry_run: bool,
+    prober: SSHProber | None = None,
+    probe_vms: bool = True,
+) -> ReconcileReport:
+    """One pass over the VMs this listener deployment owns in `scale_set_id`; without
+    `probe_vms` GitHub and the console decide alone."""
+    own_prober = prober is None and probe_vms
+    probe = make_prober(settings) if own_prober else prober
+    try:
+        return await run_once(
+            provisioner=provisioner,
+            registry=registry,
+            prober=probe,
+            ownership=Ownership(settings.effective_listener_instance_id, scale_set_id),
+            boot_timeout=timedelta(seconds=settings.boot_timeout),
+            concurrency=settings.reconcile_concurrency,
+            dry_run=dry_run,
+        )
+    finally:
+        if own_prober and probe is not None:
+            await probe.close()
+
+
+def adoptions(report: ReconcileReport) -> list[Adoption]:
+    """What the scaler owns after the pass: adopted VMs, in their phases."""
+    return [
+        Adoption(
+            name=row.runner_name,
+            server_id=row.vm.id,
+            phase=_PHASES[row.decision.action],
+            runner_id=None if row.registration is None else row.registration.id,
+            age_seconds=row.age_seconds,
+        )
+        for row in report.rows
+        if row.decision.action in _PHASES
+    ]
+
+
+class GitHubScaleSets:
+    """`reconciler.ports.ScaleSetDirectory` over the Actions client: only a 404 means gone."""
+
+    def __init__(self, client: ActionsClient) -> None:
+        self._client = client
+
+    async def scale_set_exists(self, scale_set_id: int) -> bool:
+        try:
+            await self._client.get_scale_set(scale_set_id)
+        except ScaleSetNotFound:
+            return False
+        return True
+
+
+async def reconcile_deleted_scale_sets(
+    settings: Settings,
+    client: ActionsClient,
+    provisioner: Provisioner,
+    *,
+    skip: Collection[int],
+    dry_run: bool,
+) -> list[tuple[int, ReconcileReport]]:
+    """One pass over the VMs of each scale set of this deployment that GitHub deleted. Their
+    runners went with the set, so the table deletes them (clean_up when run-complete or powered
+    off) whatever a probe would say: they are not probed. Nothing of them is adopted. Sets in
+    `skip` are not asked about."""
+    gone = await deleted_scale_sets(
+        provisioner=provisioner,
+        directory=GitHubScaleSets(client),
+        listener_instance=settings.effective_listener_instance_id,
+        skip=skip,
+    )
+    return [
+        (
+            scale_set_id,
+            await reconcile_scale_set(
+                settings, client, provisioner, scale_set_id, dry_run=dry_run, probe_vms=False
+            ),
+        )
+        for scale_set_id in gone
+    ]
+
+
+# The scalers -------------------------------------------------------------------------------
+
+
+ScalerFactory = Callable[[ScaleSetSpec], Scaler]
+
+
+def lifecycle(settings: Settings) -> Lifecycle:
+    return Lifecycle(
+        boot_timeout=settings.boot_timeout,
+        idle_runner_timeout=settings.idle_runner_timeout,
+        max_runner_lifetime=settings.max_runner_lifetime,
+        deregistration_timeout=settings.runner_deregistration_timeout,
+        sweep_interval=settings.vm_tracker_interval,
+        keep_failed_vms=settings.keep_failed_vms,
+    )
+
+
+def vm_scalers(
+    settings: Settings,
+    client: ActionsClient,
+    provisioner: Provisioner,
+    runner_versions: RunnerVersions,
+) -> Callable[[ScaleSetSpec], VMScaler]:
+    """One VMScaler per scale set, all sharing the provisioning slots; each new VM gets the
+    runner release current at its creation."""
+    slots = asyncio.Semaphore(settings.provision_concurrency)
+    # One pass at a time over deleted scale sets' VMs, however many sets this process serves.
+    deleted_sets_gate = asyncio.Lock()
+
+    def make(spec: ScaleSetSpec) -> VMScaler:
+        async def reconcile(scale_set_id: int) -> list[Adoption]:
+            async with deleted_sets_gate:
+                try:
+                    await reconcile_deleted_scale_sets(
+                        settings,
+                        client,
+                        provisioner,
+                        skip={scale_set_id},
+                        dry_run=settings.dry_run,
+                    )
+                except (ListenerError, ProvisionerError) as exc:
+                    # Not this set's own pass: that one still runs; the next start retries.
+                    log.warning(
+                        "reconcile_deleted_scale_sets_failed", scale_set=spec.name, error=str(exc)
+                    )
+            report = await reconcile_scale_set(
+                settings, client, provisioner, scale_set_id, dry_run=settings.dry_run
+            )
+            return adoptions(report)
+
+        def server_spec_for(
+            ownership: Ownership, name: str, jit: str, host_key: HostKey, now: datetime
+        ) -> ServerSpec:
+            return server_spec(
+                settings, spec, ownership, name, jit, host_key, now, runner_versions.current()
+            )
+
+        return VMScaler(
+            spec,
+            client,
+            provisioner,
+            server_spec_for,
+            settings.effective_listener_instance_id,
+            lifecycle(settings),
+            slots,
+            dry_run=settings.dry_run,
+            reconcile=reconcile if settings.enable_reconciliation else None,
+        )
+
+    return make
