@@ -40,22 +40,13 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from provisioners.base import PermanentProvisionerError
+from provisioners.sentinels import DEFAULT_SENTINEL_DIR
 
 # Nova's limit applies to the base64 text of user_data in the create-server request.
 NOVA_USER_DATA_LIMIT = 65535
 DEFAULT_TEMPLATE = Path(__file__).parent / "templates" / "cloud-init.sh.j2"
-DEFAULT_SENTINEL_DIR = "/var/lib/scaleset-runner"
 DEFAULT_RUNNER_DIR = "/opt/actions-runner"
 DEFAULT_POWEROFF_COMMAND = "systemctl poweroff || shutdown -h now || poweroff"
-
-# The sentinel files the default template writes under `sentinel_dir`, and the console markers.
-SETUP_COMPLETE = "setup-complete"
-SETUP_FAILED = "setup-failed"
-RUNNER_STARTED = "runner-started"
-RUN_COMPLETE = "run-complete"
-# Console only: a pre-baked runner older than the wanted version is being replaced.
-RUNNER_UPDATE = "runner-update"
-MARKER_PREFIX = "SCALESET-RUNNER"
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _VERSION = re.compile(r"\d+\.\d+\.\d+")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from provisioners.ssh import ProbeResult
+from provisioners.base import ProbeResult
 
 
 class RunnerRegistration(Protocol):

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
-from provisioners.base import Provisioner, ProvisionerError, RunnerVM, ServerNotFound
+from provisioners.base import ProbeResult, Provisioner, ProvisionerError, RunnerVM, ServerNotFound
 from provisioners.naming import (
     FAILED_TAG,
     NamingError,
@@ -29,8 +29,7 @@ from provisioners.naming import (
     host_key_metadata,
     parse_ownership,
 )
-from provisioners.ssh import ProbeResult
-from reconciler.inventory import parse_console
+from reconciler.console import parse_console
 from reconciler.policy import (
     Action,
     ConsoleFacts,

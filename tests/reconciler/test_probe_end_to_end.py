@@ -11,10 +11,10 @@ import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 
-from provisioners.base import ServerSpec
+from provisioners.base import HostKeyPolicy, ProbeOutcome, ServerSpec
 from provisioners.naming import META_HOST_KEY, Ownership
 from provisioners.openstack import OpenStackProvisioner
-from provisioners.ssh import HostKeyPolicy, ProbeOutcome, SSHProbeConfig, SSHProber
+from provisioners.ssh import SSHProbeConfig, SSHProber
 from reconciler.policy import Action
 from reconciler.reconcile import ReconcileReport, run_once
 from scaleset_listener.config import ScaleSetSpec

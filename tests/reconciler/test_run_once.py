@@ -9,9 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from provisioners.base import RunnerVM, ServerNotFound
+from provisioners.base import ProbeOutcome, ProbeResult, RunnerVM, ServerNotFound
 from provisioners.naming import FAILED_TAG, META_HOST_KEY, Ownership, ownership_metadata
-from provisioners.ssh import ProbeOutcome, ProbeResult
 from reconciler.reconcile import run_once
 
 NOW = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from provisioners.ssh import ProbeOutcome, ProbeResult, SSHProbeConfig, SSHProber
+from provisioners.base import ProbeOutcome, ProbeResult
+from provisioners.ssh import SSHProbeConfig, SSHProber
 from simulator.sandbox import SandboxConfig
 from simulator.sandbox.fleet import write_key_pair
 from tests.simulator_sandbox.conftest import FAST_SANDBOX, LABEL, World

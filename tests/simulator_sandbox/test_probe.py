@@ -10,11 +10,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from provisioners.base import RunnerVM, ServerSpec
+from provisioners.base import ProbeOutcome, ProbeResult, RunnerVM, ServerSpec
 from provisioners.bootstrap import BootstrapSpec, generate_host_key, render_user_data
 from provisioners.naming import META_HOST_KEY, Ownership, ownership_metadata, parse_ownership
 from provisioners.openstack import OpenStackProvisioner
-from provisioners.ssh import ProbeOutcome, ProbeResult, SSHProbeConfig, SSHProber
+from provisioners.ssh import SSHProbeConfig, SSHProber
 from reconciler.reconcile import run_once
 from scaleset_listener.wiring import openstack_config
 from simulator.sandbox import SandboxFleet

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from provisioners.ssh import ProbeOutcome, ProbeResult
+from provisioners.base import ProbeOutcome, ProbeResult
 from tests.ssh.conftest import ProberFactory
 from tests.testsupport.ssh_hosts import SSHHost, SSHHostFactory
 

@@ -12,15 +12,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from provisioners.base import HostKeyPolicy, ProbeOutcome, ProbeResult
 from provisioners.bootstrap import generate_host_key
-from provisioners.ssh import (
-    PARAMIKO_LOG_CHANNEL,
-    HostKeyPolicy,
-    ProbeOutcome,
-    ProbeResult,
-    SSHProbeConfigError,
-    SSHProber,
-)
+from provisioners.ssh import PARAMIKO_LOG_CHANNEL, SSHProbeConfigError, SSHProber
 from tests.ssh.conftest import SETUP_FAILED_REASON, Fleet, ProberFactory
 from tests.testsupport.ssh_hosts import FAKE_JIT_CONFIG, HostSpec, SSHHostFactory
 

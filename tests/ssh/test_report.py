@@ -8,16 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from provisioners.ssh import (
+from provisioners.base import HostKeyPolicy
+from provisioners.sentinels import (
     REMOTE_SCRIPT,
     REPORT_MARKER,
-    HostKeyPolicy,
     ReportError,
-    SSHProbeConfig,
-    SSHProbeConfigError,
     parse_report,
     remote_command,
 )
+from provisioners.ssh import SSHProbeConfig, SSHProbeConfigError
 
 BOOT = "b7f92d12-a0d0-4cc6-b34f-63abed46702f"
 

@@ -51,13 +51,10 @@ from pathlib import Path
 
 import pytest
 
-from provisioners.bootstrap import (
-    RUN_COMPLETE,
-    SETUP_COMPLETE,
-    SETUP_FAILED,
-    generate_host_key,
-)
-from provisioners.ssh import ProbeResult, SSHProber
+from provisioners.base import ProbeResult
+from provisioners.bootstrap import generate_host_key
+from provisioners.sentinels import RUN_COMPLETE, SETUP_COMPLETE, SETUP_FAILED
+from provisioners.ssh import SSHProber
 from simulator.sandbox.vm import listening_keys, proc_net_key
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from provisioners.bootstrap import MARKER_PREFIX, RUN_COMPLETE, SETUP_COMPLETE, SETUP_FAILED
+from provisioners.sentinels import MARKER_PREFIX, RUN_COMPLETE, SETUP_COMPLETE, SETUP_FAILED
 from reconciler.policy import ConsoleFacts
 
 
