@@ -94,10 +94,6 @@ class RunnerVM:
 class Provisioner(Protocol):
     """The VM backend the scaler and the reconciler drive."""
 
-    async def create(self, spec: ServerSpec) -> RunnerVM:
-        """Create the server and wait until it is ACTIVE (deleting it again on failure)."""
-        ...
-
     async def submit(self, spec: ServerSpec) -> str:
         """The create request alone (the part worth bounding); returns the server id."""
         ...

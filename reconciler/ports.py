@@ -1,12 +1,26 @@
-"""What the reconciler needs from GitHub and from the prober: small Protocols that the Actions
-client and `provisioners.ssh.SSHProber` satisfy structurally (the reconciler imports neither)."""
+"""What the reconciler needs from the cloud, from GitHub and from the prober: small Protocols
+that the OpenStack provisioner, the Actions client and `provisioners.ssh.SSHProber` satisfy
+structurally (the reconciler imports none of them). It never creates a server."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from provisioners.base import ProbeResult
+from provisioners.base import ProbeResult, RunnerVM
+
+
+class Cloud(Protocol):
+    """The four calls the reconciler makes on the cloud (`provisioners.base.Provisioner` has
+    them all)."""
+
+    async def list_owned(self, tags: tuple[str, ...]) -> list[RunnerVM]: ...
+
+    async def console_output(self, server_id: str, lines: int = 200) -> str: ...
+
+    async def set_metadata(self, server_id: str, metadata: Mapping[str, str]) -> None: ...
+
+    async def delete(self, server_id: str) -> None: ...
 
 
 class RunnerRegistration(Protocol):

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
-from provisioners.base import ProbeResult, Provisioner, ProvisionerError, RunnerVM, ServerNotFound
+from provisioners.base import ProbeResult, ProvisionerError, RunnerVM, ServerNotFound
 from provisioners.naming import (
     FAILED_TAG,
     NamingError,
@@ -38,7 +38,7 @@ from reconciler.policy import (
     VMFacts,
     decide,
 )
-from reconciler.ports import Prober, RunnerRegistration, RunnerRegistry, ScaleSetDirectory
+from reconciler.ports import Cloud, Prober, RunnerRegistration, RunnerRegistry, ScaleSetDirectory
 
 log = structlog.get_logger(__name__)
 
@@ -175,7 +175,7 @@ def _runner_facts(registration: RunnerRegistration | None) -> GitHubRunnerFacts 
 
 async def run_once(
     *,
-    provisioner: Provisioner,
+    provisioner: Cloud,
     registry: RunnerRegistry,
     prober: Prober | None,
     ownership: Ownership,
@@ -237,7 +237,7 @@ async def run_once(
 
 async def deleted_scale_sets(
     *,
-    provisioner: Provisioner,
+    provisioner: Cloud,
     directory: ScaleSetDirectory,
     listener_instance: str,
     skip: Collection[int] = (),
@@ -269,7 +269,7 @@ def _runner_name(vm: RunnerVM) -> str:
 async def _examine(
     vm: RunnerVM,
     by_name: dict[str, RunnerRegistration],
-    provisioner: Provisioner,
+    provisioner: Cloud,
     prober: Prober | None,
     boot_timeout: timedelta,
     now: datetime,
@@ -318,7 +318,7 @@ async def _examine(
 _REMOVING = (Action.CLEAN_UP, Action.DELETE)
 
 
-async def _record_host_key(row: VMRow, provisioner: Provisioner) -> None:
+async def _record_host_key(row: VMRow, provisioner: Cloud) -> None:
     """Pin from now on the key a server presented on first contact (accept-new)."""
     assert row.learned_host_key is not None
     try:
@@ -332,7 +332,7 @@ async def _record_host_key(row: VMRow, provisioner: Provisioner) -> None:
     log.info("reconcile_host_key_recorded", runner_name=row.runner_name, server_id=row.vm.id)
 
 
-async def _act(row: VMRow, provisioner: Provisioner, registry: RunnerRegistry) -> None:
+async def _act(row: VMRow, provisioner: Cloud, registry: RunnerRegistry) -> None:
     action = row.decision.action
     if action not in _REMOVING:
         if row.learned_host_key is not None:

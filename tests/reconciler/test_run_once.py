@@ -145,7 +145,7 @@ def scenario() -> tuple[Cloud, Registry, Prober]:
 
 async def reconcile(cloud: Cloud, registry: Registry, prober: Prober, dry_run: bool):  # type: ignore[no-untyped-def]
     return await run_once(
-        provisioner=cloud,  # type: ignore[arg-type]
+        provisioner=cloud,
         registry=registry,
         prober=prober,
         ownership=OWNER,
