@@ -1,9 +1,9 @@
 """Who owns a server: the tags and metadata every runner VM carries, written and read only here.
 
 Ownership is written on the resource so that inventory always comes from the cloud, never from
-process memory (DESIGN.md section 6). Tags are the part Nova can filter on server-side
-(`tags=` needs compute microversion 2.52; Nova silently ignores metadata filters), metadata
-carries the details:
+process memory (docs/architecture.md#ownership). Tags are the part Nova can filter on
+server-side (`tags=` needs compute microversion 2.52; Nova silently ignores metadata filters),
+metadata carries the details:
 
     tags      scaleset-runner                    the fixed role
               scaleset-listener:<instance>       which listener deployment (staging vs prod)

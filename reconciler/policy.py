@@ -1,4 +1,7 @@
-"""The reconciler's one decision: what to do with an owned VM found at startup (DESIGN.md §8).
+"""The reconciler's one decision: what to do with an owned VM found at startup.
+
+docs/architecture.md#reconciler-decision-table gives the table's place in the design,
+docs/reconciler.md the operator's view.
 
 `decide()` is pure: it reads the facts gathered about one VM (cloud status and age, the GitHub
 runner, the SSH probe, the console markers read when SSH cannot answer) and returns an action

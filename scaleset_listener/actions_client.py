@@ -1,9 +1,10 @@
 """The Actions service's admin API: runner groups, scale sets, sessions, jobs, JIT configs, runners.
 
-Every call here carries the admin token (protocol reference section 1.7) and the
-`api-version=6.0-preview` query parameter. An admin token the service rejects with 401 is
-dropped and the call replayed once with a fresh one: a token can be revoked before its `exp`.
-The three message-queue calls carry the session's own token and live in `session.py`.
+Every call here carries the admin token (docs/architecture.md#which-token-goes-where) and the
+`api-version=6.0-preview` query parameter (docs/architecture.md#request-conventions). An admin
+token the service rejects with 401 is dropped and the call replayed once with a fresh one: a
+token can be revoked before its `exp`. The three message-queue calls carry the session's own
+token and live in `session.py`.
 """
 
 from __future__ import annotations

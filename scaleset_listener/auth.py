@@ -1,6 +1,6 @@
 """Getting from a PAT or a GitHub App to the Actions service's URL and admin token.
 
-The chain (protocol reference section 1):
+The chain (docs/architecture.md#authentication-chain, docs/architecture.md#admin-token):
 
     PAT ───────────────────────────────┐
     App key -JWT-> installation token ─┴─> registration token -RemoteAuth-> (URL, admin JWT)
@@ -235,7 +235,8 @@ class ActionsAdminAuth:
             },
             json_body={"url": self._target.config_url, "runner_event": "register"},
             what=what,
-            # GitHub answers 401/403 here transiently right after minting (protocol 1.5).
+            # GitHub answers 401/403 here transiently right after minting
+            # (docs/architecture.md#authentication-chain).
             also_retry=lambda exc: isinstance(exc, AuthenticationFailed),
         )
         data = answer.json(what)

@@ -1,7 +1,7 @@
 """Settings: one typed tree, read once at start from the environment and an optional env file.
 
-The variable names are a contract with users (DESIGN.md section 12; compatible with the Orka
-integration where it has one). Rules:
+The variable names are a contract with users (README.md, Configuration, and examples/.env, which
+documents every variable; compatible with the Orka integration where it has one). Rules:
 
 * An unknown variable in the env file is an error naming it (a typo must not be silently ignored).
   Unknown variables in the process environment are ignored: a container has many.
@@ -238,7 +238,7 @@ class Settings(BaseSettings):
     openstack_server_active_timeout: Duration = 600.0
     provision_concurrency: int = Field(default=8, ge=1, le=256)
 
-    # Runner lifecycle (DESIGN.md section 5)
+    # Runner lifecycle (docs/architecture.md#runner-lifecycle-and-the-deletion-rule)
     boot_timeout: Duration = 600.0
     idle_runner_timeout: Duration = 300.0
     max_runner_lifetime: Duration = 86400.0

@@ -1,7 +1,7 @@
 """Where a config URL (GITHUB_URL) points: its scope, the REST API base, the token endpoint.
 
-Pure functions (protocol reference section 1.1-1.2). "Hosted" hosts are github.com, its www
-alias, github.localhost and *.ghe.com; every other host is GHES, whose API lives at
+Pure functions (docs/architecture.md#config-url-and-api-base). "Hosted" hosts are github.com,
+its www alias, github.localhost and *.ghe.com; every other host is GHES, whose API lives at
 `<host>/api/v3`. The scheme and any port are kept, so http URLs work for labs and tests.
 """
 

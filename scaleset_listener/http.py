@@ -34,7 +34,8 @@ USER_AGENT = f"scaleset-listener/{__version__}"
 BOM = b"\xef\xbb\xbf"
 MAX_ERROR_BODY = 256
 
-# The long poll holds a request for about 50 s; reads get a generous margin (protocol 5.1).
+# The long poll holds a request for about 50 s; reads get a generous margin
+# (docs/architecture.md#the-long-poll).
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=300.0, write=30.0, pool=30.0)
 
 

@@ -1,10 +1,10 @@
 """Running the service: one supervised listener and scaler per scale set, the health endpoints and
 the runner-version checks, until a signal drains it. What runs is built in `wiring`.
 
-Start order (DESIGN.md section 3): settings -> logging -> auth -> scale set -> (reconcile) ->
-session -> initial statistics -> poll loop. Root tasks run in one TaskGroup; nothing is
-fire-and-forget. The first SIGTERM/SIGINT asks every listener to finish the message in hand,
-delete its session and return; a second one cancels at once.
+Start order (docs/architecture.md#runtime-model): settings -> logging -> auth -> runner version
+-> scale set -> (reconcile) -> session -> initial statistics -> poll loop. Root tasks run in one
+TaskGroup; nothing is fire-and-forget. The first SIGTERM/SIGINT asks every listener to finish
+the message in hand, delete its session and return; a second one cancels at once.
 """
 
 from __future__ import annotations

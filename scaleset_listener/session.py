@@ -1,9 +1,10 @@
 """A message session: the long poll, acknowledgements and job acquisition on one scale set.
 
-The three queue calls carry the session's own token, never the admin token (protocol reference
-section 1.7). When the queue answers 401 the token expired: the session is refreshed (PATCH,
-admin token) once and the call retried once (section 5.2). A refresh answered 404 means the
-broker evicted the session; that surfaces as SessionNotFound and the listener opens a new one.
+The three queue calls carry the session's own token, never the admin token
+(docs/architecture.md#which-token-goes-where). When the queue answers 401 the token expired: the
+session is refreshed (PATCH, admin token) once and the call retried once
+(docs/architecture.md#the-long-poll). A refresh answered 404 means the broker evicted the
+session; that surfaces as SessionNotFound and the listener opens a new one.
 
 A 202, or a 200 whose body is blank, means "no message" (the broker has been seen answering an
 empty 200 during incidents; treating it as fatal crash-loops other listeners). A message is
@@ -57,7 +58,10 @@ def validate_session(session: Session) -> Session:
 
 
 def _message_url(queue_url: str, message_id: int) -> str:
-    """`{queue URL path}/{id}`, keeping the queue URL's query string (protocol 2.4)."""
+    """`{queue URL path}/{id}`, keeping the queue URL's query string.
+
+    See docs/architecture.md#acknowledgement.
+    """
     parts = urlsplit(queue_url)
     path = parts.path.rstrip("/") + f"/{message_id}"
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))

@@ -1,4 +1,4 @@
-"""Pydantic models of the Actions service's payloads (protocol reference sections 2-3).
+"""Pydantic models of the Actions service's payloads (docs/architecture.md, Protocol notes).
 
 Parsing is forgiving in the ways the Go clients are: keys match case-insensitively (the service
 speaks camelCase, the Go clients accept anything and send `RunnerSetting`), unknown fields are
@@ -212,7 +212,7 @@ class Statistics(WireModel):
     total_idle_runners: Int = 0
 
     def inconsistencies(self) -> list[str]:
-        """What disagrees within this snapshot (protocol reference section 4.9)."""
+        """What disagrees within this snapshot (docs/architecture.md#statistics)."""
         problems = []
         # Registered runners that are still offline (booting) are neither busy nor idle, so
         # only fewer registered than busy + idle is a contradiction (seen: Registered 0, Busy 2).

@@ -170,7 +170,7 @@ class ListenerProcess:
         return self.wait(10)
 
     def terminate(self) -> None:
-        """SIGTERM: ask for the drain (DESIGN.md section 3)."""
+        """SIGTERM: ask for the drain (docs/architecture.md#runtime-model)."""
         if self.running:
             self._process.send_signal(signal.SIGTERM)
 

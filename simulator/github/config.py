@@ -47,7 +47,8 @@ class SimulatorConfig(BaseModel):
     auto_take: bool = False
     # A running job that has a `duration` finishes by itself after it.
     auto_finish: bool = True
-    # Treat message ids <= lastMessageId as acknowledged (an option of protocol section 6.3).
+    # Treat message ids <= lastMessageId as acknowledged (an option; the real service's
+    # semantics are unpublished: docs/architecture.md#the-long-poll).
     implicit_ack: bool = False
     # Status for DELETE of an unknown message id: 204 (lenient) or 404.
     unknown_ack_status: Literal[204, 404] = 204

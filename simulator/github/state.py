@@ -96,7 +96,7 @@ COUNTERS = (
 
 @dataclass
 class StatisticsFault:
-    """Distortions of the statistics object (protocol section 6.4)."""
+    """Distortions of the statistics object (docs/architecture.md#statistics)."""
 
     scale_set_id: int | None = None
     # Send the statistics as they were this many changes ago.

@@ -1,4 +1,4 @@
-"""SIGTERM drain (DESIGN.md section 3), ENABLE_RECONCILIATION=false and
+"""SIGTERM drain (docs/architecture.md#runtime-model), ENABLE_RECONCILIATION=false and
 MANAGE_RUNNER_SCALE_SETS=true, with the listener as a subprocess."""
 
 import time

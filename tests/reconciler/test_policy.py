@@ -1,4 +1,7 @@
-"""decide(): every row of the decision table in DESIGN.md section 8, and the reasons it gives."""
+"""decide(): every row of the decision table, and the reasons it gives.
+
+The table: docs/architecture.md#reconciler-decision-table and docs/reconciler.md.
+"""
 
 from __future__ import annotations
 

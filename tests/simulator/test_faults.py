@@ -1,4 +1,4 @@
-"""Fault injection through the control API (protocol section 6.5)."""
+"""Fault injection through the control API (simulator/README.md, Faults)."""
 
 from __future__ import annotations
 

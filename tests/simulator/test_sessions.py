@@ -1,4 +1,4 @@
-"""Message sessions: the state machine of protocol section 6.2."""
+"""Message sessions: their state machine (docs/architecture.md#sessions-and-409-conflicts)."""
 
 from __future__ import annotations
 

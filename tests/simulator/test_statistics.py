@@ -1,4 +1,4 @@
-"""Statistics computed at send time (protocol section 6.4) and the statistics faults."""
+"""Statistics computed at send time and the statistics faults (docs/architecture.md#statistics)."""
 
 from __future__ import annotations
 
