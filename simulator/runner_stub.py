@@ -27,6 +27,7 @@ sandbox; a light guest's is under `$SCALESET_GUEST_ROOT`): `crash` (once its job
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import io
@@ -202,9 +203,11 @@ class RunnerTarball:
     sha256: str
 
 
+@functools.lru_cache(maxsize=32)
 def build_runner_tarball(version: str) -> RunnerTarball:
     """The stub of runner `version` (like 2.331.0): a gzipped tarball of `run.sh` and
-    `bin/Runner.Listener`, both 0755, owned by root. Same version, same bytes."""
+    `bin/Runner.Listener`, both 0755, owned by root. Same version, same bytes: built once per
+    process, whoever serves it (the simulated GitHub, a mirror)."""
     if not _VERSION.fullmatch(version):
         raise ValueError(f"runner version {version!r} is not like 2.331.0")
     listener = RUNNER_LISTENER.replace("@VERSION@", version)

@@ -156,8 +156,6 @@ class World:
         self.issuer = JwtIssuer()
         self.waiters = Waiters()
         self.closing = False
-        # Deterministic per version, so kept across resets.
-        self._runner_tarballs: dict[str, RunnerTarball] = {}
         self._timers: set[asyncio.Task[None]] = set()
         self._ticker: asyncio.Task[None] | None = None
         self.reset()
@@ -1115,12 +1113,6 @@ class World:
         self._event("runner_release", version=release.version, published_at=release.published_at)
         return release
 
-    def runner_tarball(self, version: str) -> RunnerTarball:
-        tarball = self._runner_tarballs.get(version)
-        if tarball is None:
-            tarball = self._runner_tarballs[version] = build_runner_tarball(version)
-        return tarball
-
     def release_file(self, version: str, filename: str) -> RunnerTarball | None:
         """The bytes behind a release download URL: the stub for a known release's Linux
         files; None for anything else."""
@@ -1131,7 +1123,7 @@ class World:
             for os_, arch, ext in RUNNER_PLATFORMS
             if os_ == "linux"
         }
-        return self.runner_tarball(version) if filename in linux else None
+        return build_runner_tarball(version) if filename in linux else None
 
     def runner_downloads(self) -> list[JSON]:
         """GitHub's `actions/runners/downloads` answer: the newest release's files."""
@@ -1140,7 +1132,7 @@ class World:
         for os_, arch, ext in RUNNER_PLATFORMS:
             filename = f"actions-runner-{os_}-{arch}-{version}.{ext}"
             if os_ == "linux":
-                checksum = self.runner_tarball(version).sha256
+                checksum = build_runner_tarball(version).sha256
             else:
                 # Not served here; a stable stand-in for the real archive's checksum.
                 checksum = hashlib.sha256(filename.encode()).hexdigest()

@@ -24,7 +24,6 @@ class DownloadServer:
     def __init__(self, host: str = "127.0.0.1") -> None:
         self.downloads: list[str] = []
         self._lock = threading.Lock()
-        self._tarballs: dict[str, RunnerTarball] = {}
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -52,13 +51,9 @@ class DownloadServer:
         )
 
     def tarball(self, version: str) -> RunnerTarball:
-        """The stub runner this mirror serves for `version` (built once; its sha256 is what
-        RUNNER_SHA256 must say)."""
-        with self._lock:
-            tarball = self._tarballs.get(version)
-            if tarball is None:
-                tarball = self._tarballs[version] = build_runner_tarball(version)
-            return tarball
+        """The stub runner this mirror serves for `version` (its sha256 is what RUNNER_SHA256
+        must say)."""
+        return build_runner_tarball(version)
 
     @property
     def url(self) -> str:
