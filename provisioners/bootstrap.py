@@ -84,6 +84,17 @@ class RunnerDownload:
     sha256: str = ""
 
 
+def downloads_from_template(
+    url_template: str, sha256_by_architecture: Mapping[str, str]
+) -> dict[str, RunnerDownload]:
+    """One download per architecture named in `sha256_by_architecture`: `{arch}` in the URL
+    template filled in, that architecture's checksum beside it."""
+    return {
+        arch: RunnerDownload(url_template.replace("{arch}", arch), sha256)
+        for arch, sha256 in sha256_by_architecture.items()
+    }
+
+
 @dataclass(frozen=True)
 class BootstrapSpec:
     """What one VM's bootstrap needs. The documented template variables, plus sandbox knobs
@@ -177,11 +188,9 @@ class BootstrapSpec:
                 for arch, d in self.runner_downloads.items()
             }
         checksum = (self.runner_sha256 or "").lower()
-        template = self.resolved_download_url
-        return {
-            arch: RunnerDownload(template.replace("{arch}", arch), checksum)
-            for arch in RUNNER_ARCHITECTURES
-        }
+        return downloads_from_template(
+            self.resolved_download_url, dict.fromkeys(RUNNER_ARCHITECTURES, checksum)
+        )
 
     def variables(self) -> dict[str, object]:
         """The template context: every built-in variable, then each extra variable by name

@@ -35,7 +35,7 @@ from typing import Any, Literal, Protocol
 
 import structlog
 
-from provisioners.bootstrap import RUNNER_ARCHITECTURES, RunnerDownload
+from provisioners.bootstrap import RUNNER_ARCHITECTURES, RunnerDownload, downloads_from_template
 from scaleset_listener.auth import GITHUB_JSON, Credential
 from scaleset_listener.errors import GitHubAPIError, ListenerError, ProtocolError
 from scaleset_listener.github_urls import GitHubTarget
@@ -100,10 +100,7 @@ class PublishedRelease:
 def pinned_release(version: str, url_template: str, sha256: str) -> RunnerRelease:
     """A pinned release: the URL template (GitHub's, or a mirror's) and one optional checksum."""
     template = (url_template or GITHUB_RELEASE_URL).replace("{version}", version)
-    downloads = {
-        arch: RunnerDownload(template.replace("{arch}", arch), sha256)
-        for arch in RUNNER_ARCHITECTURES
-    }
+    downloads = downloads_from_template(template, dict.fromkeys(RUNNER_ARCHITECTURES, sha256))
     return RunnerRelease(version, downloads, template, "pinned")
 
 
@@ -130,17 +127,15 @@ def release_from_downloads(data: Any, mirror_template: str = "") -> RunnerReleas
     if len(versions) != 1:
         raise ProtocolError(f"runner downloads: several versions listed: {sorted(versions)}")
     version = versions.pop()
+    downloads = {arch: download for arch, (_, download) in found.items()}
     if mirror_template:
         template = mirror_template.replace("{version}", version)
-        downloads = {
-            arch: RunnerDownload(template.replace("{arch}", arch), download.sha256)
-            for arch, (_, download) in found.items()
-        }
+        checksums = {arch: download.sha256 for arch, download in downloads.items()}
+        downloads = downloads_from_template(template, checksums)
     else:
-        downloads = {arch: download for arch, (_, download) in found.items()}
-        reference = downloads.get("x64") or next(iter(downloads.values()))
-        arch = next(a for a, d in downloads.items() if d is reference)
-        template = reference.url.replace(f"linux-{arch}-", "linux-{arch}-")
+        # GitHub names every file alike: any one URL, its architecture made `{arch}`.
+        arch = "x64" if "x64" in downloads else next(iter(downloads))
+        template = downloads[arch].url.replace(f"linux-{arch}-", "linux-{arch}-")
     return RunnerRelease(version, downloads, template, "github")
 
 
@@ -351,11 +346,11 @@ class RunnerVersions:
             return
         if releases is not None:
             days = days_superseded(version, releases, self._clock())
-            newer = [r.version for r in releases if (parse_version(version) or ()) < r.version]
-            newest = ".".join(map(str, max(newer))) if newer else None
             if days is None or days <= STALE_AFTER_DAYS:
                 self._stale = None
                 return
+            # Superseded, so the newest release is newer than the pin.
+            newest = ".".join(map(str, max(release.version for release in releases)))
             reason = (
                 f"runner {version} (GITHUB_RUNNER_VERSION) was superseded {days:.0f} days ago "
                 f"(newest {newest}); GitHub refuses runners {GITHUB_CUTOFF_DAYS} days after a "
