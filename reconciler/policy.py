@@ -1,7 +1,11 @@
-"""The reconciler's one decision: what to do with an owned VM found at startup.
+"""The reconciler's decisions: what to do with an owned VM, at startup and on every sweep.
 
-docs/architecture.md#reconciler-decision-table gives the table's place in the design,
-docs/reconciler.md the operator's view.
+docs/architecture.md#reconciler-decision-table gives the tables' place in the design,
+docs/reconciler.md the operator's view. Three pure functions, each a table read top down:
+`decide()` for the startup pass, `decide_sweep()` for the periodic one, `decide_registration()`
+for a runner registration with no VM behind it (both passes).
+
+## At startup
 
 `decide()` is pure: it reads the facts gathered about one VM (cloud status and age, the GitHub
 runner, the SSH probe, the console markers read when SSH cannot answer) and returns an action
@@ -27,6 +31,33 @@ with a reason. The rows, in the order they are checked:
 
 "Unreachable" is every probe outcome but `ok` (a host key mismatch included), and a VM that was
 not probed (not ACTIVE yet, or no address).
+
+## On every sweep (VM_TRACKER_INTERVAL)
+
+`decide_sweep()` reads no probe and no console: the cloud, GitHub and what the scaler tracks
+(`Known`), plus whether the runner was already missing from GitHub on the previous sweep. It
+takes over the running service's clean-up, so every rule about a VM's fate lives here.
+
+| situation                                                     | action        |
+| ------------------------------------------------------------- | ------------- |
+| the scaler's create call for it is in flight                  | keep          |
+| tagged as a failed VM kept for debugging                      | skip          |
+| status ERROR, GitHub does not say busy                        | delete        |
+| powered off (SHUTOFF), GitHub does not say busy               | clean_up      |
+| no GitHub runner, booting (tracked so, or younger than BOOT_TIMEOUT) | keep   |
+| no GitHub runner, also missing on the previous sweep          | delete        |
+| no GitHub runner                                              | watch         |
+| not tracked by the scaler (an earlier process's VM)           | adopt_*, as GitHub reports it |
+| tracked busy, GitHub reports it online and idle               | mark_idle     |
+| otherwise                                                     | keep          |
+
+## A registration with no VM (both passes)
+
+| situation                                                     | action              |
+| ------------------------------------------------------------- | ------------------- |
+| the scaler's create call for it is in flight                  | keep                |
+| GitHub reports it busy (a removal would be refused)           | keep                |
+| otherwise                                                     | remove_registration |
 """
 
 from __future__ import annotations
@@ -43,10 +74,28 @@ class Action(enum.StrEnum):
     CLEAN_UP = "clean_up"  # remove the runner registration, then delete the VM
     DELETE = "delete"
     SKIP = "skip"  # not ours to touch now (a failed VM kept for debugging)
+    KEEP = "keep"  # the sweep finds nothing to change
+    WATCH = "watch"  # runner missing from GitHub once: deleted if still missing next sweep
+    MARK_IDLE = "mark_idle"  # the scaler thought it busy; GitHub reports it idle
+    REMOVE_REGISTRATION = "remove_registration"  # a registration with no VM behind it
 
     @property
     def adopts(self) -> bool:
         return self in (Action.ADOPT_IDLE, Action.ADOPT_BUSY, Action.ADOPT_BOOTING)
+
+    @property
+    def removes_vm(self) -> bool:
+        return self in (Action.CLEAN_UP, Action.DELETE)
+
+
+class Known(enum.StrEnum):
+    """What the scaler tracks about a runner, as the sweep reads it."""
+
+    CREATING = "creating"  # its create call is in flight: the create path owns the VM
+    BOOTING = "booting"
+    IDLE = "idle"
+    BUSY = "busy"
+    FINISHED = "finished"
 
 
 @dataclass(frozen=True)
@@ -194,3 +243,61 @@ def _decide_unreachable(
     if console.setup_complete:
         what += " (setup-complete marker on the console)"
     return _by_age(facts, now, boot_timeout, what)
+
+
+# On every sweep ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepFacts:
+    """Everything `decide_sweep()` reads about one owned VM."""
+
+    status: str
+    created_at: datetime | None
+    runner: GitHubRunnerFacts | None
+    known: Known | None  # None: the scaler does not track it
+    missing_before: bool = False  # its runner was missing from GitHub on the previous sweep
+    kept_failed: bool = False
+
+
+def decide_sweep(facts: SweepFacts, now: datetime, boot_timeout: timedelta) -> Decision:
+    """The periodic pass's action for one owned VM, with the reason its table gives."""
+    if facts.known is Known.CREATING:
+        return Decision(Action.KEEP, "its create call is in flight")
+    if facts.kept_failed:
+        return Decision(Action.SKIP, "failed VM kept for debugging (KEEP_FAILED_VMS)")
+    runner = facts.runner
+    busy = runner is not None and runner.busy
+    if facts.status == "ERROR" and not busy:
+        return Decision(Action.DELETE, "server ERROR")
+    if facts.status == "SHUTOFF" and not busy:
+        return Decision(Action.CLEAN_UP, "VM powered off")
+    if runner is None:
+        age = None if facts.created_at is None else now - facts.created_at
+        # A VM without a creation time cannot be timed: it is given the boot window.
+        if facts.known is Known.BOOTING or age is None or age < boot_timeout:
+            return Decision(Action.KEEP, "booting, not registered yet")
+        if facts.missing_before:
+            return Decision(Action.DELETE, "runner missing from GitHub on two sweeps")
+        return Decision(
+            Action.WATCH, "runner missing from GitHub; deleted if still missing next sweep"
+        )
+    if facts.known is None:
+        if runner.busy:
+            return Decision(Action.ADOPT_BUSY, "not tracked; GitHub reports the runner busy")
+        if runner.online:
+            return Decision(Action.ADOPT_IDLE, "not tracked; GitHub reports the runner idle")
+        return Decision(Action.ADOPT_BOOTING, "not tracked; GitHub reports the runner offline")
+    if facts.known is Known.BUSY and runner.online and not runner.busy:
+        # A refused retirement, or a JobStarted that never came: idle again, so retirable.
+        return Decision(Action.MARK_IDLE, "tracked busy, GitHub reports it idle")
+    return Decision(Action.KEEP, "tracked, GitHub knows the runner")
+
+
+def decide_registration(runner: GitHubRunnerFacts, known: Known | None) -> Decision:
+    """A runner registered in the scale set with no VM of ours behind it."""
+    if known is Known.CREATING:
+        return Decision(Action.KEEP, "its VM is being created")
+    if runner.busy:
+        return Decision(Action.KEEP, "registered with no VM, GitHub reports it busy")
+    return Decision(Action.REMOVE_REGISTRATION, "registered in the scale set with no VM")

@@ -39,7 +39,10 @@ class RunnerRegistration(Protocol):
     def busy(self) -> bool: ...
 
 
-class RunnerRegistry(Protocol):
+class RunnerRegistrations(Protocol):
+    """The two calls the reconciler makes on GitHub's runner list (the scaler's
+    `RunnerRegistry` adds the JIT config and the one-runner look-up)."""
+
     async def list_runners(self, scale_set_id: int) -> Sequence[RunnerRegistration]: ...
 
     async def remove_runner(self, runner_id: int) -> None:

@@ -2,8 +2,10 @@
 parallel, console markers when SSH cannot answer), decide per VM, act, report.
 
 Acting is idempotent: deleting a server that is already gone, or removing a registration that is
-already gone, is success. With `dry_run` nothing is changed: the report holds the decisions.
-Adopting needs no cloud or GitHub call; the caller feeds `ReconcileReport.adopted` to its scaler.
+already gone, is success. Adopting needs no cloud or GitHub call; the caller feeds
+`ReconcileReport.adopted` to its scaler. A dry run is the caller's choice of cloud and registry:
+ones that log what they would change (DRY_RUN, docs/architecture.md#dry-run); the pass acts the
+same either way.
 
 Trust on first use (SSH_HOST_KEY_POLICY=accept-new): a server with no recorded host key that
 answered a probe has its presented key written to its metadata (`scaleset-host-key`), unless it
@@ -15,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -35,10 +37,18 @@ from reconciler.policy import (
     ConsoleFacts,
     Decision,
     GitHubRunnerFacts,
+    Known,
     VMFacts,
     decide,
+    decide_registration,
 )
-from reconciler.ports import Cloud, Prober, RunnerRegistration, RunnerRegistry, ScaleSetDirectory
+from reconciler.ports import (
+    Cloud,
+    Prober,
+    RunnerRegistration,
+    RunnerRegistrations,
+    ScaleSetDirectory,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -60,6 +70,10 @@ class VMRow:
     host_key_recorded: bool = False
 
     @property
+    def server_id(self) -> str:
+        return self.vm.id
+
+    @property
     def probe_text(self) -> str:
         if self.probe is None:
             return "not-probed"
@@ -71,13 +85,45 @@ class OrphanRow:
     """A registration in the scale set with no VM of ours behind it."""
 
     registration: RunnerRegistration
+    decision: Decision
     removed: bool = False
     error: str | None = None
 
 
+def orphan_rows(
+    registrations: Collection[RunnerRegistration],
+    names_with_vm: Collection[str],
+    known: Mapping[str, Known],
+) -> list[OrphanRow]:
+    """The registrations no owned VM carries, each with what to do about it."""
+    return [
+        OrphanRow(
+            registration,
+            decide_registration(_facts(registration), known.get(registration.name)),
+        )
+        for registration in registrations
+        if registration.name not in names_with_vm
+    ]
+
+
+async def remove_orphan(orphan: OrphanRow, registry: RunnerRegistrations) -> None:
+    """Remove the registration if so decided; a failure is recorded on the row."""
+    if orphan.decision.action is not Action.REMOVE_REGISTRATION:
+        return
+    try:
+        await registry.remove_runner(orphan.registration.id)
+        orphan.removed = True
+        log.info(
+            "registration_removed",
+            runner_name=orphan.registration.name,
+            reason=orphan.decision.reason,
+        )
+    except Exception as exc:  # noqa: BLE001 - a busy one (JobStillRunning) stays; reported
+        orphan.error = f"{type(exc).__name__}: {exc}"
+
+
 @dataclass
 class ReconcileReport:
-    dry_run: bool
     rows: list[VMRow] = field(default_factory=list)
     orphans: list[OrphanRow] = field(default_factory=list)
     elapsed_seconds: float = 0.0
@@ -122,7 +168,7 @@ class ReconcileReport:
             )
             age = "?" if row.age_seconds is None else f"{int(row.age_seconds)}s"
             reason = row.decision.reason
-            if row.learned_host_key and row.decision.action not in _REMOVING:
+            if row.learned_host_key and not row.decision.action.removes_vm:
                 reason += (
                     "; host key learned, recorded"
                     if row.host_key_recorded
@@ -149,9 +195,8 @@ class ReconcileReport:
                     "no-vm",
                     state,
                     "-",
-                    "remove_registration",
-                    "registered in the scale set with no VM"
-                    + (f" [error: {orphan.error}]" if orphan.error else ""),
+                    orphan.decision.action.value,
+                    orphan.decision.reason + (f" [error: {orphan.error}]" if orphan.error else ""),
                 )
             )
         widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
@@ -163,9 +208,7 @@ class ReconcileReport:
         )
 
 
-def _runner_facts(registration: RunnerRegistration | None) -> GitHubRunnerFacts | None:
-    if registration is None:
-        return None
+def _facts(registration: RunnerRegistration) -> GitHubRunnerFacts:
     return GitHubRunnerFacts(
         id=registration.id,
         busy=registration.busy,
@@ -173,26 +216,29 @@ def _runner_facts(registration: RunnerRegistration | None) -> GitHubRunnerFacts 
     )
 
 
+def runner_facts(registration: RunnerRegistration | None) -> GitHubRunnerFacts | None:
+    """What the decision tables read of a registration (None: GitHub has no such runner)."""
+    return None if registration is None else _facts(registration)
+
+
 async def run_once(
     *,
     provisioner: Cloud,
-    registry: RunnerRegistry,
+    registry: RunnerRegistrations,
     prober: Prober | None,
     ownership: Ownership,
     boot_timeout: timedelta,
     concurrency: int = 20,
-    dry_run: bool = False,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> ReconcileReport:
-    """Gather, decide and (unless `dry_run`) act for every VM `ownership` owns."""
+    """Gather, decide and act for every VM `ownership` owns."""
     started = time.monotonic()
-    report = ReconcileReport(dry_run=dry_run)
+    report = ReconcileReport()
     vms = await provisioner.list_owned(ownership.tags())
     registrations = list(await registry.list_runners(ownership.scale_set_id))
     by_name = {registration.name: registration for registration in registrations}
     gate = asyncio.Semaphore(max(1, concurrency))
-    names = {_runner_name(vm) for vm in vms}
-    report.orphans = [OrphanRow(r) for r in registrations if r.name not in names]
+    report.orphans = orphan_rows(registrations, {runner_name_of(vm) for vm in vms}, {})
 
     # Each VM is acted on as soon as it is decided: the deletes and clean-ups of the quick
     # answers overlap the probes still waiting out their timeouts, so a pass costs about one
@@ -200,31 +246,24 @@ async def run_once(
     async def handle(vm: RunnerVM) -> VMRow:
         async with gate:
             row = await _examine(vm, by_name, provisioner, prober, boot_timeout, now())
-        if not dry_run:
-            async with gate:
-                await _act(row, provisioner, registry)
+        async with gate:
+            await _act(row, provisioner, registry)
         return row
 
     async def remove(orphan: OrphanRow) -> None:
         async with gate:
-            try:
-                await registry.remove_runner(orphan.registration.id)
-                orphan.removed = True
-            except Exception as exc:  # noqa: BLE001 - a busy one (JobStillRunning) stays; reported
-                orphan.error = f"{type(exc).__name__}: {exc}"
+            await remove_orphan(orphan, registry)
 
     async with asyncio.TaskGroup() as group:
         tasks = [group.create_task(handle(vm)) for vm in vms]
-        if not dry_run:
-            for orphan in report.orphans:
-                group.create_task(remove(orphan))
+        for orphan in report.orphans:
+            group.create_task(remove(orphan))
     report.rows = [task.result() for task in tasks]
 
     report.elapsed_seconds = time.monotonic() - started
     log.info(
         "reconcile_summary",
         scale_set_id=ownership.scale_set_id,
-        dry_run=dry_run,
         counts=report.counts(),
         probes=report.probe_outcomes(),
         slowest_probes=report.slowest_probes(),
@@ -261,7 +300,8 @@ async def deleted_scale_sets(
     return gone
 
 
-def _runner_name(vm: RunnerVM) -> str:
+def runner_name_of(vm: RunnerVM) -> str:
+    """The runner a VM was created for: its ownership metadata, else the server name."""
     info = parse_ownership(vm.tags, vm.metadata)
     return (info.runner_name if info else "") or vm.name
 
@@ -275,7 +315,7 @@ async def _examine(
     now: datetime,
 ) -> VMRow:
     info = parse_ownership(vm.tags, vm.metadata)
-    runner_name = _runner_name(vm)
+    runner_name = runner_name_of(vm)
     created_at = (info.created_at if info else None) or vm.created_at
     registration = by_name.get(runner_name)
     probe: ProbeResult | None = None
@@ -290,7 +330,7 @@ async def _examine(
     facts = VMFacts(
         status=vm.status,
         created_at=created_at,
-        runner=_runner_facts(registration),
+        runner=runner_facts(registration),
         probe_outcome=None if probe is None else str(probe.outcome),
         setup_complete=probe.setup_complete if probe else None,
         setup_failed=(probe.setup_failed_reason is not None) if probe and probe.reachable else None,
@@ -315,9 +355,6 @@ async def _examine(
     )
 
 
-_REMOVING = (Action.CLEAN_UP, Action.DELETE)
-
-
 async def _record_host_key(row: VMRow, provisioner: Cloud) -> None:
     """Pin from now on the key a server presented on first contact (accept-new)."""
     assert row.learned_host_key is not None
@@ -332,25 +369,40 @@ async def _record_host_key(row: VMRow, provisioner: Cloud) -> None:
     log.info("reconcile_host_key_recorded", runner_name=row.runner_name, server_id=row.vm.id)
 
 
-async def _act(row: VMRow, provisioner: Cloud, registry: RunnerRegistry) -> None:
-    action = row.decision.action
-    if action not in _REMOVING:
+async def _act(row: VMRow, provisioner: Cloud, registry: RunnerRegistrations) -> None:
+    if not row.decision.action.removes_vm:
         if row.learned_host_key is not None:
             await _record_host_key(row, provisioner)
         return
+    row.error = await remove_vm(
+        row.vm, row.runner_name, row.registration, row.decision, provisioner, registry
+    )
+
+
+async def remove_vm(
+    vm: RunnerVM,
+    runner_name: str,
+    registration: RunnerRegistration | None,
+    decision: Decision,
+    provisioner: Cloud,
+    registry: RunnerRegistrations,
+) -> str | None:
+    """Remove the runner's registration (unless GitHub says busy), then delete the VM. The
+    error, if either failed: one VM's failure is reported, the others go on."""
     try:
-        registration = row.registration
         if registration is not None and not registration.busy:
             await registry.remove_runner(registration.id)
         with contextlib.suppress(ServerNotFound):  # "not found" is success
-            await provisioner.delete(row.vm.id)
-        log.info(
-            "reconcile_vm_removed",
-            runner_name=row.runner_name,
-            server_id=row.vm.id,
-            action=action.value,
-            reason=row.decision.reason,
-        )
-    except Exception as exc:  # noqa: BLE001 - one VM's failure is reported, others go on
-        row.error = f"{type(exc).__name__}: {exc}"
-        log.warning("reconcile_action_failed", server_id=row.vm.id, error=row.error)
+            await provisioner.delete(vm.id)
+    except Exception as exc:  # noqa: BLE001 - reported on the row, the pass goes on
+        error = f"{type(exc).__name__}: {exc}"
+        log.warning("reconcile_action_failed", server_id=vm.id, error=error)
+        return error
+    log.info(
+        "reconcile_vm_removed",
+        runner_name=runner_name,
+        server_id=vm.id,
+        action=decision.action.value,
+        reason=decision.reason,
+    )
+    return None

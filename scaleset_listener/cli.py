@@ -24,6 +24,7 @@ from scaleset_listener.http import HttpChannel
 from scaleset_listener.logs import configure
 from scaleset_listener.service import run_service
 from scaleset_listener.wiring import (
+    acting_on,
     github,
     missing_cloud_settings,
     openstack_config,
@@ -151,6 +152,7 @@ async def reconcile_once(settings: Settings, *, dry_run: bool, out: Callable[[st
     try:
         client = github(settings, http).client
         provisioner = OpenStackProvisioner(openstack_config(settings))
+        cloud, registry = acting_on(provisioner, client, dry_run=dry_run)
         mode = "dry run, nothing changed" if dry_run else "acted"
         reports: list[ReconcileReport] = []
         served: set[int] = set()
@@ -163,14 +165,12 @@ async def reconcile_once(settings: Settings, *, dry_run: bool, out: Callable[[st
                 out(f"# scale set {spec.name}: not registered at GitHub, nothing to reconcile")
                 continue
             served.add(scale_set.id)
-            report = await reconcile_scale_set(
-                settings, client, provisioner, scale_set.id, dry_run=dry_run
-            )
+            report = await reconcile_scale_set(settings, registry, cloud, scale_set.id)
             out(f"# scale set {spec.name} (id {scale_set.id}): {mode}")
             out(report.table())
             reports.append(report)
         for scale_set_id, report in await reconcile_deleted_scale_sets(
-            settings, client, provisioner, skip=served, dry_run=dry_run
+            settings, client, cloud, registry=registry, skip=served
         ):
             out(f"# scale set {scale_set_id} (deleted at GitHub, its VMs remain): {mode}")
             out(report.table())

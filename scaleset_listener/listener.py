@@ -37,6 +37,7 @@ import structlog
 
 from scaleset_listener.actions_client import ActionsClient
 from scaleset_listener.config import ScaleSetSpec
+from scaleset_listener.demand import desired_runner_count, runner_ceiling
 from scaleset_listener.errors import (
     ListenerError,
     ProtocolError,
@@ -47,7 +48,7 @@ from scaleset_listener.errors import (
 )
 from scaleset_listener.http import HttpChannel
 from scaleset_listener.retrying import RetryPolicy, is_transient
-from scaleset_listener.scaling import Scaler, desired_runner_count, max_capacity_header
+from scaleset_listener.scaler_port import Scaler
 from scaleset_listener.session import MessageSession
 from scaleset_listener.wire import (
     JOB_MESSAGES_TYPE,
@@ -374,7 +375,7 @@ class Listener:
             )
 
     def _capacity(self) -> int:
-        return max_capacity_header(self._spec.max_runners, self._scaler.cloud_capacity())
+        return runner_ceiling(self._spec.max_runners, self._scaler.cloud_capacity())
 
     async def _poll(self, session: MessageSession) -> MessageEnvelope | None:
         """The next message, or None on an empty poll or when shutdown interrupts the poll."""
@@ -398,10 +399,7 @@ class Listener:
 
     async def _hand_on_demand(self, stats: Statistics) -> None:
         desired = desired_runner_count(
-            stats.total_assigned_jobs,
-            self._spec.min_runners,
-            self._spec.max_runners,
-            self._scaler.cloud_capacity(),
+            stats.total_assigned_jobs, self._spec.min_runners, self._capacity()
         )
         await self._scaler.handle_desired_runner_count(desired, stats)
 

@@ -30,7 +30,7 @@ from scaleset_listener.runner_versions import (
     RunnerVersions,
     RunnerVersionUnavailable,
 )
-from scaleset_listener.scaling import LoggingScaler
+from scaleset_listener.scaler_port import LoggingScaler
 from scaleset_listener.supervisor import ScaleSetSupervisor
 from scaleset_listener.wiring import ScalerFactory
 

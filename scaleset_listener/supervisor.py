@@ -28,7 +28,7 @@ import structlog
 from scaleset_listener.errors import ListenerError
 from scaleset_listener.health import ScaleSetHealth
 from scaleset_listener.listener import Listener
-from scaleset_listener.scaling import Scaler
+from scaleset_listener.scaler_port import Scaler
 
 log = structlog.get_logger(__name__)
 

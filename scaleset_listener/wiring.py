@@ -1,6 +1,7 @@
 """From settings to the service's parts: the GitHub client, the runner versions, the cloud's
 provisioner and the bootstrap's specs, the SSH prober, the reconciler's passes and one VMScaler
-per scale set.
+per scale set. With DRY_RUN the cloud and GitHub are wrapped here (dry_run.py), once, so that no
+part downstream has a dry-run branch.
 
 This is the one module that reads settings to build things; the parts themselves know nothing of
 the settings (`provisioners` and `reconciler` not even of this package). `service` runs what is
@@ -21,19 +22,22 @@ from provisioners.bootstrap import BootstrapSpec, HostKey, render_user_data
 from provisioners.naming import Ownership, ownership_metadata
 from provisioners.openstack import OpenStackConfig
 from provisioners.ssh import SSHProbeConfig, SSHProber
-from reconciler.policy import Action
-from reconciler.ports import RunnerRegistry
+from reconciler.ports import RunnerRegistrations
 from reconciler.reconcile import ReconcileReport, deleted_scale_sets, run_once
 from scaleset_listener.actions_client import ActionsClient
 from scaleset_listener.auth import ActionsAdminAuth, Credential, build_credential
 from scaleset_listener.config import ScaleSetSpec, Settings
+from scaleset_listener.dry_run import DryRunProvisioner, DryRunRegistry
 from scaleset_listener.errors import ListenerError, ScaleSetNotFound
 from scaleset_listener.github_urls import GitHubTarget
 from scaleset_listener.http import HttpChannel
 from scaleset_listener.retrying import RetryPolicy
 from scaleset_listener.runner_versions import GitHubReleaseSource, RunnerRelease, RunnerVersions
-from scaleset_listener.scaler import Adoption, Lifecycle, Phase, VMScaler
-from scaleset_listener.scaling import Scaler
+from scaleset_listener.scaler_port import Scaler
+from scaleset_listener.vm_scaler.execute import RunnerRegistry
+from scaleset_listener.vm_scaler.ledger import Adoption, adoptions
+from scaleset_listener.vm_scaler.loop import VMScaler
+from scaleset_listener.vm_scaler.plan import Lifecycle
 
 log = structlog.get_logger(__name__)
 
@@ -158,13 +162,6 @@ def server_spec(
 # The reconciler ----------------------------------------------------------------------------
 
 
-_PHASES = {
-    Action.ADOPT_IDLE: Phase.IDLE,
-    Action.ADOPT_BUSY: Phase.BUSY,
-    Action.ADOPT_BOOTING: Phase.BOOTING,
-}
-
-
 def make_prober(settings: Settings) -> SSHProber | None:
     """The SSH prober, or None without VM_SSH_PRIVATE_KEY_PATH (console and GitHub decide)."""
     if settings.vm_ssh_private_key_path is None:
@@ -184,11 +181,10 @@ def make_prober(settings: Settings) -> SSHProber | None:
 
 async def reconcile_scale_set(
     settings: Settings,
-    registry: RunnerRegistry,
+    registry: RunnerRegistrations,
     provisioner: Provisioner,
     scale_set_id: int,
     *,
-    dry_run: bool,
     prober: SSHProber | None = None,
     probe_vms: bool = True,
 ) -> ReconcileReport:
@@ -204,26 +200,10 @@ async def reconcile_scale_set(
             ownership=Ownership(settings.effective_listener_instance_id, scale_set_id),
             boot_timeout=timedelta(seconds=settings.boot_timeout),
             concurrency=settings.reconcile_concurrency,
-            dry_run=dry_run,
         )
     finally:
         if own_prober and probe is not None:
             await probe.close()
-
-
-def adoptions(report: ReconcileReport) -> list[Adoption]:
-    """What the scaler owns after the pass: adopted VMs, in their phases."""
-    return [
-        Adoption(
-            name=row.runner_name,
-            server_id=row.vm.id,
-            phase=_PHASES[row.decision.action],
-            runner_id=None if row.registration is None else row.registration.id,
-            age_seconds=row.age_seconds,
-        )
-        for row in report.rows
-        if row.decision.action in _PHASES
-    ]
 
 
 class GitHubScaleSets:
@@ -245,13 +225,14 @@ async def reconcile_deleted_scale_sets(
     client: ActionsClient,
     provisioner: Provisioner,
     *,
+    registry: RunnerRegistrations | None = None,
     skip: Collection[int],
-    dry_run: bool,
 ) -> list[tuple[int, ReconcileReport]]:
     """One pass over the VMs of each scale set of this deployment that GitHub deleted. Their
     runners went with the set, so the table deletes them (clean_up when run-complete or powered
     off) whatever a probe would say: they are not probed. Nothing of them is adopted. Sets in
-    `skip` are not asked about."""
+    `skip` are not asked about. `registry` is the one to act on (the client unless wrapped);
+    the client itself is asked which sets exist."""
     gone = await deleted_scale_sets(
         provisioner=provisioner,
         directory=GitHubScaleSets(client),
@@ -262,7 +243,7 @@ async def reconcile_deleted_scale_sets(
         (
             scale_set_id,
             await reconcile_scale_set(
-                settings, client, provisioner, scale_set_id, dry_run=dry_run, probe_vms=False
+                settings, registry or client, provisioner, scale_set_id, probe_vms=False
             ),
         )
         for scale_set_id in gone
@@ -286,6 +267,16 @@ def lifecycle(settings: Settings) -> Lifecycle:
     )
 
 
+def acting_on(
+    provisioner: Provisioner, registry: RunnerRegistry, *, dry_run: bool
+) -> tuple[Provisioner, RunnerRegistry]:
+    """The cloud and GitHub as the scaler and the reconciler change them: as they are, or with
+    DRY_RUN (or `reconcile --dry-run`) wrapped to log what would change."""
+    if not dry_run:
+        return provisioner, registry
+    return DryRunProvisioner(provisioner), DryRunRegistry(registry)
+
+
 def vm_scalers(
     settings: Settings,
     client: ActionsClient,
@@ -294,6 +285,7 @@ def vm_scalers(
 ) -> Callable[[ScaleSetSpec], VMScaler]:
     """One VMScaler per scale set, all sharing the provisioning slots; each new VM gets the
     runner release current at its creation."""
+    provisioner, registry = acting_on(provisioner, client, dry_run=settings.dry_run)
     slots = asyncio.Semaphore(settings.provision_concurrency)
     # One pass at a time over deleted scale sets' VMs, however many sets this process serves.
     deleted_sets_gate = asyncio.Lock()
@@ -303,21 +295,15 @@ def vm_scalers(
             async with deleted_sets_gate:
                 try:
                     await reconcile_deleted_scale_sets(
-                        settings,
-                        client,
-                        provisioner,
-                        skip={scale_set_id},
-                        dry_run=settings.dry_run,
+                        settings, client, provisioner, registry=registry, skip={scale_set_id}
                     )
                 except (ListenerError, ProvisionerError) as exc:
                     # Not this set's own pass: that one still runs; the next start retries.
                     log.warning(
                         "reconcile_deleted_scale_sets_failed", scale_set=spec.name, error=str(exc)
                     )
-            report = await reconcile_scale_set(
-                settings, client, provisioner, scale_set_id, dry_run=settings.dry_run
-            )
-            return adoptions(report)
+            report = await reconcile_scale_set(settings, registry, provisioner, scale_set_id)
+            return adoptions(report.rows)
 
         def server_spec_for(
             ownership: Ownership, name: str, jit: str, host_key: HostKey, now: datetime
@@ -328,13 +314,12 @@ def vm_scalers(
 
         return VMScaler(
             spec,
-            client,
+            registry,
             provisioner,
             server_spec_for,
             settings.effective_listener_instance_id,
             lifecycle(settings),
             slots,
-            dry_run=settings.dry_run,
             reconcile=reconcile if settings.enable_reconciliation else None,
         )
 

@@ -18,9 +18,12 @@ from provisioners.ssh import SSHProbeConfig, SSHProber
 from reconciler.policy import Action
 from reconciler.reconcile import ReconcileReport, run_once
 from scaleset_listener.config import ScaleSetSpec
-from scaleset_listener.scaler import Adoption, Lifecycle, Phase, VMScaler
+from scaleset_listener.dry_run import DryRunProvisioner, DryRunRegistry
+from scaleset_listener.vm_scaler.ledger import Adoption, Phase, adoptions
+from scaleset_listener.vm_scaler.loop import VMScaler
+from scaleset_listener.vm_scaler.plan import Lifecycle
 from scaleset_listener.wire import Statistics
-from scaleset_listener.wiring import adoptions, openstack_config
+from scaleset_listener.wiring import openstack_config
 from tests.reconciler.test_end_to_end import (
     Setup,
     admin_client,
@@ -91,12 +94,11 @@ async def test_probed_vms_are_adopted_cleaned_up_or_deleted_per_the_table(
         async with admin_client(setup) as client:
             ownership = Ownership(setup.settings.effective_listener_instance_id, setup.scale_set_id)
             dry = await run_once(
-                provisioner=provisioner,
-                registry=client,
+                provisioner=DryRunProvisioner(provisioner),
+                registry=DryRunRegistry(client),
                 prober=MappedProber(prober, hosts),
                 ownership=ownership,
                 boot_timeout=timedelta(minutes=10),
-                dry_run=True,
             )
             before = world_state(setup)
             assert {r.runner_name: r.decision.action.value for r in dry.rows} == {
@@ -135,14 +137,13 @@ async def reconciling(
 
             async def reconcile(dry_run: bool) -> ReconcileReport:
                 return await run_once(
-                    provisioner=provisioner,
-                    registry=client,
+                    provisioner=DryRunProvisioner(provisioner) if dry_run else provisioner,
+                    registry=DryRunRegistry(client) if dry_run else client,
                     prober=prober,
                     ownership=Ownership(
                         setup.settings.effective_listener_instance_id, setup.scale_set_id
                     ),
                     boot_timeout=timedelta(minutes=10),
-                    dry_run=dry_run,
                 )
 
             yield reconcile
@@ -179,7 +180,8 @@ async def test_accept_new_records_the_learned_host_key_so_that_later_probes_pin_
         (row,) = dry.rows
         assert row.decision.action is Action.ADOPT_IDLE
         assert row.learned_host_key == key_of(vm_host.public_key)
-        assert "host key learned, not recorded" in dry.table()
+        # The table says what a real pass would do; the dry run's cloud records nothing.
+        assert "host key learned, recorded" in dry.table()
         assert recorded_host_key(setup, name) is None
 
         first = await reconcile(False)
@@ -259,7 +261,7 @@ async def test_a_probed_live_busy_runner_is_adopted_busy_and_no_second_vm_is_mad
                     boot_timeout=timedelta(minutes=10),
                 )
                 reports.append(report)
-                return adoptions(report)
+                return adoptions(report.rows)
 
             def no_spec(*_: object) -> ServerSpec:
                 raise AssertionError("the scaler must not create a VM")

@@ -28,8 +28,9 @@ from scaleset_listener.github_urls import parse_github_url
 from scaleset_listener.health import POLL_STALE_AFTER, ScaleSetHealth, readiness
 from scaleset_listener.http import HttpChannel
 from scaleset_listener.retrying import RetryPolicy
-from scaleset_listener.scaler import VMScaler
 from scaleset_listener.service import run_service
+from scaleset_listener.vm_scaler.ledger import Phase
+from scaleset_listener.vm_scaler.loop import VMScaler
 from scaleset_listener.wiring import openstack_config
 from simulator.fleet import FleetConfig
 from tests.testsupport.world import World, serving, simulated_world
@@ -155,13 +156,18 @@ async def test_dry_run_creates_nothing_but_says_what_it_would_do(world: World) -
             await world.wait_github(
                 lambda s: len([j for j in s["jobs"] if j["state"] == "assigned"]) == 2
             )
+            scaler = await wait_scaler(world)
+            await world.wait_fleet(lambda: len(scaler.owned()) == 2)
             await asyncio.to_thread(world.fleet.wait_idle_ticks, 10)
+            # The would-be runners count as come up: the decisions go on as they would.
+            assert {runner.phase for runner in scaler.owned()} == {Phase.IDLE}
     assert world.servers() == []
     assert world.github.control.state()["runners"] == []
     assert world.github.control.requests(endpoint="generate_jit_config") == []
     would = [entry for entry in logs if entry["event"] == "dry_run_would_create"]
-    assert would
-    assert would[-1]["count"] == 2
+    # One line per VM it would create, and no churn after them.
+    assert len({entry["runner_name"] for entry in would}) == len(would) == 2
+    assert len([e for e in logs if e["event"] == "dry_run_would_register"]) == 2
 
 
 async def test_a_busy_runner_survives_scale_down_and_sweeps(world: World) -> None:

@@ -16,7 +16,9 @@ from provisioners.base import ServerSpec
 from provisioners.naming import Ownership, ownership_metadata
 from provisioners.openstack import OpenStackProvisioner
 from scaleset_listener.config import ScaleSetSpec
-from scaleset_listener.scaler import Adoption, Lifecycle, Phase, VMScaler
+from scaleset_listener.vm_scaler.ledger import Adoption, Phase
+from scaleset_listener.vm_scaler.loop import VMScaler
+from scaleset_listener.vm_scaler.plan import Lifecycle
 from scaleset_listener.wiring import openstack_config
 from tests.scaleset_listener.test_scaler import admin_client_for
 from tests.testsupport.world import serving, simulated_world

@@ -16,6 +16,7 @@ from provisioners.naming import META_HOST_KEY, Ownership, ownership_metadata, pa
 from provisioners.openstack import OpenStackProvisioner
 from provisioners.ssh import SSHProbeConfig, SSHProber
 from reconciler.reconcile import run_once
+from scaleset_listener.dry_run import DryRunProvisioner, DryRunRegistry
 from scaleset_listener.wiring import openstack_config
 from simulator.sandbox import SandboxFleet
 from tests.reconciler.test_end_to_end import Setup, admin_client
@@ -162,14 +163,13 @@ async def test_the_reconciler_probes_sandbox_vms_at_their_reported_addresses(
     try:
         async with admin_client(setup) as client:
             report = await run_once(
-                provisioner=provisioner,
-                registry=client,
+                provisioner=DryRunProvisioner(provisioner),
+                registry=DryRunRegistry(client),
                 prober=prober,
                 ownership=Ownership(
                     setup.settings.effective_listener_instance_id, setup.scale_set_id
                 ),
                 boot_timeout=timedelta(minutes=10),
-                dry_run=True,
             )
     finally:
         await prober.close()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scaleset_listener.config import ScaleSetSpec, Settings
-from scaleset_listener.scaling import UNLIMITED
+from scaleset_listener.demand import UNLIMITED
 from scaleset_listener.service import run_service
 from scaleset_listener.wire import JobCompleted, JobStarted, Statistics
 

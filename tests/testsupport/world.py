@@ -21,8 +21,8 @@ from provisioners.base import Provisioner
 from scaleset_listener.actions_client import ActionsClient
 from scaleset_listener.config import ScaleSetSpec, Settings
 from scaleset_listener.runner_versions import RunnerVersions
-from scaleset_listener.scaler import VMScaler
 from scaleset_listener.service import run_service
+from scaleset_listener.vm_scaler.loop import VMScaler
 from scaleset_listener.wiring import ScalerFactory, vm_scalers
 from simulator.fleet import Fleet, FleetConfig, FleetEvent
 from simulator.github.config import SimulatorConfig

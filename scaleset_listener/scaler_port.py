@@ -1,9 +1,6 @@
-"""How many runners a scale set wants, and what the listener hands its decisions to.
-
-Demand is level-triggered: `statistics.totalAssignedJobs` from the session's initial statistics,
-every message and every empty poll. Job messages are never counted (a batch holds at most 50 and
-reassigned jobs repeat); they only tell which runner started or finished a job.
-"""
+"""What the listener hands its decisions to: the `Scaler` protocol, and `LoggingScaler`, the
+scaler of a service without a cloud (and the tests' witness). The VM scaler is
+scaleset_listener/vm_scaler/."""
 
 from __future__ import annotations
 
@@ -12,23 +9,10 @@ from typing import Protocol
 
 import structlog
 
+from scaleset_listener.demand import UNLIMITED
 from scaleset_listener.wire import JobCompleted, JobStarted, Statistics
 
 log = structlog.get_logger(__name__)
-
-UNLIMITED = 2**31 - 1
-
-
-def desired_runner_count(
-    assigned_jobs: int, min_runners: int, max_runners: int, cloud_capacity: int = UNLIMITED
-) -> int:
-    """min(max_runners, cloud_capacity, min_runners + assigned_jobs), never below zero."""
-    return max(0, min(max_runners, cloud_capacity, min_runners + max(0, assigned_jobs)))
-
-
-def max_capacity_header(max_runners: int, cloud_capacity: int = UNLIMITED) -> int:
-    """The X-ScaleSetMaxCapacity value: what this set can run right now."""
-    return max(0, min(max_runners, cloud_capacity))
 
 
 class Scaler(Protocol):
