@@ -31,6 +31,7 @@ import structlog
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
+    Retrying,
     retry_if_exception,
     stop_after_attempt,
     stop_never,
@@ -58,16 +59,26 @@ def _exponential_with_jitter(first: float, cap: float) -> wait_base:
 
 
 class RecoveryBackoff(wait_base):
-    """Exponential, capped wait over the failures since the last `reset()`.
+    """Exponential, capped wait with jitter over the failures since the last `reset()`: first,
+    2x, 4x ... cap, each plus up to a quarter of the first step.
+
+    One instance is driven one way: as the `wait` of a tenacity loop (`RetryPolicy.recovery`),
+    or by hand with `next_wait()` from a loop of the caller's own, so that every such wait
+    follows one schedule.
 
     tenacity's attempt number keeps growing for as long as its loop runs (for the listener, the
     life of the process), so the streak is counted from the attempt at which a reset was seen.
+    Failures counted by hand are numbered the same way.
     """
 
     def __init__(self, first: float, cap: float) -> None:
-        self._backoff = _exponential_with_jitter(first, cap)
+        # A first step above the cap would still wait the cap, but with the larger step's jitter.
+        self.first = min(first, cap)
+        self.cap = cap
+        self._backoff = _exponential_with_jitter(self.first, cap)
         self._attempts_before_streak = 0
         self._reset_requested = False
+        self._failures_by_hand = 0
 
     def reset(self) -> None:
         """Start over: the next failure is the first of a new streak."""
@@ -88,6 +99,18 @@ class RecoveryBackoff(wait_base):
         in_streak = copy.copy(retry_state)
         in_streak.attempt_number = self.streak_attempt(retry_state)
         return float(self._backoff(in_streak))
+
+    def next_wait(self) -> float:
+        """One more failure of the current streak, outside a tenacity loop: how long to wait
+        before trying again."""
+        self._failures_by_hand += 1
+        # The strategies read only the attempt number; the state needs a loop, one never run.
+        state = RetryCallState(_NO_LOOP, None, (), {})
+        state.attempt_number = self._failures_by_hand
+        return self(state)
+
+
+_NO_LOOP = Retrying()
 
 
 @dataclass(frozen=True)
