@@ -170,8 +170,7 @@ async def run_service(
                 ScaleSetSupervisor(
                     listener,
                     scaler,
-                    first_wait=policy.first_wait,
-                    max_wait=settings.recovery_backoff_max,
+                    backoff=policy.recovery_backoff(),
                 )
             )
         health = _start_health(settings, supervisors, versions)
