@@ -5,16 +5,23 @@ Two layers, never more:
 * per request (`RetryPolicy.requests`): transport errors, 429 and 5xx except 501, bounded
   attempts with exponential backoff and jitter, `Retry-After` honoured (capped by the policy's
   longest wait so a hostile header cannot stall us for an hour);
-* per listener (`RetryPolicy.recovery`): once a request gave up, the listener backs off (growing,
-  capped, never giving up) and starts over with a new session. Its sleeps are asyncio sleeps,
-  so shutdown cancels them at once.
+* per activity (`RecoveryBackoff`, from `RetryPolicy.recovery_backoff`): once a request gave up,
+  a long-running activity backs off (growing, capped, with jitter, never giving up) and starts
+  over: the listener with a new session (`RetryPolicy.recovery`), the runner release lookup at
+  start with a new lookup. Their waits are asyncio waits that a shutdown ends at once.
+
+A supervisor restarting a crashed listener and scaler pair waits by the same `RecoveryBackoff`.
+That is no third layer: a crash is an exception nobody expected (a bug), never a request that
+gave up (the listener recovers from those, or ends the set), so no failure passes through both.
 
 The recovery backoff grows over one incident, not over the life of the process: its wait
-(`RecoveryBackoff`) counts the failures since it was last reset, and the listener resets it
-whenever a poll cycle succeeds (an empty poll answer, or a message handled to the end). So the
-first failure after a success waits the first step again (about a second), even after an
+(`RecoveryBackoff`) counts the failures since it was last reset, and its owner resets it after a
+success: the listener whenever a poll cycle succeeds (an empty poll answer, or a message handled
+to the end), the supervisor when a pair ran longer than the longest wait before it crashed. So
+the first failure after a success waits the first step again (about a second), even after an
 earlier outage had pushed the wait to its cap; the `recovering` log's `attempt` counts the
-same way. A message whose handling keeps failing still backs off, since no cycle succeeds.
+same way. A message whose handling keeps failing still backs off, since no cycle succeeds. The
+release lookup at start needs no reset: it ends at its first success.
 
 Token-expiry handling (refresh the session or admin token once, retry once) is protocol logic and
 lives beside the protocol, not here.
