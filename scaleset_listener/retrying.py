@@ -5,16 +5,23 @@ Two layers, never more:
 * per request (`RetryPolicy.requests`): transport errors, 429 and 5xx except 501, bounded
   attempts with exponential backoff and jitter, `Retry-After` honoured (capped by the policy's
   longest wait so a hostile header cannot stall us for an hour);
-* per listener (`RetryPolicy.recovery`): once a request gave up, the listener backs off (growing,
-  capped, never giving up) and starts over with a new session. Its sleeps are asyncio sleeps,
-  so shutdown cancels them at once.
+* per activity (`RecoveryBackoff`, from `RetryPolicy.recovery_backoff`): once a request gave up,
+  a long-running activity backs off (growing, capped, with jitter, never giving up) and starts
+  over: the listener with a new session (`RetryPolicy.recovery`), the runner release lookup at
+  start with a new lookup. Their waits are asyncio waits that a shutdown ends at once.
+
+A supervisor restarting a crashed listener and scaler pair waits by the same `RecoveryBackoff`.
+That is no third layer: a crash is an exception nobody expected (a bug), never a request that
+gave up (the listener recovers from those, or ends the set), so no failure passes through both.
 
 The recovery backoff grows over one incident, not over the life of the process: its wait
-(`RecoveryBackoff`) counts the failures since it was last reset, and the listener resets it
-whenever a poll cycle succeeds (an empty poll answer, or a message handled to the end). So the
-first failure after a success waits the first step again (about a second), even after an
+(`RecoveryBackoff`) counts the failures since it was last reset, and its owner resets it after a
+success: the listener whenever a poll cycle succeeds (an empty poll answer, or a message handled
+to the end), the supervisor when a pair ran longer than the longest wait before it crashed. So
+the first failure after a success waits the first step again (about a second), even after an
 earlier outage had pushed the wait to its cap; the `recovering` log's `attempt` counts the
-same way. A message whose handling keeps failing still backs off, since no cycle succeeds.
+same way. A message whose handling keeps failing still backs off, since no cycle succeeds. The
+release lookup at start needs no reset: it ends at its first success.
 
 Token-expiry handling (refresh the session or admin token once, retry once) is protocol logic and
 lives beside the protocol, not here.
@@ -31,6 +38,7 @@ import structlog
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
+    Retrying,
     retry_if_exception,
     stop_after_attempt,
     stop_never,
@@ -58,16 +66,26 @@ def _exponential_with_jitter(first: float, cap: float) -> wait_base:
 
 
 class RecoveryBackoff(wait_base):
-    """Exponential, capped wait over the failures since the last `reset()`.
+    """Exponential, capped wait with jitter over the failures since the last `reset()`: first,
+    2x, 4x ... cap, each plus up to a quarter of the first step.
+
+    One instance is driven one way: as the `wait` of a tenacity loop (`RetryPolicy.recovery`),
+    or by hand with `next_wait()` from a loop of the caller's own, so that every such wait
+    follows one schedule.
 
     tenacity's attempt number keeps growing for as long as its loop runs (for the listener, the
     life of the process), so the streak is counted from the attempt at which a reset was seen.
+    Failures counted by hand are numbered the same way.
     """
 
     def __init__(self, first: float, cap: float) -> None:
-        self._backoff = _exponential_with_jitter(first, cap)
+        # A first step above the cap would still wait the cap, but with the larger step's jitter.
+        self.first = min(first, cap)
+        self.cap = cap
+        self._backoff = _exponential_with_jitter(self.first, cap)
         self._attempts_before_streak = 0
         self._reset_requested = False
+        self._failures_by_hand = 0
 
     def reset(self) -> None:
         """Start over: the next failure is the first of a new streak."""
@@ -88,6 +106,18 @@ class RecoveryBackoff(wait_base):
         in_streak = copy.copy(retry_state)
         in_streak.attempt_number = self.streak_attempt(retry_state)
         return float(self._backoff(in_streak))
+
+    def next_wait(self) -> float:
+        """One more failure of the current streak, outside a tenacity loop: how long to wait
+        before trying again."""
+        self._failures_by_hand += 1
+        # The strategies read only the attempt number; the state needs a loop, one never run.
+        state = RetryCallState(_NO_LOOP, None, (), {})
+        state.attempt_number = self._failures_by_hand
+        return self(state)
+
+
+_NO_LOOP = Retrying()
 
 
 @dataclass(frozen=True)

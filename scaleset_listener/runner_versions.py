@@ -9,10 +9,11 @@ deployment one month after GitHub's next release. Hence:
   `GET .../actions/runners/downloads` of the configured scope (repository, organization or
   enterprise; GHES answers with the version it wants): version, per-architecture URL and
   SHA-256. At start no VM is created before it is resolved: a transient failure (network, 5xx,
-  429) is retried with a growing wait, as every GitHub request of the service is (the health
-  endpoints answer meanwhile and `/readyz` says why); any other failure (bad credentials, 404,
-  an answer we cannot use) stops the start with that message. Later, every
-  RUNNER_VERSION_CHECK_INTERVAL, a failure keeps the last good answer and says so.
+  429) that outlasted the request's own retries is retried with a growing wait, the listener's
+  recovery backoff (`retrying.RecoveryBackoff`; the health endpoints answer meanwhile and
+  `/readyz` says why); any other failure (bad credentials, 404, an answer we cannot use) stops
+  the start with that message. Later, every RUNNER_VERSION_CHECK_INTERVAL, a failure keeps the
+  last good answer and says so.
 * A pinned version (air-gapped mirrors) is used as given, and checked on the same schedule
   against the releases GitHub lists (`GET /repos/actions/runner/releases`): once a newer
   release has been out for more than STALE_AFTER_DAYS, a warning is logged at every check and
@@ -40,7 +41,7 @@ from scaleset_listener.auth import GITHUB_JSON, Credential
 from scaleset_listener.errors import GitHubAPIError, ListenerError, ProtocolError
 from scaleset_listener.github_urls import GitHubTarget
 from scaleset_listener.http import HttpChannel
-from scaleset_listener.retrying import is_transient
+from scaleset_listener.retrying import RecoveryBackoff, RetryPolicy, is_transient
 
 log = structlog.get_logger(__name__)
 
@@ -257,12 +258,14 @@ class RunnerVersions:
         return self._stale
 
     async def start(
-        self, stop: asyncio.Event | None = None, max_wait: float = 60.0
+        self, stop: asyncio.Event | None = None, backoff: RecoveryBackoff | None = None
     ) -> RunnerRelease | None:
         """Resolve (latest) or check (pinned) once. `latest` is retried while GitHub fails
-        transiently (waits of 1, 2, 4 ... `max_wait` seconds); None when `stop` is set first.
-        RunnerVersionUnavailable when the failure is not transient."""
-        attempt = 0
+        transiently, after the waits of `backoff` (by default the recovery backoff of the
+        default retry policy: 1, 2, 4 ... 60 seconds, with jitter); None when `stop` is set
+        first. RunnerVersionUnavailable when the failure is not transient."""
+        if backoff is None:
+            backoff = RetryPolicy().recovery_backoff()
         while True:
             await self.check()
             if self._release is not None:
@@ -274,9 +277,10 @@ class RunnerVersions:
                     f"usable answer ({error}); pin GITHUB_RUNNER_VERSION (with "
                     "RUNNER_DOWNLOAD_URL for a mirror) to start without it"
                 )
-            wait = min(2.0**attempt, max_wait)
-            attempt += 1
-            log.warning("runner_version_unresolved", retry_in_seconds=wait, error=str(error))
+            wait = backoff.next_wait()
+            log.warning(
+                "runner_version_unresolved", retry_in_seconds=round(wait, 3), error=str(error)
+            )
             if stop is None:
                 await asyncio.sleep(wait)
                 continue

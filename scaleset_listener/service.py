@@ -26,6 +26,7 @@ from scaleset_listener.errors import ConfigError
 from scaleset_listener.health import HealthServer
 from scaleset_listener.http import HttpChannel
 from scaleset_listener.listener import Listener, ListenerOptions
+from scaleset_listener.retrying import RetryPolicy
 from scaleset_listener.runner_versions import (
     RunnerVersions,
     RunnerVersionUnavailable,
@@ -77,11 +78,11 @@ def _start_health(
 
 
 async def _resolve_runner(
-    runner_versions: RunnerVersions, settings: Settings, stop: asyncio.Event
+    runner_versions: RunnerVersions, settings: Settings, policy: RetryPolicy, stop: asyncio.Event
 ) -> bool:
     """The runner release new VMs get, resolved before any is created; False when stopped
     meanwhile."""
-    release = await runner_versions.start(stop, settings.recovery_backoff_max)
+    release = await runner_versions.start(stop, policy.recovery_backoff())
     if release is None:
         return False
     log.info(
@@ -170,13 +171,12 @@ async def run_service(
                 ScaleSetSupervisor(
                     listener,
                     scaler,
-                    first_wait=policy.first_wait,
-                    max_wait=settings.recovery_backoff_max,
+                    backoff=policy.recovery_backoff(),
                 )
             )
         health = _start_health(settings, supervisors, versions)
         # No VM before the runner release is known (the scalers ask for it at each create).
-        if versions is not None and not await _resolve_runner(versions, settings, stop):
+        if versions is not None and not await _resolve_runner(versions, settings, policy, stop):
             log.info("service_stopped", failed_scale_sets=0)
             return 0
         async with asyncio.TaskGroup() as group:

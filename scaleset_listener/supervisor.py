@@ -10,9 +10,10 @@ nothing would notice). So they run as a pair:
   credentials, an unknown runner group): the set ends, reported as failed;
 * any other exception out of either is a bug or a surprise: it is logged with its traceback
   (`scale_set_crashed`), the other half is stopped the graceful way, `/readyz` says the set is
-  down and why, and the pair is started again after a backoff (1, 2, 4 ... RECOVERY_BACKOFF_MAX
-  seconds; a pair that ran longer than that starts the count again). The listener keeps its
-  scale set and message position, the scaler its runners: a restart loses no VM.
+  down and why, and the pair is started again after the listener's recovery backoff
+  (`retrying.RecoveryBackoff`: 1, 2, 4 ... RECOVERY_BACKOFF_MAX seconds, with its jitter; a
+  pair that ran longer than that starts the count again). The listener keeps its scale set and
+  message position, the scaler its runners: a restart loses no VM.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import structlog
 from scaleset_listener.errors import ListenerError
 from scaleset_listener.health import ScaleSetHealth
 from scaleset_listener.listener import Listener
+from scaleset_listener.retrying import RecoveryBackoff, RetryPolicy
 from scaleset_listener.scaler_port import Scaler
 
 log = structlog.get_logger(__name__)
@@ -39,20 +41,17 @@ class ScaleSetSupervisor:
         listener: Listener,
         scaler: Scaler,
         *,
-        first_wait: float = 1.0,
-        max_wait: float = 60.0,
+        backoff: RecoveryBackoff | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.listener = listener
         self.scaler = scaler
-        self._first_wait = first_wait
-        self._max_wait = max_wait
+        self._backoff = backoff if backoff is not None else RetryPolicy().recovery_backoff()
         self._clock = clock
         self._log = log.bind(scale_set=listener.name)
         self.down: str | None = None
         self.restarts = 0
-        self._streak = 0
-        self._restart_wait = first_wait
+        self._restart_wait = self._backoff.first
 
     @property
     def name(self) -> str:
@@ -69,7 +68,7 @@ class ScaleSetSupervisor:
 
     async def run(self, stop: asyncio.Event) -> bool:
         """Serve until `stop` (True), or until the listener fails for good (False)."""
-        self._streak = 0
+        self._backoff.reset()
         try:
             while not stop.is_set():
                 started = self._clock()
@@ -91,18 +90,20 @@ class ScaleSetSupervisor:
 
     def _crashed(self, crash: BaseException, started: float) -> None:
         """Say so at once (log with traceback, `/readyz`), before the other half winds down."""
-        if self._clock() - started > self._max_wait:
-            self._streak = 0
-        self._restart_wait = min(self._first_wait * 2**self._streak, self._max_wait)
-        self._streak += 1
+        if self._clock() - started > self._backoff.cap:
+            # It outlived the longest wait, so it had recovered: this crash is a new incident.
+            self._backoff.reset()
+        self._restart_wait = self._backoff.next_wait()
         self.restarts += 1
         wait = self._restart_wait
-        self.down = f"down after {type(crash).__name__}: {crash} (restarting in {wait:g} s)"
+        self.down = (
+            f"down after {type(crash).__name__}: {crash} (restarting in {round(wait, 1):g} s)"
+        )
         self._log.error(
             "scale_set_crashed",
             error=str(crash),
             error_type=type(crash).__name__,
-            restart_in_seconds=wait,
+            restart_in_seconds=round(wait, 3),
             restarts=self.restarts,
             exc_info=crash,
         )

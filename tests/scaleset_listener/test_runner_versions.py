@@ -20,7 +20,7 @@ from scaleset_listener.config import load_settings
 from scaleset_listener.errors import ConfigError, ProtocolError
 from scaleset_listener.github_urls import parse_github_url
 from scaleset_listener.http import HttpChannel
-from scaleset_listener.retrying import RetryPolicy
+from scaleset_listener.retrying import RecoveryBackoff, RetryPolicy
 from scaleset_listener.runner_versions import (
     DAY,
     GITHUB_RELEASE_URL,
@@ -298,13 +298,15 @@ async def test_latest_is_retried_at_start_while_github_fails_transiently(
         versions = RunnerVersions("latest", source)
         with capture_logs() as logs:
             unresolved = versions.problem()
-            release = await versions.start(asyncio.Event(), max_wait=0.05)
+            release = await versions.start(asyncio.Event(), RecoveryBackoff(0.05, 0.05))
 
     assert unresolved == "the runner release (GITHUB_RUNNER_VERSION=latest) is not resolved yet"
     assert release is not None
     assert release.version == "2.331.0"
     waits = [e["retry_in_seconds"] for e in logs if e["event"] == "runner_version_unresolved"]
-    assert waits == [0.05, 0.05]
+    # The capped step plus up to a quarter of it of jitter, rounded to milliseconds.
+    assert len(waits) == 2
+    assert all(0.05 <= wait <= 0.063 for wait in waits)
     assert versions.problem() is None
 
 
@@ -316,7 +318,7 @@ async def test_a_stop_while_latest_is_retried_ends_the_start_without_a_release(
     stop = asyncio.Event()
     async with source_for(sim) as source:
         versions = RunnerVersions("latest", source)
-        starting = asyncio.create_task(versions.start(stop, max_wait=60.0))
+        starting = asyncio.create_task(versions.start(stop, RecoveryBackoff(60.0, 60.0)))
         await asyncio.to_thread(
             sim.control.wait_for_request, lambda e: e["endpoint"] == "runner_downloads", 5.0
         )
