@@ -31,6 +31,7 @@ from provisioners.bootstrap import HostKey, generate_host_key
 from provisioners.naming import FAILED_TAG, Ownership, runner_name
 from reconciler.ports import RunnerRegistrations
 from scaleset_listener.errors import JobStillRunning, ListenerError
+from scaleset_listener.retrying import RecoveryBackoff
 from scaleset_listener.vm_scaler.ledger import Ledger, Phase, TrackedRunner
 from scaleset_listener.vm_scaler.plan import (
     CreateRunners,
@@ -90,7 +91,9 @@ class Executor:
         self._log = structlog.get_logger(__name__).bind(scale_set=scale_set_name)
         self._creations: set[asyncio.Task[None]] = set()
         self._next_create_at = 0.0
-        self._create_backoff = 0.0
+        # Grows over one incident of failed creates, from 1 s to CREATE_BACKOFF_MAX.
+        self._create_backoff = RecoveryBackoff(first=1.0, cap=lifecycle.create_backoff_max)
+        self._create_wait = 0.0
         self.kept_failed = 0
         self.permanent_error: str | None = None
         self.ownership = Ownership("", 0)  # set when the scale set is bound
@@ -173,7 +176,7 @@ class Executor:
             return
         runner.server_id = vm.id
         self._ledger.counters.created += 1
-        self._create_backoff = 0.0
+        self._create_backoff.reset()
         self.permanent_error = None
         if not runner.abandoned and runner.phase is Phase.CREATING:
             self._ledger.transition(runner, Phase.BOOTING, server_id=vm.id, address=vm.address)
@@ -182,14 +185,14 @@ class Executor:
     async def _creation_failed(self, runner: TrackedRunner, exc: Exception) -> None:
         self._ledger.counters.create_failures += 1
         permanent = isinstance(exc, PermanentProvisionerError)
-        cap = self._lifecycle.create_backoff_max
         now = self._clock()
         if permanent:
-            self._create_backoff = cap
+            # Retrying soon cannot help (an unknown image): only the cap's slow retry.
+            self._create_wait = self._create_backoff.cap
         elif now >= self._next_create_at:
             # Grow once per wave: twenty creates failing together are one incident.
-            self._create_backoff = min(cap, max(1.0, self._create_backoff * 2))
-        self._next_create_at = max(self._next_create_at, now + self._create_backoff)
+            self._create_wait = self._create_backoff.next_wait()
+        self._next_create_at = max(self._next_create_at, now + self._create_wait)
         fault = exc.fault if isinstance(exc, ServerFailed) else None
         if permanent:
             if self.permanent_error != str(exc):
@@ -202,7 +205,7 @@ class Executor:
                 error=str(exc),
                 error_type=type(exc).__name__,
                 fault=fault,
-                retry_in_seconds=round(self._create_backoff, 1),
+                retry_in_seconds=round(self._create_wait, 1),
             )
         self._ledger.transition(runner, Phase.FAILED, reason=type(exc).__name__)
         if runner.abandoned:

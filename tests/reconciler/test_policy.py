@@ -9,7 +9,17 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from reconciler.policy import Action, ConsoleFacts, GitHubRunnerFacts, VMFacts, decide
+from reconciler.policy import (
+    Action,
+    ConsoleFacts,
+    GitHubRunnerFacts,
+    Known,
+    SweepFacts,
+    VMFacts,
+    decide,
+    decide_registration,
+    decide_sweep,
+)
 
 NOW = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
 BOOT_TIMEOUT = timedelta(minutes=10)
@@ -127,3 +137,71 @@ def test_a_vm_without_a_creation_time_is_adopted_as_booting_with_a_fresh_deadlin
 def test_probe_facts_are_ignored_unless_the_probe_ended_ok() -> None:
     facts = VMFacts("ACTIVE", OLD, IDLE, "timeout", setup_complete=True, runner_alive=True)
     assert decide(facts, NOW, BOOT_TIMEOUT).action is Action.DELETE
+
+
+# The periodic pass ---------------------------------------------------------------------------
+
+SWEEP_ROWS: list[tuple[str, SweepFacts, Action]] = [
+    ("create_in_flight", SweepFacts("ERROR", OLD, None, Known.CREATING), Action.KEEP),
+    ("kept_failed", SweepFacts("ERROR", OLD, None, None, kept_failed=True), Action.SKIP),
+    ("error_not_busy", SweepFacts("ERROR", OLD, IDLE, Known.IDLE), Action.DELETE),
+    ("error_untracked", SweepFacts("ERROR", YOUNG, None, None), Action.DELETE),
+    ("error_busy_kept", SweepFacts("ERROR", OLD, BUSY, Known.BUSY), Action.KEEP),
+    ("powered_off", SweepFacts("SHUTOFF", OLD, OFFLINE, Known.FINISHED), Action.CLEAN_UP),
+    ("powered_off_busy_kept", SweepFacts("SHUTOFF", OLD, BUSY, Known.BUSY), Action.KEEP),
+    ("missing_while_booting", SweepFacts("ACTIVE", OLD, None, Known.BOOTING), Action.KEEP),
+    ("missing_young", SweepFacts("ACTIVE", YOUNG, None, None), Action.KEEP),
+    ("missing_no_creation_time", SweepFacts("ACTIVE", None, None, None), Action.KEEP),
+    ("missing_once", SweepFacts("ACTIVE", OLD, None, Known.IDLE), Action.WATCH),
+    (
+        "missing_twice",
+        SweepFacts("ACTIVE", OLD, None, Known.IDLE, missing_before=True),
+        Action.DELETE,
+    ),
+    ("untracked_idle", SweepFacts("ACTIVE", OLD, IDLE, None), Action.ADOPT_IDLE),
+    ("untracked_busy", SweepFacts("ACTIVE", OLD, BUSY, None), Action.ADOPT_BUSY),
+    ("untracked_offline", SweepFacts("ACTIVE", YOUNG, OFFLINE, None), Action.ADOPT_BOOTING),
+    ("tracked_busy_github_idle", SweepFacts("ACTIVE", OLD, IDLE, Known.BUSY), Action.MARK_IDLE),
+    ("tracked_busy_github_offline", SweepFacts("ACTIVE", OLD, OFFLINE, Known.BUSY), Action.KEEP),
+    ("tracked_and_known", SweepFacts("ACTIVE", OLD, IDLE, Known.IDLE), Action.KEEP),
+]
+
+
+@pytest.mark.parametrize(
+    ("facts", "action"), [(f, a) for _, f, a in SWEEP_ROWS], ids=[r[0] for r in SWEEP_ROWS]
+)
+def test_each_row_of_the_sweep_table_maps_to_its_action_with_a_reason(
+    facts: SweepFacts, action: Action
+) -> None:
+    decision = decide_sweep(facts, NOW, BOOT_TIMEOUT)
+    assert decision.action is action
+    assert decision.reason
+
+
+def test_the_sweep_never_removes_a_vm_github_reports_busy() -> None:
+    for status in ("ACTIVE", "SHUTOFF", "ERROR"):
+        for known in (None, *Known):
+            for missing_before in (False, True):
+                facts = SweepFacts(status, OLD, BUSY, known, missing_before=missing_before)
+                assert not decide_sweep(facts, NOW, BOOT_TIMEOUT).action.removes_vm
+
+
+REGISTRATION_ROWS: list[tuple[str, GitHubRunnerFacts, Known | None, Action]] = [
+    ("idle", IDLE, None, Action.REMOVE_REGISTRATION),
+    ("offline", OFFLINE, Known.IDLE, Action.REMOVE_REGISTRATION),
+    ("busy", BUSY, None, Action.KEEP),
+    ("vm_being_created", OFFLINE, Known.CREATING, Action.KEEP),
+]
+
+
+@pytest.mark.parametrize(
+    ("runner", "known", "action"),
+    [(r, k, a) for _, r, k, a in REGISTRATION_ROWS],
+    ids=[row[0] for row in REGISTRATION_ROWS],
+)
+def test_each_row_of_the_registration_table(
+    runner: GitHubRunnerFacts, known: Known | None, action: Action
+) -> None:
+    decision = decide_registration(runner, known)
+    assert decision.action is action
+    assert decision.reason
