@@ -1,7 +1,8 @@
 """The periodic pass (every VM_TRACKER_INTERVAL while the service runs): the cloud, GitHub and
 what the scaler tracks, no SSH. `decide_sweep()` (reconciler/policy.py) decides each owned VM,
 `decide_registration()` each registration without a VM; this module gathers the facts, removes
-what the tables remove, and reports the rest (adoptions, corrections) for the scaler to apply.
+what the tables remove, and reports the rest (adoptions, corrections) for the scaler to apply;
+the scaler logs the pass (`sweep`) once it has applied it.
 
 The one piece of memory between passes: which runners were missing from GitHub on the previous
 sweep. A runner missing twice in a row (outside its boot window) has its VM deleted; once is a
@@ -54,6 +55,8 @@ class SweepRow:
 class SweepReport:
     rows: list[SweepRow] = field(default_factory=list)
     orphans: list[OrphanRow] = field(default_factory=list)
+    vms: int = 0  # owned VMs listed
+    registrations: int = 0  # registrations listed
 
     def with_action(self, *actions: Action) -> list[SweepRow]:
         return [row for row in self.rows if row.decision.action in actions]
@@ -130,14 +133,8 @@ class Sweeper:
             )
         report.orphans = orphan_rows(registrations, {row.runner_name for row in report.rows}, known)
         self._missing = {row.runner_name for row in report.with_action(Action.WATCH)}
+        report.vms, report.registrations = len(vms), len(registrations)
         await self._act(report)
-        log.info(
-            "sweep",
-            scale_set_id=ownership.scale_set_id,
-            vms=len(vms),
-            registrations=len(registrations),
-            **report.findings(),
-        )
         return report
 
     async def _act(self, report: SweepReport) -> None:

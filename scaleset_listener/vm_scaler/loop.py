@@ -316,4 +316,10 @@ class VMScaler:
             if runner is not None and runner.phase is Phase.BUSY:
                 self.ledger.transition(runner, Phase.IDLE, reason="GitHub reports it idle")
         self.ledger.counters.registrations_removed += sum(o.removed for o in report.orphans)
+        self._log.info(
+            "sweep",
+            vms=report.vms,
+            registrations=report.registrations,
+            **report.findings(),
+        )
         self._wake.set()

@@ -108,7 +108,7 @@ def test_without_reconciliation_leftovers_are_adopted_by_the_sweep_within_max_ru
         assert second.log.named("reconcile_summary") == []
         adopted = second.log.named("runner_adopted")
         assert {e["runner_name"] for e in adopted} == leftovers
-        assert all("source" not in e and e["state"] == "busy" for e in adopted)
+        assert all(e["source"] == "sweep" and e["state"] == "busy" for e in adopted)
         world.wait_served(timeout=40)
         world.wait_clean(timeout=30)
         assert second.stop(timeout=15) == 0
