@@ -52,6 +52,16 @@ from reconciler.ports import (
 
 log = structlog.get_logger(__name__)
 
+# What `decide()` returns (the sweep's actions never appear at startup).
+STARTUP_ACTIONS = (
+    Action.ADOPT_IDLE,
+    Action.ADOPT_BUSY,
+    Action.ADOPT_BOOTING,
+    Action.CLEAN_UP,
+    Action.DELETE,
+    Action.SKIP,
+)
+
 
 @dataclass
 class VMRow:
@@ -133,7 +143,7 @@ class ReconcileReport:
         return [row for row in self.rows if row.decision.action.adopts]
 
     def counts(self) -> dict[str, int]:
-        counts = {action.value: 0 for action in Action}
+        counts = {action.value: 0 for action in STARTUP_ACTIONS}
         for row in self.rows:
             counts[row.decision.action.value] += 1
         counts["orphan_registrations"] = len(self.orphans)
