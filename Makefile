@@ -1,5 +1,6 @@
 # The two quick-start commands (`make demo`, `make test`) work on a fresh machine:
-# they create .venv and install the project into it first.
+# they create .venv and install both distributions into it first, editable: the product
+# (with its dev tools) and the simulator (sim/, scaleset-listener-sim) the demo and tests use.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,10 +8,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test check install clean real-openstack-up real-openstack-down test-real
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml sim/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev]' -e ./sim
 	touch $(STAMP)
 
 install: $(STAMP)

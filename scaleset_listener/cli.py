@@ -1,12 +1,14 @@
 """The `scaleset-listener` command: `run` the service, `reconcile` once, `check-config`, `demo`.
 
-Exit codes: 0 success, 1 the service failed while running, 2 the configuration is wrong.
+Exit codes: 0 success, 1 the service failed while running, 2 the configuration is wrong (for
+`demo`: the simulator it needs is not installed).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -107,8 +109,27 @@ def effective_settings(settings: Settings) -> list[str]:
     return lines
 
 
+DEMO_NOT_INSTALLED = (
+    "scaleset-listener: the demo is not installed here: it ships in scaleset-listener-sim (the "
+    "simulator), a separate distribution that production installs leave out. From a checkout: "
+    "`make demo`, or `pip install ./sim` into this environment; for a container: "
+    "`docker build --target demo`."
+)
+
+
+def demo_installed() -> bool:
+    """Whether `python -m simulator.demo` can run here. Looked up, not imported: the service
+    never imports the simulator."""
+    spec = importlib.util.find_spec("simulator")
+    places = (spec.submodule_search_locations or []) if spec is not None else []
+    return any((Path(place) / "demo.py").is_file() for place in places)
+
+
 def run_demo(demo_args: Sequence[str]) -> int:
     """The demo drives the simulator, a peer system: run it as its own process, never import it."""
+    if not demo_installed():
+        print(DEMO_NOT_INSTALLED, file=sys.stderr)
+        return EXIT_CONFIG
     command = [sys.executable, "-m", "simulator.demo", *demo_args]
     try:
         return subprocess.run(command, check=False).returncode  # noqa: S603 (our own module)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +23,7 @@ from scaleset_listener.cli import main
 ROOT = Path(__file__).parents[1]
 DOCKERFILE = (ROOT / "Dockerfile").read_text(encoding="utf-8")
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+SIM_PYPROJECT = tomllib.loads((ROOT / "sim" / "pyproject.toml").read_text(encoding="utf-8"))
 DEPLOY_DOC = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
 EXAMPLE_ENV = (ROOT / "examples" / ".env").read_text(encoding="utf-8")
 CONTAINER_CHECK = (ROOT / "scripts" / "container-check").read_text(encoding="utf-8")
@@ -34,9 +36,20 @@ def instruction(keyword: str) -> str:
     return str(found[-1]).strip()
 
 
-def packaged_top_level_names() -> list[str]:
-    includes = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
+def packaged_top_level_names(pyproject: dict[str, Any] = PYPROJECT) -> list[str]:
+    includes = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
     return sorted({pattern.rstrip("*").rstrip(".") for pattern in includes})
+
+
+def stages() -> dict[str, str]:
+    """The Dockerfile's stages by name (`FROM ... AS name`), each its instructions up to the
+    next (comments left out)."""
+    instructions = re.sub(r"^\s*#.*\n", "", DOCKERFILE, flags=re.MULTILINE)
+    parts = re.split(r"^(FROM\s+\S+\s+AS\s+\S+)\s*$", instructions, flags=re.MULTILINE)
+    found: dict[str, str] = {}
+    for header, body in zip(parts[1::2], parts[2::2], strict=True):
+        found[header.split()[-1]] = header + "\n" + body
+    return found
 
 
 def example_env_names() -> set[str]:
@@ -64,12 +77,39 @@ def test_the_image_copies_every_packaged_package() -> None:
     assert PYPROJECT["project"]["readme"] == "README.md"
 
 
+def test_the_production_image_is_the_default_and_has_no_simulator() -> None:
+    found = stages()
+    # The last stage is what `docker build .` makes: the production image.
+    assert list(found)[-1] == "production"
+    production, demo = found["production"], found["demo"]
+    assert re.search(r"^COPY --from=build /opt/venv /opt/venv$", production, flags=re.MULTILINE)
+    assert "sim" not in found["build"]
+    assert "simulator" not in production
+    # The demo image is the service's venv plus the simulator's distribution, built from sim/.
+    assert re.search(r"^FROM build AS build-demo$", DOCKERFILE, flags=re.MULTILINE)
+    assert re.search(r"^COPY --from=build-demo /opt/venv /opt/venv$", demo, flags=re.MULTILINE)
+    build_demo = found["build-demo"]
+    for package in packaged_top_level_names(SIM_PYPROJECT):
+        assert re.search(rf"^COPY sim/{package} /src/sim/{package}$", build_demo, re.MULTILINE)
+    assert re.search(r"^COPY sim/pyproject\.toml sim/README\.md /src/sim/$", build_demo, re.M)
+    assert SIM_PYPROJECT["project"]["readme"] == "README.md"
+    assert re.search(r"pip install \$\{PIP_INSTALL_OPTIONS\} /src/sim$", build_demo, re.M)
+
+
 def test_the_dockerignore_lets_exactly_the_copied_sources_through() -> None:
     lines = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
     patterns = [line for line in lines if line and not line.startswith("#")]
     assert patterns[0] == "*"
     allowed = {pattern.removeprefix("!") for pattern in patterns if pattern.startswith("!")}
-    assert allowed == {"pyproject.toml", "README.md", *packaged_top_level_names()}
+    simulator = {f"sim/{name}" for name in packaged_top_level_names(SIM_PYPROJECT)}
+    assert allowed == {
+        "pyproject.toml",
+        "README.md",
+        *packaged_top_level_names(),
+        "sim/pyproject.toml",
+        "sim/README.md",
+        *simulator,
+    }
 
 
 def test_the_base_images_python_satisfies_requires_python() -> None:

@@ -3,7 +3,7 @@
 One seeded trial per kill point (bench/crash_restart.py runs a hundred). A trial passes when
 every job was served, no VM, runner registration or session is left, no busy runner was
 killed, there were never more servers than max_runners and the restarted listener exits 0 on
-SIGTERM (simulator/crash_trial.py).
+SIGTERM (sim/simulator/crash_trial.py).
 """
 
 from pathlib import Path

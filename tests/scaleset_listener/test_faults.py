@@ -1,4 +1,4 @@
-"""The listener survives every fault the simulator injects (simulator/README.md, Faults).
+"""The listener survives every fault the simulator injects (sim/README.md, Faults).
 
 "Recovers" is shown the same way everywhere: after the fault, a job queued on the scale set
 still reaches the scaler as demand, and every message the service created was acknowledged.

@@ -1,4 +1,4 @@
-"""Fault injection through the control API (simulator/README.md, Faults)."""
+"""Fault injection through the control API (sim/README.md, Faults)."""
 
 from __future__ import annotations
 

@@ -2,6 +2,6 @@
 
 The server side of the OpenStack APIs, faithful enough that unchanged openstacksdk works against
 it. It imports nothing from the service (a peer system reached over sockets) and nothing from
-openstacksdk (it is the other end of the wire). See simulator/README.md for the URL layout and
+openstacksdk (it is the other end of the wire). See sim/README.md for the URL layout and
 the control API under /_sim/.
 """

@@ -2,7 +2,7 @@
 
 It watches the simulated cloud like the light fleet (`simulator.fleet`) and, when a server whose
 user_data is the listener's bootstrap (a `JIT_CONFIG=` line) goes ACTIVE, boots a `SandboxVm`
-for it (simulator/sandbox/vm.py): its own PID and mount namespaces, a real OpenSSH sshd on the
+for it (sim/simulator/sandbox/vm.py): its own PID and mount namespaces, a real OpenSSH sshd on the
 server's fixed address (a loopback address: the fleet gives the cloud's tenant subnet a
 127.N.0.0/16 range), the host key from the user_data's `HOST_KEY` installed before sshd starts,
 and the user_data run as cloud-init runs it. The bootstrap downloads the stub runner from the
@@ -785,7 +785,7 @@ def _find_runner(world: JSON, vm: _Vm) -> JSON | None:
 
 
 class LightFleet(SandboxFleet):
-    """Light guests (simulator/sandbox/light_vm.py) for a simulated cloud's bootstrap servers:
+    """Light guests (sim/simulator/sandbox/light_vm.py) for a simulated cloud's bootstrap servers:
     the same bootstrap, stub runner, sentinels, console markers, behaviours and events as
     sandbox VMs, for machines without namespaces or without root. Each VM is a directory, a
     process session and a paramiko sshd on its loopback address at `ssh_port` (default 2222);

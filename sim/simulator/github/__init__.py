@@ -2,5 +2,5 @@
 
 Reached only over HTTP. Start it with `python -m simulator.github` or, in tests,
 `simulator.github.server.run_in_thread(SimulatorConfig(...))`; drive it with
-`simulator.github.control.SimulatorControl`. See simulator/README.md.
+`simulator.github.control.SimulatorControl`. See sim/README.md.
 """

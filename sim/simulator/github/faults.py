@@ -1,4 +1,4 @@
-"""Per-endpoint fault injection (simulator/README.md, Faults).
+"""Per-endpoint fault injection (sim/README.md, Faults).
 
 A fault fires on a request to its endpoint `times` times (None: every time) and, when
 `probability` is set, only on that fraction of matching requests. Kinds:

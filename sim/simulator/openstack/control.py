@@ -203,7 +203,7 @@ class CloudControl:
         return list(self._call("GET", "/faults")["faults"])
 
     def add_fault(self, endpoint: str, kind: str = "status", **fields: Any) -> JSON:
-        """A raw fault spec; see simulator/openstack/faults.py for kinds and fields."""
+        """A raw fault spec; see sim/simulator/openstack/faults.py for kinds and fields."""
         result: JSON = self._call("POST", "/faults", {"endpoint": endpoint, "kind": kind, **fields})
         return result
 

@@ -1,4 +1,4 @@
-"""The control API under `/_sim/`: JSON in, JSON out, no auth. Documented in simulator/README.md."""
+"""The control API under `/_sim/`: JSON in, JSON out, no auth. Documented in sim/README.md."""
 
 from __future__ import annotations
 

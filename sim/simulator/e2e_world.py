@@ -44,7 +44,10 @@ JSON = dict[str, Any]
 T = TypeVar("T")
 
 GuestKind = Literal["light", "sandbox"]
-REPOSITORY = Path(__file__).resolve().parent.parent
+# The checkout this file lives in (sim/simulator/e2e_world.py), when it is one: the listener
+# runs from there, so a worktree runs its own code. None for an installed simulator.
+_CHECKOUT = Path(__file__).resolve().parents[2]
+REPOSITORY = _CHECKOUT if (_CHECKOUT / "scaleset_listener").is_dir() else None
 SCALE_SET = "e2e-linux"
 
 # Short lifecycle timeouts so that a run takes seconds (a SIGKILLed listener leaves its message

@@ -1,5 +1,5 @@
 """The control API under /_sim/ (no auth): config, faults, state, request log, reset, and
-nudges to simulated VMs (console lines, power state). Documented in simulator/README.md."""
+nudges to simulated VMs (console lines, power state). Documented in sim/README.md."""
 
 from __future__ import annotations
 
