@@ -9,13 +9,10 @@ headings of the docs page they name.
 from __future__ import annotations
 
 import re
-import subprocess
-from functools import cache
 from pathlib import Path
 
-import pytest
+from tests.testsupport.repository import ROOT, repository_files
 
-ROOT = Path(__file__).parents[1]
 DOCS = ROOT / "docs"
 THIS_FILE = Path(__file__).resolve().relative_to(ROOT).as_posix()
 
@@ -35,22 +32,6 @@ NOT_SCANNED = {"CHANGELOG.md", THIS_FILE}
 ANCHOR_CITATION = re.compile(r"\b([A-Za-z0-9_-]+)\.md#([A-Za-z0-9_-]+)")
 HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
 FENCE = re.compile(r"^\s*(```|~~~)")
-
-
-@cache
-def repository_files() -> tuple[str, ...]:
-    """Tracked files plus new ones not ignored (a file is checked before its first commit)."""
-    try:
-        listed = subprocess.run(
-            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-            cwd=ROOT,
-            capture_output=True,
-            check=True,
-            timeout=30,
-        ).stdout.decode()
-    except (OSError, subprocess.CalledProcessError):
-        pytest.skip("not a git checkout: the tracked files are unknown")
-    return tuple(sorted(name for name in listed.split("\0") if name and (ROOT / name).is_file()))
 
 
 def text_of(name: str) -> str | None:
@@ -149,3 +130,36 @@ def test_cited_docs_anchors_exist() -> None:
                 if page in pages and anchor not in pages[page]:
                     broken.append(f"{name}:{number}: {page}.md#{anchor}")
     assert not broken, "anchors with no heading in docs/:\n" + "\n".join(broken)
+
+
+MARKDOWN_LINK = re.compile(r"\]\(([^)\s]+)\)")
+INLINE_CODE = re.compile(r"`[^`]*`")
+
+
+def test_relative_markdown_links_point_at_files_of_the_repository() -> None:
+    """A moved file must not leave links to its old place behind (`[x](../sim/README.md)`)."""
+    files = set(repository_files())
+    broken: list[str] = []
+    for name in files:
+        if not name.endswith(".md") or name == "CHANGELOG.md":
+            continue
+        text = text_of(name) or ""
+        in_fence = False
+        for number, line in enumerate(text.splitlines(), start=1):
+            if FENCE.match(line):
+                in_fence = not in_fence
+            if in_fence:
+                continue
+            for target in MARKDOWN_LINK.findall(INLINE_CODE.sub("", line)):
+                path = target.partition("#")[0]
+                if not path or "://" in path or path.startswith("mailto:"):
+                    continue
+                resolved = (ROOT / name).parent / path
+                try:
+                    relative = resolved.resolve().relative_to(ROOT).as_posix()
+                except ValueError:
+                    broken.append(f"{name}:{number}: {target} (outside the repository)")
+                    continue
+                if relative not in files and not resolved.is_dir():
+                    broken.append(f"{name}:{number}: {target}")
+    assert not broken, "relative links to no file of the repository:\n" + "\n".join(broken)
