@@ -600,7 +600,7 @@ class SimulatorApp:
         self.world = world
 
     def on_success(self, ctx: Ctx, kind: str) -> bool:
-        return self.world.faults.take_on_success(ctx.endpoint, kind)
+        return self.world.faults.take(kind, ctx.endpoint) is not None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

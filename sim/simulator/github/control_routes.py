@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.requests import Request
 
-from simulator.github.faults import FaultSpecError
+from simulator.faults import FaultSpecError
 from simulator.github.model import DAY, JSON, ControlError, ServiceError
 from simulator.github.state import World
 from simulator.github.tokens import App

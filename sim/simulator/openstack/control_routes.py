@@ -11,10 +11,10 @@ from typing import Any
 
 from starlette.requests import Request
 
+from simulator.faults import FaultSpecError
 from simulator.openstack import compute
 from simulator.openstack.cloudsyaml import clouds_yaml_text
 from simulator.openstack.config import ConfigError
-from simulator.openstack.faults import FaultSpecError
 from simulator.openstack.model import JSON, Server, utcnow
 from simulator.openstack.state import Cloud
 from simulator.openstack.web import Reply
