@@ -10,8 +10,6 @@ import asyncio
 import json
 import re
 import secrets
-import socket
-import struct
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -35,10 +33,7 @@ from simulator.github.model import (
 )
 from simulator.github.state import World
 from simulator.github.tokens import App, AppJwtError, verify_app_jwt
-
-# serving.py's uvicorn protocol puts the connection's transport under TRANSPORT_KEY so that
-# the "drop" fault can reset the TCP connection instead of answering.
-from simulator.serving import TRANSPORT_KEY, Receive, Scope, Send
+from simulator.serving import Receive, Scope, Send, drop_connection
 
 API_VERSION = "6.0-preview"
 BOM = b"\xef\xbb\xbf"
@@ -652,7 +647,7 @@ class SimulatorApp:
                 entry["status"] = None
                 entry["duration"] = time.monotonic() - started
                 self.world.log_request(entry)
-                await _drop(scope, receive)
+                await drop_connection(scope, receive)
                 return
             reply = reply_or_drop
         request_id = f"{secrets.token_hex(4).upper()}:{secrets.token_hex(3).upper()}"
@@ -791,18 +786,3 @@ async def _send(send: Send, reply: Reply) -> None:
     headers.extend((k.lower().encode(), v.encode()) for k, v in reply.headers.items())
     await send({"type": "http.response.start", "status": reply.status, "headers": headers})
     await send({"type": "http.response.body", "body": reply.body})
-
-
-async def _drop(scope: Scope, receive: Receive) -> None:
-    """Reset the TCP connection so the client sees a transport error, not an HTTP answer."""
-    transport = scope.get(TRANSPORT_KEY)
-    if transport is None:
-        raise ConnectionAbortedError("simulator: drop fault without a transport to abort")
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        # Linger 0 turns close into an RST, the closest thing to a connection reset by a peer.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    transport.abort()
-    # Wait until the server notices the closed connection, so it does not answer a 500.
-    while (await receive())["type"] != "http.disconnect":
-        pass

@@ -7,10 +7,7 @@ endpoint name (for faults and the request log) and its service (for the error fo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import socket
-import struct
 import time
 import uuid
 from typing import Any
@@ -30,10 +27,7 @@ from simulator.openstack.web import (
     injected_error,
     unauthorized,
 )
-
-# serving.py's uvicorn protocol puts the connection's transport under TRANSPORT_KEY so that
-# the "drop" fault can reset the TCP connection instead of answering.
-from simulator.serving import TRANSPORT_KEY, Receive, Scope, Send
+from simulator.serving import Receive, Scope, Send, drop_connection
 
 SERVICE_PREFIXES = (
     ("/identity", "identity"),
@@ -131,7 +125,7 @@ class CloudApp:
             reply = control_routes.dispatch(self.cloud, request.method, path, request, body)
             await self._send(send, reply)
             return
-        await self._serve_api(scope, request, body, send)
+        await self._serve_api(scope, receive, request, body, send)
 
     def _match(self, method: str, path: str) -> tuple[Route | None, dict[str, str], bool]:
         path_matched = False
@@ -144,7 +138,9 @@ class CloudApp:
                 return candidate, found.groupdict(), True
         return None, {}, path_matched
 
-    async def _serve_api(self, scope: Scope, request: Request, body: bytes, send: Send) -> None:
+    async def _serve_api(
+        self, scope: Scope, receive: Receive, request: Request, body: bytes, send: Send
+    ) -> None:
         cloud = self.cloud
         started = time.monotonic()
         method, path = request.method, request.url.path
@@ -196,7 +192,7 @@ class CloudApp:
         reply.headers = {**headers, **reply.headers}
         self._log(ctx, endpoint, reply, terminal, dropped, started)
         if dropped:
-            _reset(scope)
+            await drop_connection(scope, receive)
             return
         await self._send(send, reply, head=method == "HEAD")
 
@@ -241,15 +237,3 @@ class CloudApp:
         raw_headers.append((b"content-length", str(len(reply.body)).encode()))
         await send({"type": "http.response.start", "status": reply.status, "headers": raw_headers})
         await send({"type": "http.response.body", "body": b"" if head else reply.body})
-
-
-def _reset(scope: Scope) -> None:
-    """Abort the connection with a TCP reset: the client sees a transport error."""
-    transport = scope.get(TRANSPORT_KEY)
-    if transport is None:
-        raise ConnectionAbortedError("simulated dropped connection")
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    transport.abort()

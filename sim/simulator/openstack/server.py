@@ -1,71 +1,43 @@
-"""Running the simulated cloud: in a daemon thread for tests, or in the foreground (CLI)."""
+"""Running the simulated cloud: in a daemon thread for tests, or in the foreground (CLI)
+(simulator.serving runs both simulators the same way)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-import sys
 from pathlib import Path
-from types import TracebackType
 
-import uvicorn
-
+from simulator import serving
 from simulator.openstack.app import CloudApp
 from simulator.openstack.cloudsyaml import clouds_yaml_text
 from simulator.openstack.config import CloudConfig
 from simulator.openstack.control import CloudControl
 from simulator.openstack.state import Cloud
-from simulator.serving import Receive, Scope, Send, ServerThread, bind, uvicorn_server
+from simulator.serving import RunningServer, Service
 
 TICK_INTERVAL = 0.05
 
 
-def build_server(
-    config: CloudConfig, sock: socket.socket, graceful: int
-) -> tuple[uvicorn.Server, Cloud]:
-    host, port = sock.getsockname()[:2]
-    cloud = Cloud(config, config.public_url or f"http://{host}:{port}")
-    asgi = CloudApp(cloud)
+def service(cloud: Cloud) -> Service:
+    app = CloudApp(cloud)
 
-    async def entry(scope: Scope, receive: Receive, send: Send) -> None:
-        await asgi(scope, receive, send)
+    async def ticker() -> None:
+        """Move timed transitions along even while nobody asks (requests tick too)."""
+        while True:
+            await asyncio.sleep(TICK_INTERVAL)
+            cloud.tick()
 
-    # log level  # a dropped connection makes uvicorn log an error; it is ours
     # A dropped connection (a fault we inject) makes uvicorn log an error: it is ours.
-    return uvicorn_server(entry, graceful, "critical"), cloud
+    return Service(app, log_level="critical", background=ticker)
 
 
-async def _ticker(cloud: Cloud) -> None:
-    """Move timed transitions along even while nobody asks (requests tick too)."""
-    while True:
-        await asyncio.sleep(TICK_INTERVAL)
-        cloud.tick()
-
-
-async def _serve(server: uvicorn.Server, cloud: Cloud, sock: socket.socket) -> None:
-    ticker = asyncio.create_task(_ticker(cloud))
-    try:
-        await server.serve(sockets=[sock])
-    finally:
-        ticker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await ticker
-
-
-class RunningCloud:
+class RunningCloud(RunningServer):
     """A simulated cloud serving on 127.0.0.1 in a daemon thread; a context manager."""
 
     def __init__(self, config: CloudConfig) -> None:
+        super().__init__("simulator.openstack")
         self.config = config
-        self._sock = bind("127.0.0.1", 0)
-        self.port: int = self._sock.getsockname()[1]
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        server, self.cloud = build_server(config, self._sock, graceful=1)
-        self._thread = ServerThread(
-            "simulator.openstack", server, lambda: _serve(server, self.cloud, self._sock)
-        )
-        self._thread.start()
+        self.cloud = Cloud(config, config.public_url or self.base_url)
+        self._start(service(self.cloud))
         self.control = CloudControl(self.base_url)
 
     @property
@@ -80,23 +52,8 @@ class RunningCloud:
         target.write_text(self.clouds_yaml(), encoding="utf-8")
         return target
 
-    def stop(self) -> None:
-        if not self._thread.alive:
-            return
+    def _closing(self) -> None:
         self.control.close()
-        self._thread.stop()
-        self._sock.close()
-
-    def __enter__(self) -> RunningCloud:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def run_in_thread(config: CloudConfig | None = None) -> RunningCloud:
@@ -106,19 +63,16 @@ def run_in_thread(config: CloudConfig | None = None) -> RunningCloud:
 async def serve_forever(
     config: CloudConfig, host: str, port: int, clouds_yaml: Path | None = None
 ) -> None:
-    """Serve in the foreground until SIGTERM/SIGINT (uvicorn handles both in the main thread)."""
-    sock = bind(host, port)
-    server, cloud = build_server(config, sock, graceful=1)
-    task = asyncio.create_task(_serve(server, cloud, sock))
-    while not server.started and not task.done():  # noqa: ASYNC110 - uvicorn has no event
-        await asyncio.sleep(0.01)
-    if server.started:
+    """Serve in the foreground until SIGTERM/SIGINT; once it accepts connections, writes
+    `clouds_yaml` (when given) and prints the cloud's URL."""
+    sock = serving.bind(host, port)
+    cloud = Cloud(config, config.public_url or serving.bound_url(sock))
+
+    async def write_clouds_yaml() -> None:
         if clouds_yaml is not None:
             text = clouds_yaml_text(cloud.base_url, config.region)
             await asyncio.to_thread(clouds_yaml.write_text, text, "utf-8")
-        sys.stdout.write(f"simulator.openstack listening on {cloud.base_url}\n")
-        sys.stdout.flush()
-    try:
-        await task
-    finally:
-        sock.close()
+
+    await serving.serve_forever(
+        "simulator.openstack", sock, service(cloud), cloud.base_url, write_clouds_yaml
+    )
