@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import contextlib
 import heapq
 import itertools
 import logging
@@ -55,7 +56,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from types import FrameType, TracebackType
-from typing import Any, Generic, Literal, NamedTuple, Protocol, Self, TypeVar
+from typing import Any, Generic, Literal, NamedTuple, Self, TypeVar
 
 import httpx
 
@@ -171,17 +172,18 @@ class VmView:
 
 
 @dataclass
-class _Vm:
+class VmRecord:
+    """What every fleet keeps of one VM (a fleet's own record adds its fields, keyword-only);
+    `view()` is the snapshot callers get."""
+
     server_id: str
     name: str
-    jit_config: str
     behaviour: Behaviour
     phase: Phase = "building"
     runner_id: int | None = None
     scale_set_id: int | None = None
     job_id: int | None = None
     exit_code: int | None = None
-    killed_by_fleet: bool = False
 
     def view(self) -> VmView:
         return VmView(
@@ -196,6 +198,12 @@ class _Vm:
         )
 
 
+@dataclass(kw_only=True)
+class _Vm(VmRecord):
+    jit_config: str
+    killed_by_fleet: bool = False
+
+
 @dataclass(order=True)
 class _Action:
     due: float
@@ -203,15 +211,20 @@ class _Action:
     run: Callable[[], None] = field(compare=False)
 
 
-def extract_jit_config(user_data: str | None) -> str | None:
-    """The JIT config from a bootstrap's `JIT_CONFIG=<shell-quoted>` line, or None.
-
-    `user_data` may be the script or its base64 (the cloud shows non-UTF-8 data as sent)."""
+def user_data_texts(user_data: str | None) -> list[str]:
+    """What a server's user_data may be: the script itself, then, when it decodes, the script
+    it is the base64 of (the cloud shows non-UTF-8 data as sent)."""
     if not user_data:
-        return None
-    for text in (user_data, _b64_text(user_data)):
-        if text is None:
-            continue
+        return []
+    texts = [user_data]
+    with contextlib.suppress(binascii.Error, ValueError):
+        texts.append(base64.b64decode(user_data.strip(), validate=True).decode("utf-8"))
+    return texts
+
+
+def extract_jit_config(user_data: str | None) -> str | None:
+    """The JIT config from a bootstrap's `JIT_CONFIG=<shell-quoted>` line, or None."""
+    for text in user_data_texts(user_data):
         found = _JIT_LINE.search(text)
         if found is None:
             continue
@@ -223,33 +236,12 @@ def extract_jit_config(user_data: str | None) -> str | None:
     return None
 
 
-def _b64_text(data: str) -> str | None:
-    try:
-        return base64.b64decode(data.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, ValueError):
-        return None
-
-
 def exit_code_for(result: str | None) -> int:
     """run.sh's exit code for a job result: 0 when it succeeded, else 1."""
     return 0 if result == "succeeded" else 1
 
 
-class _GuestVm(Protocol):
-    """What the shared fleet machinery needs of a VM record."""
-
-    behaviour: Behaviour
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def phase(self) -> Phase: ...
-
-    def view(self) -> VmView: ...
-
-
-VmT = TypeVar("VmT", bound=_GuestVm)
+VmT = TypeVar("VmT", bound=VmRecord)
 
 
 class GuestFleet(Generic[VmT]):
@@ -409,10 +401,10 @@ class GuestFleet(Generic[VmT]):
 
     def vm(self, name: str) -> VmView:
         with self._cond:
-            for vm in self._vms.values():
-                if vm.name == name:
-                    return vm.view()
-        raise KeyError(name)
+            vm = self._vm_named(name)
+            if vm is None:
+                raise KeyError(name)
+            return vm.view()
 
     def wait_for(self, predicate: Callable[[], T], timeout: float = 5.0) -> T:
         """Block until `predicate()` is truthy (checked on every change of the fleet); returns
@@ -465,6 +457,18 @@ class GuestFleet(Generic[VmT]):
             self._counters = replace(self._counters, **changes)
         log.info("%s: %s %s%s", self._NAME, server or "-", what, f" {detail}" if detail else "")
         self._cond.notify_all()
+
+    def _vm_named(self, name: str) -> VmT | None:
+        """Under the lock: the VM of server `name`, if the fleet has seen it."""
+        return next((vm for vm in self._vms.values() if vm.name == name), None)
+
+    def _behaviour_for(self, name: str) -> Behaviour:
+        """Under the lock, at first sight of server `name`: its own behaviour (`behave`), else
+        the next queued one (`next_boots`), else a healthy VM."""
+        behaviour = self._by_name.get(name)
+        if behaviour is None:
+            behaviour = self._next.pop(0) if self._next else Behaviour()
+        return behaviour
 
     def _schedule(self, delay: float, run: Callable[[], None]) -> None:
         heapq.heappush(self._actions, _Action(time.monotonic() + delay, next(self._seq), run))
@@ -595,10 +599,8 @@ class Fleet(GuestFleet[_Vm]):
             self._ignored.add(server["id"])
             self._record(name, "ignored", "no JIT_CONFIG line in user_data", ignored=1)
             return None
-        behaviour = self._by_name.get(name)
-        if behaviour is None:
-            behaviour = self._next.pop(0) if self._next else Behaviour()
-        vm = _Vm(str(server["id"]), name, jit, behaviour)
+        behaviour = self._behaviour_for(name)
+        vm = _Vm(server_id=str(server["id"]), name=name, behaviour=behaviour, jit_config=jit)
         self._vms[vm.server_id] = vm
         self._record(name, "seen", behaviour.failure or "", seen=1)
         return vm

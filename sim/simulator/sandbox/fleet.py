@@ -30,8 +30,6 @@ not, and callers fall back to the light fleet.
 from __future__ import annotations
 
 import atexit
-import base64
-import binascii
 import contextlib
 import functools
 import ipaddress
@@ -60,10 +58,9 @@ from cryptography.hazmat.primitives.serialization import (
 from simulator.fleet import (
     FAILURE_MODES,
     MARKER,
-    Behaviour,
     GuestFleet,
-    Phase,
-    VmView,
+    VmRecord,
+    user_data_texts,
 )
 from simulator.github.control import ControlAPIError
 from simulator.openstack.control import ControlApiError
@@ -171,36 +168,16 @@ class GuestMachine(Protocol):
     def start_errors(self) -> str: ...
 
 
-@dataclass
-class _Vm:
-    server_id: str
-    name: str
+@dataclass(kw_only=True)
+class _Vm(VmRecord):
     runner_name: str
     user_data: str
-    behaviour: Behaviour
     host_key_private: str
     host_key_public: str
-    phase: Phase = "building"
-    runner_id: int | None = None
-    scale_set_id: int | None = None
-    job_id: int | None = None
-    exit_code: int | None = None
     address: str | None = None
     sandbox: GuestMachine | None = None
     sshd_reported: bool = False
     connected: bool = False
-
-    def view(self) -> VmView:
-        return VmView(
-            self.server_id,
-            self.name,
-            self.phase,
-            self.behaviour,
-            self.runner_id,
-            self.scale_set_id,
-            self.job_id,
-            self.exit_code,
-        )
 
 
 # ---------------------------------------------------------------------- can it run here?
@@ -255,14 +232,9 @@ def sandbox_problem() -> str | None:
 
 
 def user_data_text(user_data: str | None) -> str | None:
-    """The bootstrap script from a server's user_data (the cloud shows non-UTF-8 or base64 data
-    as sent), or None when it is not a bootstrap (no `JIT_CONFIG=` line)."""
-    if not user_data:
-        return None
-    candidates = [user_data]
-    with contextlib.suppress(binascii.Error, ValueError):
-        candidates.append(base64.b64decode(user_data.strip(), validate=True).decode("utf-8"))
-    for text in candidates:
+    """The bootstrap script from a server's user_data (as it is, or the base64 of it), or None
+    when it is not a bootstrap (no `JIT_CONFIG=` line)."""
+    for text in user_data_texts(user_data):
         if re.search(r"^JIT_CONFIG=\S", text, re.MULTILINE):
             return text
     return None
@@ -429,7 +401,7 @@ class SandboxFleet(GuestFleet[_Vm]):
     def sandbox_vm(self, name: str) -> SandboxVmInfo:
         """Where the VM of server `name` runs; KeyError before it has started."""
         with self._cond:
-            vm = next((v for v in self._vms.values() if v.name == name), None)
+            vm = self._vm_named(name)
             if vm is None or vm.sandbox is None or vm.address is None:
                 raise KeyError(name)
             box = vm.sandbox
@@ -447,14 +419,14 @@ class SandboxFleet(GuestFleet[_Vm]):
     def vm_processes(self, name: str) -> list[int]:
         """Host pids of the processes in that VM (empty once it is gone)."""
         with self._cond:
-            vm = next((v for v in self._vms.values() if v.name == name), None)
+            vm = self._vm_named(name)
             box = vm.sandbox if vm is not None else None
         return box.processes() if box is not None else []
 
     def output_log(self, name: str) -> str:
         """The VM's cloud-init-output.log (the bootstrap's stdout and stderr)."""
         with self._cond:
-            vm = next((v for v in self._vms.values() if v.name == name), None)
+            vm = self._vm_named(name)
             box = vm.sandbox if vm is not None else None
         if box is None:
             raise KeyError(name)
@@ -533,9 +505,7 @@ class SandboxFleet(GuestFleet[_Vm]):
             self._ignored.add(server["id"])
             self._record(name, "ignored", "no JIT_CONFIG line in user_data", ignored=1)
             return None
-        behaviour = self._by_name.get(name)
-        if behaviour is None:
-            behaviour = self._next.pop(0) if self._next else Behaviour()
+        behaviour = self._behaviour_for(name)
         vm = _Vm(
             server_id=str(server["id"]),
             name=name,
