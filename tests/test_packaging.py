@@ -96,7 +96,7 @@ def test_the_simulator_wheel_holds_the_simulator_only(
     }
     assert typed
     assert typed <= names
-    assert {"simulator/demo.py", "simulator/cli.py", "simulator/github/app.py"} <= names
+    assert {"simulator/demo.py", "simulator/cli.py", "simulator/github/world/jobs.py"} <= names
     scripts = entry_points(wheel)["console_scripts"]
     assert scripts["scaleset-listener-sim"] == "simulator.cli:main"
 

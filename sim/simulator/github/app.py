@@ -31,8 +31,8 @@ from simulator.github.model import (
     ci_get,
     type_name,
 )
-from simulator.github.state import World
 from simulator.github.tokens import App, AppJwtError, verify_app_jwt
+from simulator.github.world import World
 from simulator.serving import Receive, Scope, Send, drop_connection
 
 API_VERSION = "6.0-preview"
@@ -166,7 +166,7 @@ async def access_tokens(sim: SimulatorApp, ctx: Ctx) -> Reply:
     installation = int(ctx.params["installation"])
     if installation not in ctx.app.installation_ids:
         return Reply.json(404, {"message": "Not Found"})
-    token = sim.world.issue_installation_token(installation)
+    token = sim.world.credentials.issue_installation_token(installation)
     return Reply.json(
         201,
         {
@@ -179,7 +179,7 @@ async def access_tokens(sim: SimulatorApp, ctx: Ctx) -> Reply:
 
 
 async def _registration_token(sim: SimulatorApp, ctx: Ctx, scope_path: str) -> Reply:
-    token = sim.world.issue_registration_token(scope_path)
+    token = sim.world.credentials.issue_registration_token(scope_path)
     return Reply.json(
         201, {"token": token.token, "expires_at": _now_iso(sim.world.config.registration_token_ttl)}
     )
@@ -245,7 +245,7 @@ async def repo_registration_token(sim: SimulatorApp, ctx: Ctx) -> Reply:
     "credential",
 )
 async def runner_downloads(sim: SimulatorApp, ctx: Ctx) -> Reply:
-    return Reply.json(200, sim.world.runner_downloads())
+    return Reply.json(200, sim.world.releases.downloads())
 
 
 @route(
@@ -256,7 +256,7 @@ async def runner_downloads(sim: SimulatorApp, ctx: Ctx) -> Reply:
     "none",
 )
 async def runner_release_download(sim: SimulatorApp, ctx: Ctx) -> Reply:
-    tarball = sim.world.release_file(ctx.params["version"], ctx.params["filename"])
+    tarball = sim.world.releases.file(ctx.params["version"], ctx.params["filename"])
     if tarball is None:
         return Reply.text(404, "Not Found")
     return Reply(200, tarball.data, "application/gzip")
@@ -269,7 +269,7 @@ async def runner_releases(sim: SimulatorApp, ctx: Ctx) -> Reply:
         return Reply.json(404, {"message": "Not Found"})
     per_page = min(max(_int_param(ctx.query.get("per_page"), "per_page") or 30, 1), 100)
     page = max(_int_param(ctx.query.get("page"), "page") or 1, 1)
-    releases = sim.world.releases_newest_first()
+    releases = sim.world.releases.newest_first()
     start = (page - 1) * per_page
     reply = Reply.json(200, [r.to_github() for r in releases[start : start + per_page]])
     if start + per_page < len(releases):
@@ -292,7 +292,7 @@ async def runner_registration(sim: SimulatorApp, ctx: Ctx) -> Reply:
             404,
             {"message": f"The registration token is for '{ctx.scope_path}', not for '{url}'."},
         )
-    admin = sim.world.issue_admin_token(ctx.scope_path)
+    admin = sim.world.credentials.issue_admin_token(ctx.scope_path)
     return Reply.json(
         200, {"url": sim.world.tenant_url, "token": admin, "token_schema": "OAuthAccessToken"}
     )
@@ -303,23 +303,23 @@ async def runner_registration(sim: SimulatorApp, ctx: Ctx) -> Reply:
 
 @route("GET", r"runtime/runnergroups/?", "runner_groups", "actions", "admin")
 async def runner_groups(sim: SimulatorApp, ctx: Ctx) -> Reply:
-    groups = sim.world.find_groups(ctx.query.get("groupName"))
-    items = [sim.world.group_json(g) for g in groups]
+    groups = sim.world.scale_sets.find_groups(ctx.query.get("groupName"))
+    items = [sim.world.scale_sets.group_json(g) for g in groups]
     return Reply.json(200, _envelope(items, sim.on_success(ctx, "duplicate_result")))
 
 
 @route("GET", r"runtime/runnerscalesets/?", "find_scale_set", "actions", "admin")
 async def find_scale_set(sim: SimulatorApp, ctx: Ctx) -> Reply:
     group_id = _int_param(ctx.query.get("runnerGroupId"), "runnerGroupId")
-    found = sim.world.find_scale_sets(group_id, ctx.query.get("name"))
-    items = [sim.world.scale_set_json(s) for s in found]
+    found = sim.world.scale_sets.find(group_id, ctx.query.get("name"))
+    items = [sim.world.scale_sets.to_json(s) for s in found]
     return Reply.json(200, _envelope(items, sim.on_success(ctx, "duplicate_result")))
 
 
 @route("GET", r"runtime/runnerscalesets/(?P<ss>\d+)/?", "get_scale_set", "actions", "admin")
 async def get_scale_set(sim: SimulatorApp, ctx: Ctx) -> Reply:
-    ss = sim.world.scale_set(int(ctx.params["ss"]))
-    return Reply.json(200, sim.world.scale_set_json(ss))
+    ss = sim.world.scale_sets.get(int(ctx.params["ss"]))
+    return Reply.json(200, sim.world.scale_sets.to_json(ss))
 
 
 def _labels(body: JSON) -> list[str] | None:
@@ -359,32 +359,32 @@ def _group_id(body: JSON) -> int | None:
 async def create_scale_set(sim: SimulatorApp, ctx: Ctx) -> Reply:
     body = ctx.json_object()
     name = ci_get(body, "name")
-    ss = sim.world.create_scale_set(
+    ss = sim.world.scale_sets.create(
         name if isinstance(name, str) else "",
         _group_id(body) or 1,
         _labels(body) or [],
         _setting(body) or {},
     )
-    return Reply.json(200, sim.world.scale_set_json(ss))
+    return Reply.json(200, sim.world.scale_sets.to_json(ss))
 
 
 @route("PATCH", r"runtime/runnerscalesets/(?P<ss>\d+)/?", "update_scale_set", "actions", "admin")
 async def update_scale_set(sim: SimulatorApp, ctx: Ctx) -> Reply:
     body = ctx.json_object()
     name = ci_get(body, "name")
-    ss = sim.world.update_scale_set(
+    ss = sim.world.scale_sets.update(
         int(ctx.params["ss"]),
         name if isinstance(name, str) and name else None,
         _group_id(body),
         _labels(body),
         _setting(body),
     )
-    return Reply.json(200, sim.world.scale_set_json(ss))
+    return Reply.json(200, sim.world.scale_sets.to_json(ss))
 
 
 @route("DELETE", r"runtime/runnerscalesets/(?P<ss>\d+)/?", "delete_scale_set", "actions", "admin")
 async def delete_scale_set(sim: SimulatorApp, ctx: Ctx) -> Reply:
-    sim.world.delete_scale_set(int(ctx.params["ss"]))
+    sim.world.scale_sets.delete(int(ctx.params["ss"]))
     return Reply(204)
 
 
@@ -394,12 +394,12 @@ async def delete_scale_set(sim: SimulatorApp, ctx: Ctx) -> Reply:
 async def create_session(sim: SimulatorApp, ctx: Ctx) -> Reply:
     body = ctx.json_object()
     owner = ci_get(body, "ownerName")
-    session = sim.world.create_session(
+    session = sim.world.sessions.create(
         int(ctx.params["ss"]), owner if isinstance(owner, str) and owner else "unknown"
     )
-    token = sim.world.new_queue_token(session)
+    token = sim.world.sessions.new_queue_token(session)
     empty_url = sim.on_success(ctx, "empty_queue_url")
-    return Reply.json(200, sim.world.session_json(session, token, empty_url))
+    return Reply.json(200, sim.world.sessions.json(session, token, empty_url))
 
 
 @route(
@@ -410,10 +410,10 @@ async def create_session(sim: SimulatorApp, ctx: Ctx) -> Reply:
     "admin",
 )
 async def refresh_session(sim: SimulatorApp, ctx: Ctx) -> Reply:
-    session = sim.world.refresh_session(int(ctx.params["ss"]), ctx.params["sid"])
-    token = sim.world.new_queue_token(session)
+    session = sim.world.sessions.refresh(int(ctx.params["ss"]), ctx.params["sid"])
+    token = sim.world.sessions.new_queue_token(session)
     empty_url = sim.on_success(ctx, "empty_queue_url")
-    return Reply.json(200, sim.world.session_json(session, token, empty_url))
+    return Reply.json(200, sim.world.sessions.json(session, token, empty_url))
 
 
 @route(
@@ -424,7 +424,7 @@ async def refresh_session(sim: SimulatorApp, ctx: Ctx) -> Reply:
     "admin",
 )
 async def delete_session(sim: SimulatorApp, ctx: Ctx) -> Reply:
-    sim.world.delete_session(int(ctx.params["ss"]), ctx.params["sid"])
+    sim.world.sessions.delete(int(ctx.params["ss"]), ctx.params["sid"])
     return Reply(204)
 
 
@@ -436,7 +436,7 @@ async def delete_session(sim: SimulatorApp, ctx: Ctx) -> Reply:
     "admin",
 )
 async def acquirable_jobs(sim: SimulatorApp, ctx: Ctx) -> Reply:
-    jobs = sim.world.acquirable(int(ctx.params["ss"]))
+    jobs = sim.world.jobs.acquirable(int(ctx.params["ss"]))
     if not jobs:
         return Reply(204)
     return Reply.json(200, {"count": len(jobs), "value": jobs})
@@ -457,7 +457,7 @@ async def acquire_jobs(sim: SimulatorApp, ctx: Ctx) -> Reply:
         isinstance(i, int) and not isinstance(i, bool) for i in ids
     ):
         raise ServiceError(400, "ArgumentException", "the body must be a JSON array of ids")
-    acquired = sim.world.acquire(ss_id, ids)
+    acquired = sim.world.jobs.acquire(ss_id, ids)
     return Reply.json(200, {"count": len(acquired), "value": acquired})
 
 
@@ -471,7 +471,7 @@ async def acquire_jobs(sim: SimulatorApp, ctx: Ctx) -> Reply:
 async def generate_jit_config(sim: SimulatorApp, ctx: Ctx) -> Reply:
     body = ctx.json_object()
     name, folder = ci_get(body, "name"), ci_get(body, "workFolder", "")
-    runner, encoded = sim.world.generate_jit_config(
+    runner, encoded = sim.world.runners.generate_jit_config(
         int(ctx.params["ss"]),
         name if isinstance(name, str) else "",
         folder if isinstance(folder, str) else "",
@@ -487,7 +487,7 @@ async def generate_jit_config(sim: SimulatorApp, ctx: Ctx) -> Reply:
     "admin",
 )
 async def get_runner(sim: SimulatorApp, ctx: Ctx) -> Reply:
-    runner: Runner | None = sim.world.runners.get(int(ctx.params["rid"]))
+    runner: Runner | None = sim.world.runners.by_id.get(int(ctx.params["rid"]))
     if runner is None:
         raise ServiceError(
             404, "AgentNotFoundException", f"No runner with id {ctx.params['rid']} was found."
@@ -497,7 +497,7 @@ async def get_runner(sim: SimulatorApp, ctx: Ctx) -> Reply:
 
 @route("GET", r"distributedtask/pools/(?P<pool>\d+)/agents/?", "find_runner", "actions", "admin")
 async def find_runner(sim: SimulatorApp, ctx: Ctx) -> Reply:
-    found = sim.world.find_runners(ctx.query.get("agentName"))
+    found = sim.world.runners.find(ctx.query.get("agentName"))
     items = [r.to_wire() for r in found]
     return Reply.json(200, _envelope(items, sim.on_success(ctx, "duplicate_result")))
 
@@ -510,7 +510,7 @@ async def find_runner(sim: SimulatorApp, ctx: Ctx) -> Reply:
     "admin",
 )
 async def remove_runner(sim: SimulatorApp, ctx: Ctx) -> Reply:
-    sim.world.remove_runner(int(ctx.params["rid"]))
+    sim.world.runners.remove(int(ctx.params["rid"]))
     return Reply(204)
 
 
@@ -553,22 +553,22 @@ async def get_message(sim: SimulatorApp, ctx: Ctx) -> Reply:
     session = ctx.session
     assert session is not None
     ss_id = session.scale_set_id
-    world.record_capacity(ss_id, capacity)
+    world.scale_sets.record_capacity(ss_id, capacity)
     session.polls_in_flight += 1
     session.last_seen = time.monotonic()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + world.config.long_poll_timeout
     try:
         while True:
-            if world.session_for_queue_token(ctx.token) is not session:
+            if world.sessions.for_queue_token(ctx.token) is not session:
                 return Reply(401)
-            envelope = world.next_envelope(ss_id, last_id)
+            envelope = world.messages.next_envelope(ss_id, last_id)
             if envelope is not None:
-                return Reply.json(200, world.deliver(session, envelope))
+                return Reply.json(200, world.messages.deliver(session, envelope))
             remaining = deadline - loop.time()
-            if remaining <= 0 or world.closing:
+            if remaining <= 0 or world.ledger.closing:
                 return Reply(202)
-            await world.waiters.wait(remaining)
+            await world.ledger.waiters.wait(remaining)
     finally:
         session.polls_in_flight -= 1
         session.last_seen = time.monotonic()
@@ -581,7 +581,7 @@ async def delete_message(sim: SimulatorApp, ctx: Ctx) -> Reply:
         return bad
     assert ctx.session is not None
     ctx.session.last_seen = time.monotonic()
-    known = sim.world.ack(ctx.session.scale_set_id, int(ctx.params["mid"]))
+    known = sim.world.messages.ack(ctx.session.scale_set_id, int(ctx.params["mid"]))
     if not known and sim.world.config.unknown_ack_status == 404:
         return Reply.text(404, f"Message {ctx.params['mid']} was not found.")
     return Reply(204)
@@ -631,7 +631,7 @@ class SimulatorApp:
             "path": path,
             "query": scope.get("query_string", b"").decode("latin-1"),
             "endpoint": matched[0].endpoint if matched else None,
-            "token_kind": self.world.token_kind(authorization),
+            "token_kind": self.world.credentials.token_kind(authorization),
             "headers": {k: request.headers[k] for k in LOGGED_HEADERS if k in request.headers},
             "body": _parsed_body(body),
             "fault": None,
@@ -646,7 +646,7 @@ class SimulatorApp:
             if reply_or_drop is None:
                 entry["status"] = None
                 entry["duration"] = time.monotonic() - started
-                self.world.log_request(entry)
+                self.world.ledger.log_request(entry)
                 await drop_connection(scope, receive)
                 return
             reply = reply_or_drop
@@ -657,7 +657,7 @@ class SimulatorApp:
             reply.headers.setdefault("ActivityId", str(uuid.uuid4()))
         entry["status"] = reply.status
         entry["duration"] = time.monotonic() - started
-        self.world.log_request(entry)
+        self.world.ledger.log_request(entry)
         await _send(send, reply)
 
     async def _handle(
@@ -719,27 +719,28 @@ class SimulatorApp:
             if not bearer:
                 return _bad_credentials()
             try:
-                ctx.app = verify_app_jwt(token, world.apps, world.config.app_jwt_skew)
+                ctx.app = verify_app_jwt(token, world.credentials.apps, world.config.app_jwt_skew)
             except AppJwtError as exc:
                 return Reply.json(401, {"message": str(exc)})
         elif found.auth == "credential":
-            if not bearer or not world.credential_valid(token):
+            if not bearer or not world.credentials.credential_valid(token):
                 return _bad_credentials()
         elif found.auth == "public":
             # Anonymous is fine, but a credential that is sent must be good, as on GitHub.
             sent = ctx.request.headers.get("authorization") is not None
-            if sent and (not bearer or not world.credential_valid(token)):
+            if sent and (not bearer or not world.credentials.credential_valid(token)):
                 return _bad_credentials()
         elif found.auth == "remoteauth":
-            registration = world.registration_tokens.get(token) if scheme == "remoteauth" else None
+            tokens = world.credentials.registration_tokens
+            registration = tokens.get(token) if scheme == "remoteauth" else None
             if registration is None or registration.expires < time.time():
                 return _bad_credentials()
             ctx.scope_path = registration.scope_path
         elif found.auth == "admin":
-            if not bearer or not world.admin_token_valid(token):
+            if not bearer or not world.credentials.admin_token_valid(token):
                 return Reply(401)
         elif found.auth == "queue":
-            session = world.session_for_queue_token(token) if bearer else None
+            session = world.sessions.for_queue_token(token) if bearer else None
             if session is None:
                 return Reply(401)
             ctx.session = session

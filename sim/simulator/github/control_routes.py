@@ -14,8 +14,8 @@ from starlette.requests import Request
 
 from simulator.faults import FaultSpecError
 from simulator.github.model import DAY, JSON, ControlError, ServiceError
-from simulator.github.state import World
 from simulator.github.tokens import App
+from simulator.github.world import World
 
 Result = tuple[int, Any]
 Handler = Callable[[World, dict[str, str], JSON, Request], Awaitable[Result]]
@@ -75,8 +75,8 @@ async def get_config(world: World, p: dict[str, str], body: JSON, r: Request) ->
 @_route("PATCH", "/config")
 async def patch_config(world: World, p: dict[str, str], body: JSON, r: Request) -> Result:
     world.config = world.config.patched(body)
-    world.pats.update(world.config.pats)
-    world.waiters.bump()
+    world.credentials.pats.update(world.config.pats)
+    world.ledger.waiters.bump()
     return 200, world.config.model_dump(mode="json")
 
 
@@ -93,7 +93,7 @@ async def add_pat(world: World, p: dict[str, str], body: JSON, r: Request) -> Re
     token = body.get("token")
     if not isinstance(token, str) or not token:
         raise ControlError(400, "token is required")
-    world.pats.add(token)
+    world.credentials.pats.add(token)
     return 201, {"token": token}
 
 
@@ -107,7 +107,7 @@ async def add_app(world: World, p: dict[str, str], body: JSON, r: Request) -> Re
     if body.get("installation_id") is not None:
         installations.append(body["installation_id"])
     client_id = body.get("client_id")
-    world.apps[app_id] = App(
+    world.credentials.apps[app_id] = App(
         app_id=app_id,
         client_id=str(client_id) if client_id else None,
         installation_ids=frozenset(int(i) for i in installations),
@@ -118,8 +118,8 @@ async def add_app(world: World, p: dict[str, str], body: JSON, r: Request) -> Re
 
 @_route("POST", "/tokens/expire_admin")
 async def expire_admin(world: World, p: dict[str, str], body: JSON, r: Request) -> Result:
-    world.expire_admin_tokens()
-    return 200, {"admin_epoch": world.admin_epoch}
+    world.credentials.expire_admin_tokens()
+    return 200, {"admin_epoch": world.credentials.admin_epoch}
 
 
 # ---------------------------------------------------------------------------- sets, sessions
@@ -127,32 +127,32 @@ async def expire_admin(world: World, p: dict[str, str], body: JSON, r: Request) 
 
 @_route("POST", "/runner_groups")
 async def add_runner_group(world: World, p: dict[str, str], body: JSON, r: Request) -> Result:
-    group = world.add_runner_group(str(body.get("name") or ""))
-    return 201, world.group_json(group)
+    group = world.scale_sets.add_group(str(body.get("name") or ""))
+    return 201, world.scale_sets.group_json(group)
 
 
 @_route("POST", "/scalesets")
 async def add_scale_set(world: World, p: dict[str, str], body: JSON, r: Request) -> Result:
-    ss = world.create_scale_set(
+    ss = world.scale_sets.create(
         str(body.get("name") or ""),
         int(body.get("runner_group_id") or 1),
         [str(label) for label in body.get("labels") or []],
         dict(body.get("runner_setting") or {}),
     )
-    return 201, world.scale_set_json(ss)
+    return 201, world.scale_sets.to_json(ss)
 
 
 @_route("DELETE", r"/scalesets/(?P<ss>\d+)")
 async def service_deletes_scale_set(
     world: World, p: dict[str, str], body: JSON, r: Request
 ) -> Result:
-    world.delete_scale_set(int(p["ss"]), force=True)
+    world.scale_sets.delete(int(p["ss"]), force=True)
     return 200, {"deleted": int(p["ss"])}
 
 
 @_route("POST", r"/scalesets/(?P<ss>\d+)/ghost_session")
 async def ghost_session(world: World, p: dict[str, str], body: JSON, r: Request) -> Result:
-    session = world.ghost_session(
+    session = world.sessions.ghost(
         int(p["ss"]),
         float(body.get("expires_after", 60.0)),
         str(body.get("owner_name") or "someone-else"),
@@ -168,7 +168,7 @@ async def inject_message(world: World, p: dict[str, str], body: JSON, r: Request
     statistics = body.get("statistics")
     if statistics is not None and not isinstance(statistics, dict):
         raise ControlError(400, "statistics must be a JSON object (sent verbatim) or null")
-    message_id = world.inject_message(
+    message_id = world.messages.inject(
         int(p["ss"]), body.get("message_type"), body.get("body"), job_messages, statistics
     )
     return 201, {"message_id": message_id}
@@ -176,13 +176,13 @@ async def inject_message(world: World, p: dict[str, str], body: JSON, r: Request
 
 @_route("POST", r"/sessions/(?P<sid>[^/]+)/evict")
 async def evict_session(world: World, p: dict[str, str], body: JSON, r: Request) -> Result:
-    world.evict_session(p["sid"])
+    world.sessions.evict(p["sid"])
     return 200, {"evicted": p["sid"]}
 
 
 @_route("POST", r"/sessions/(?P<sid>[^/]+)/expire_token")
 async def expire_queue_token(world: World, p: dict[str, str], body: JSON, r: Request) -> Result:
-    world.expire_queue_token(p["sid"])
+    world.sessions.expire_queue_token(p["sid"])
     return 200, {"expired": p["sid"]}
 
 
@@ -191,18 +191,18 @@ async def expire_queue_token(world: World, p: dict[str, str], body: JSON, r: Req
 
 @_route("POST", "/jobs")
 async def enqueue_jobs(world: World, p: dict[str, str], body: JSON, r: Request) -> Result:
-    return 201, {"ids": world.enqueue_jobs(body)}
+    return 201, {"ids": world.jobs.enqueue(body)}
 
 
 @_route("POST", r"/jobs/(?P<job>\d+)/finish")
 async def finish_job(world: World, p: dict[str, str], body: JSON, r: Request) -> Result:
-    job = world.finish_job(int(p["job"]), str(body.get("result", "succeeded")))
+    job = world.jobs.finish(int(p["job"]), str(body.get("result", "succeeded")))
     return 200, job.to_state()
 
 
 @_route("POST", r"/jobs/(?P<job>\d+)/cancel")
 async def cancel_job(world: World, p: dict[str, str], body: JSON, r: Request) -> Result:
-    return 200, world.cancel_job(int(p["job"])).to_state()
+    return 200, world.jobs.cancel(int(p["job"])).to_state()
 
 
 @_route("POST", "/runners/connect")
@@ -213,19 +213,19 @@ async def connect_runner(world: World, p: dict[str, str], body: JSON, r: Request
     version = body.get("version")
     if version is not None and not isinstance(version, str):
         raise ControlError(400, "version must be a string like 2.331.0, or null")
-    return 200, world.connect_runner(jit, version).to_state()
+    return 200, world.runners.connect(jit, version).to_state()
 
 
 @_route("POST", r"/runners/(?P<rid>\d+)/take")
 async def take_job(world: World, p: dict[str, str], body: JSON, r: Request) -> Result:
     job_id = body.get("job_id")
-    job = world.take_job(int(p["rid"]), int(job_id) if job_id is not None else None)
+    job = world.jobs.take(int(p["rid"]), int(job_id) if job_id is not None else None)
     return 200, job.to_state()
 
 
 @_route("POST", r"/runners/(?P<rid>\d+)/die")
 async def runner_dies(world: World, p: dict[str, str], body: JSON, r: Request) -> Result:
-    return 200, world.runner_dies(int(p["rid"])).to_state()
+    return 200, world.runners.dies(int(p["rid"])).to_state()
 
 
 # ---------------------------------------------------------------------------- runner releases
@@ -234,7 +234,7 @@ async def runner_dies(world: World, p: dict[str, str], body: JSON, r: Request) -
 @_route("GET", "/runner_releases")
 async def list_runner_releases(world: World, p: dict[str, str], body: JSON, r: Request) -> Result:
     now = time.time()
-    return 200, {"releases": [rel.to_control(now) for rel in world.releases_newest_first()]}
+    return 200, {"releases": [rel.to_control(now) for rel in world.releases.newest_first()]}
 
 
 @_route("POST", "/runner_releases")
@@ -258,7 +258,7 @@ async def add_runner_release(world: World, p: dict[str, str], body: JSON, r: Req
         when = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
     else:
         when = _number(published_at, "published_at")
-    release = world.add_runner_release(version, when)
+    release = world.releases.add(version, when)
     return 201, release.to_control(time.time())
 
 
@@ -275,7 +275,7 @@ def _number(value: object, name: str) -> float:
 async def list_faults(world: World, p: dict[str, str], body: JSON, r: Request) -> Result:
     return 200, {
         "faults": [f.to_json() for f in world.faults.faults],
-        "statistics_faults": [f.to_json() for f in world.statistics_faults],
+        "statistics_faults": [f.to_json() for f in world.statistics.faults],
     }
 
 
@@ -287,20 +287,20 @@ async def add_fault(world: World, p: dict[str, str], body: JSON, r: Request) -> 
 @_route("DELETE", "/faults")
 async def clear_faults(world: World, p: dict[str, str], body: JSON, r: Request) -> Result:
     world.faults.clear()
-    world.statistics_faults.clear()
+    world.statistics.faults.clear()
     return 200, {"cleared": True}
 
 
 @_route("POST", "/statistics_faults")
 async def add_statistics_fault(world: World, p: dict[str, str], body: JSON, r: Request) -> Result:
-    return 201, world.add_statistics_fault(body).to_json()
+    return 201, world.statistics.add_fault(body).to_json()
 
 
 @_route("DELETE", "/statistics_faults")
 async def clear_statistics_faults(
     world: World, p: dict[str, str], body: JSON, r: Request
 ) -> Result:
-    world.statistics_faults.clear()
+    world.statistics.faults.clear()
     return 200, {"cleared": True}
 
 
@@ -310,7 +310,8 @@ async def clear_statistics_faults(
 @_route("GET", "/state")
 async def state(world: World, p: dict[str, str], body: JSON, r: Request) -> Result:
     after = _int(r, "after_version", -1)
-    await world.wait_until(lambda: world.waiters.version > after, _float(r, "wait", 0.0))
+    ledger = world.ledger
+    await ledger.wait_until(lambda: ledger.waiters.version > after, _float(r, "wait", 0.0))
     return 200, world.state()
 
 
@@ -337,12 +338,14 @@ def _log_query(r: Request) -> tuple[int, float, Callable[[JSON], bool]]:
 @_route("GET", "/requests")
 async def requests(world: World, p: dict[str, str], body: JSON, r: Request) -> Result:
     after, wait, keep = _log_query(r)
-    await world.wait_until(lambda: _any_after(world.requests, after, keep), wait)
-    return 200, {"requests": [e for e in world.requests if keep(e)], "last": world.request_seq}
+    ledger = world.ledger
+    await ledger.wait_until(lambda: _any_after(ledger.requests, after, keep), wait)
+    return 200, {"requests": [e for e in ledger.requests if keep(e)], "last": ledger.request_seq}
 
 
 @_route("GET", "/events")
 async def events(world: World, p: dict[str, str], body: JSON, r: Request) -> Result:
     after, wait, keep = _log_query(r)
-    await world.wait_until(lambda: _any_after(world.events, after, keep), wait)
-    return 200, {"events": [e for e in world.events if keep(e)], "last": world.event_seq}
+    ledger = world.ledger
+    await ledger.wait_until(lambda: _any_after(ledger.events, after, keep), wait)
+    return 200, {"events": [e for e in ledger.events if keep(e)], "last": ledger.event_seq}

@@ -134,7 +134,8 @@ class Job:
     parked: bool = False
     # Bumped on each assignment so a stale assign-timeout timer recognises itself.
     assign_generation: int = 0
-    # "crash" or "hang": what this job asks of the runner that takes it (state.RUNNER_BEHAVIOURS).
+    # "crash" or "hang": what this job asks of the runner that takes it
+    # (world/jobs.py, RUNNER_BEHAVIOURS).
     runner_behaviour: str | None = None
 
     def to_state(self) -> JSON:

@@ -7,7 +7,7 @@ from simulator import serving
 from simulator.github.app import SimulatorApp
 from simulator.github.config import SimulatorConfig
 from simulator.github.control import SimulatorControl
-from simulator.github.state import World
+from simulator.github.world import World
 from simulator.serving import RunningServer, Service
 
 
