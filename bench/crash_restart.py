@@ -1,7 +1,7 @@
 """Crash-restart soak: SIGKILL the real listener at random points, restart it, judge the world.
 
 Each trial (`simulator.crash_trial.run_trial`) is a fresh world: the simulated GitHub and cloud,
-the light guest fleet playing the VMs, and `python -m scaleset_listener run --env-file F` as a
+light VMs playing the VMs, and `python -m scaleset_listener run --env-file F` as a
 subprocess. The kill point rotates over provisioning, jobs running, right after the ack of a
 message that assigned jobs, during the startup reconciliation of a restart, and twice at any
 moment; the offset within it is random (seeded). After the restart (reconciliation on) every

@@ -1,4 +1,4 @@
-"""Sandbox VMs (or light guests): how fast N of them boot the real bootstrap, what they cost,
+"""Sandbox VMs (or light VMs): how fast N of them boot the real bootstrap, what they cost,
 how fast they go.
 
     .venv/bin/python bench/sandbox_boot.py --vms 20 [--guest sandbox|light]
@@ -9,7 +9,7 @@ overlay root, sshd, user_data, stub runner download). Measured: from the create 
 VM's `setup-complete` and `connected` events (the slowest and the median), the memory of all VM
 processes once every runner is connected (sum of PSS, so shared pages count once), then the
 time to delete every server and see every VM's processes gone. Sandbox VMs need root and
-namespaces; light guests do not (their sshd is a thread of this process: not in the PSS). The
+namespaces; light VMs do not (their sshd is a thread of this process: not in the PSS). The
 simulators run in this process (threads).
 """
 

@@ -26,7 +26,7 @@ def _demo(*options: str, timeout: float) -> tuple[dict[str, Any], str]:
 @pytest.mark.parametrize("guest", ["light", "auto"])
 def test_the_demo_serves_every_job_on_its_own_vm_and_leaks_nothing(guest: str) -> None:
     """`auto` runs sandbox VMs (real sshd, real bootstrap, reconciliation on) where the machine
-    allows namespaces, as CI does; light guests elsewhere."""
+    allows namespaces, as CI does; light VMs elsewhere."""
     summary, _ = _demo(
         "--jobs", "3", "--job-seconds", "2", "--max-runners", "2", "--guest", guest, timeout=110
     )
@@ -46,7 +46,7 @@ def test_the_demo_serves_every_job_on_its_own_vm_and_leaks_nothing(guest: str) -
 @pytest.mark.parametrize("guest", ["light", "auto"])
 def test_with_kill_listener_the_restart_probes_and_adopts_the_busy_vms(guest: str) -> None:
     """The listener is SIGKILLed while jobs run; the restarted one's startup reconciliation
-    probes the VMs it finds over SSH (the light guests' paramiko sshd, or a sandbox VM's
+    probes the VMs it finds over SSH (the light VMs' paramiko sshd, or a sandbox VM's
     OpenSSH), adopts the busy ones, and every job still succeeds."""
     summary, output = _demo(
         "--jobs",

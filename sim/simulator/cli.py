@@ -3,7 +3,7 @@
   demo       the listener against the built-in world (what `scaleset-listener demo` runs)
   github     the simulated GitHub + Actions service (`python -m simulator.github`)
   openstack  the simulated OpenStack cloud (`python -m simulator.openstack`)
-  sandbox    sandbox VMs or light guests for a simulated cloud (`python -m simulator.sandbox`)
+  sandbox    sandbox VMs or light VMs for a simulated cloud (`python -m simulator.sandbox`)
   fleet      the scripted fleet (`python -m simulator.fleet`)
 
 `scaleset-listener-sim VERB --help` shows a verb's options.

@@ -131,7 +131,7 @@ def _kill_after_ack(world: E2EWorld, listener: ListenerProcess, after: int) -> b
 
 
 def _kill_during_reconcile(world: E2EWorld, rng: random.Random) -> bool:
-    # Widen the window: console reads (light guests) and the runner list (every reconcile; with
+    # Widen the window: console reads (light VMs) and the runner list (every reconcile; with
     # SSH probes it is the slow part that remains) answer slowly until the kill.
     delay = world.cloud_control.delay_requests("compute.servers.action", 0.4, times=None)
     world.github.control.add_fault("find_runner", "delay", delay=0.5, times=None)

@@ -5,7 +5,7 @@ Actions service, the simulated OpenStack cloud and the guests that play the VMs
 (`simulator.sandbox`): each server runs the real bootstrap from its user_data, which downloads a
 stub runner that takes one job with the JIT config, runs it and powers the VM off; the listener's
 startup reconciliation is on and probes the VMs over SSH. Sandbox VMs (own namespaces, OpenSSH
-sshd on port 22) where the machine allows them (root, namespaces), else light guests (a
+sshd on port 22) where the machine allows them (root, namespaces), else light VMs (a
 directory and a process session per VM, a paramiko sshd on port 2222): `--guest` chooses. It
 writes a temporary env file, runs `scaleset-listener run` as a subprocess exactly as a user
 would, queues a stream of jobs, shows progress and ends with a summary that checks the outcome:
@@ -74,7 +74,7 @@ def choose_guest(guest: str) -> tuple[str, str]:
     if guest == "light":
         light = light_problem()
         if light is not None:
-            raise SystemExit(f"--guest light: light guests cannot run here: {light}")
+            raise SystemExit(f"--guest light: light VMs cannot run here: {light}")
         return "light", "asked for"
     problem = sandbox_problem()
     if guest == "sandbox":
@@ -328,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=GUESTS,
         default="auto",
         help="who plays the VMs: sandbox VMs (namespaces, OpenSSH sshd; needs root), light "
-        "guests (any user; a paramiko sshd), or auto (sandbox where possible; the default)",
+        "VMs (any user; a paramiko sshd), or auto (sandbox where possible; the default)",
     )
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.max_runners < 1:

@@ -1,7 +1,7 @@
 """A whole world for end-to-end runs of the real listener as a subprocess.
 
 GitHub (+ the Actions service) and the cloud are the simulators, in threads of this process; the
-VMs are guests that run the real bootstrap (`simulator.sandbox`: light guests by default, sandbox
+VMs are guests that run the real bootstrap (`simulator.sandbox`: light VMs by default, sandbox
 VMs where the machine allows them); the listener is `python -m scaleset_listener run
 --env-file F`, started, killed and restarted at will (`simulator.listener_process`).
 
@@ -68,7 +68,7 @@ FAST_LISTENER_SETTINGS: dict[str, str] = {
 
 
 class Guests(Protocol):
-    """What the world needs of the fleet that plays the VMs (light guests, sandbox VMs)."""
+    """What the world needs of the fleet that plays the VMs (light VMs, sandbox VMs)."""
 
     def __enter__(self) -> Any: ...
     def __exit__(

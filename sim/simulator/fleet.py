@@ -4,7 +4,7 @@ The simulated cloud (`simulator.openstack`) only keeps servers' records; nothing
 fleet watches the cloud's servers and, for each one whose user_data is the listener's bootstrap
 (a `JIT_CONFIG=<shell-quoted>` line), plays in Python what the real bootstrap does on a real VM
 (docs/bootstrap.md), running nothing: fast enough for the scaler's tests with many VMs. The
-guests that run the real bootstrap (sandbox VMs, light guests) are `simulator.sandbox`; both
+guests that run the real bootstrap (sandbox VMs, light VMs) are `simulator.sandbox`; both
 kinds build on `GuestFleet` below.
 
 * when the server is ACTIVE it "boots" for `boot_seconds`, prints

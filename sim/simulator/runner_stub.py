@@ -20,7 +20,7 @@ or a runner marked offline, ends it with 1.
 A job may ask for a failure (`runner_behaviour` in the GitHub simulator's job): `crash` (as
 below) or `hang` (the runner never reports; the job stays running, the VM up). Failure
 behaviours per server come from `/etc/scaleset-sandbox/runner.json` inside the VM (written by the
-sandbox; a light guest's is under `$SCALESET_GUEST_ROOT`): `crash` (once its job runs, after
+sandbox; a light VM's is under `$SCALESET_GUEST_ROOT`): `crash` (once its job runs, after
 `crash_after` seconds, the runner dies: the service sees it go offline, the process exits 1) and
 `wedge` (the same, but the process hangs instead of exiting, so the VM stays up without a word).
 """
@@ -115,7 +115,7 @@ def main(argv):
         log("the JIT config is not one this runner understands")
         return 1
     try:
-        # A light guest's files live under its root directory (no mount namespace).
+        # A light VM's files live under its root directory (no mount namespace).
         with open(os.environ.get("SCALESET_GUEST_ROOT", "") + BEHAVIOUR_PATH) as handle:
             behaviour = json.load(handle)
     except (OSError, ValueError):

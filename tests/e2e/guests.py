@@ -1,7 +1,7 @@
 """What plays the VMs in the end-to-end tests.
 
 Sandbox VMs (real sshd in namespaces) wherever the machine allows them; CI requires them
-(REQUIRE_SSH_HOSTS=1). Elsewhere light guests (the same bootstrap, stub runner and sentinels, a
+(REQUIRE_SSH_HOSTS=1). Elsewhere light VMs (the same bootstrap, stub runner and sentinels, a
 paramiko sshd). E2E_GUESTS=light|sandbox chooses by hand.
 """
 

@@ -28,8 +28,8 @@ def test_a_listener_killed_and_restarted_serves_every_job_and_leaks_nothing(
 
 
 @pytest.mark.timeout(90)
-def test_light_guests_answer_the_restarted_listeners_ssh_probes(tmp_path: Path) -> None:
-    """The light guests (no namespaces, a paramiko sshd on port 2222, VM_SSH_PORT) in a trial:
+def test_light_vms_answer_the_restarted_listeners_ssh_probes(tmp_path: Path) -> None:
+    """The light VMs (no namespaces, a paramiko sshd on port 2222, VM_SSH_PORT) in a trial:
     the restarted listener probes the VMs it finds over SSH and they answer."""
     result = run_trial(tmp_path, "jobs_running", seed=101, guests="light")
 

@@ -1,7 +1,7 @@
 """Both simulators in-process, a scale set with a live session, and a fleet whose VMs run the
-real rendered bootstrap: sandbox VMs and light guests, each test once per kind (`guest_kind`).
+real rendered bootstrap: sandbox VMs and light VMs, each test once per kind (`guest_kind`).
 Sandbox tests are skipped where `sandbox_problem()` says the machine cannot run sandbox VMs; with
-REQUIRE_SSH_HOSTS=1 (CI) that is a failure instead. Light guests run on any Linux machine."""
+REQUIRE_SSH_HOSTS=1 (CI) that is a failure instead. Light VMs run on any Linux machine."""
 
 from __future__ import annotations
 
@@ -65,14 +65,14 @@ GUEST_KINDS = ("sandbox", "light")
 
 @pytest.fixture(params=GUEST_KINDS)
 def guest_kind(request: pytest.FixtureRequest) -> str:
-    """Each test runs on sandbox VMs and on light guests."""
+    """Each test runs on sandbox VMs and on light VMs."""
     kind = str(request.param)
     if kind == "sandbox":
         request.getfixturevalue("sandbox_available")
     else:
         problem = light_problem()
         if problem is not None:
-            pytest.fail(f"light guests must run on every Linux machine, but: {problem}")
+            pytest.fail(f"light VMs must run on every Linux machine, but: {problem}")
     return kind
 
 
@@ -167,7 +167,7 @@ class World:
 
 
 def leftovers(fleet: SandboxFleet, *names: str) -> dict[str, list[int]]:
-    """Processes still alive in any of these VMs (their PID namespace, a light guest's
+    """Processes still alive in any of these VMs (their PID namespace, a light VM's
     session)."""
     return {name: pids for name in names if (pids := fleet.vm_processes(name))}
 

@@ -1,4 +1,4 @@
-"""A sandbox VM or a light guest boots the real bootstrap: runner download, one job, markers,
+"""A sandbox VM or a light VM boots the real bootstrap: runner download, one job, markers,
 power-off; and it leaves nothing behind, on the host or in the process table."""
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def test_nova_reports_the_vms_loopback_address(world: World) -> None:
     assert (entry["addr"], entry["version"], entry["OS-EXT-IPS:type"]) == (vm.address, 4, "fixed")
     assert ipaddress.IPv4Address(vm.address) in world.fleet.subnet
     assert ipaddress.IPv4Address(vm.address).is_loopback
-    # The VM's own sshd answers there, on the fleet's port (22; light guests 2222).
+    # The VM's own sshd answers there, on the fleet's port (22; light VMs 2222).
     assert vm.port == world.fleet.ssh_port == (22 if world.kind == "sandbox" else 2222)
     with socket.create_connection((vm.address, vm.port), timeout=5) as sock:
         assert sock.recv(4) == b"SSH-"

@@ -1,4 +1,4 @@
-"""Failure behaviours of sandbox VMs and light guests, each through the real bootstrap's own
+"""Failure behaviours of sandbox VMs and light VMs, each through the real bootstrap's own
 paths."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The listener's real SSH prober against sandbox VMs and light guests, the VM created through
+"""The listener's real SSH prober against sandbox VMs and light VMs, the VM created through
 the real OpenStack provisioner and the pinned host key read back from the server's metadata."""
 
 from __future__ import annotations

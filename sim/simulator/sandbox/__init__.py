@@ -1,5 +1,5 @@
 """Simulated VMs that run the real bootstrap: sandbox VMs (namespaces, OpenSSH sshd) and, where
-the machine has no namespaces or the user is not root, light guests (a directory, a process
+the machine has no namespaces or the user is not root, light VMs (a directory, a process
 session, a paramiko sshd)."""
 
 from simulator.sandbox.fleet import (

@@ -1,5 +1,5 @@
 """`python -m simulator.sandbox --github-url U --cloud-url U [--guest sandbox|light]`: boot sandbox
-VMs (or light guests) for a simulated cloud's servers until interrupted; prints the listener
+VMs (or light VMs) for a simulated cloud's servers until interrupted; prints the listener
 settings that go with them."""
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--poll-interval", type=float, default=defaults.poll_interval)
     parser.add_argument("--subnet", help="loopback range for the VMs (default 127.N.0.0/16)")
     parser.add_argument(
-        "--ssh-port", type=int, default=None, help="the VMs' sshd port (22; light guests 2222)"
+        "--ssh-port", type=int, default=None, help="the VMs' sshd port (22; light VMs 2222)"
     )
     parser.add_argument(
         "--guest",
         choices=("sandbox", "light"),
         default="sandbox",
-        help="sandbox VMs (root, namespaces) or light guests (any user)",
+        help="sandbox VMs (root, namespaces) or light VMs (any user)",
     )
     return parser.parse_args(argv)
 

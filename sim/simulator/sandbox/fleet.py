@@ -1,30 +1,32 @@
 """The sandbox fleet: simulated VMs that boot for real and run the real bootstrap.
 
-It watches the simulated cloud like the light fleet (`simulator.fleet`) and, when a server whose
-user_data is the listener's bootstrap (a `JIT_CONFIG=` line) goes ACTIVE, boots a `SandboxVm`
-for it (sim/simulator/sandbox/vm.py): its own PID and mount namespaces, a real OpenSSH sshd on the
-server's fixed address (a loopback address: the fleet gives the cloud's tenant subnet a
-127.N.0.0/16 range), the host key from the user_data's `HOST_KEY` installed before sshd starts,
-and the user_data run as cloud-init runs it. The bootstrap downloads the stub runner from the
-simulated GitHub's release URLs (what its downloads endpoint lists) or, for a pinned version,
-from the fleet's runner mirror (`mirror_settings(version)`), and the stub connects to the
-simulated GitHub with the JIT config and its version, takes one job, runs it for its duration,
-and exits.
+It watches the simulated cloud like the scripted fleet (`simulator.fleet`) and, when a server
+whose user_data is the listener's bootstrap (a `JIT_CONFIG=` line) goes ACTIVE, boots a
+`SandboxVm` for it (sim/simulator/sandbox/vm.py): its own PID and mount namespaces, a real
+OpenSSH sshd on the server's fixed address (a loopback address: the fleet gives the cloud's
+tenant subnet a 127.N.0.0/16 range), the host key from the user_data's `HOST_KEY` installed
+before sshd starts, and the user_data run as cloud-init runs it. The bootstrap downloads the
+stub runner from the simulated GitHub's release URLs (what its downloads endpoint lists) or, for
+a pinned version, from the fleet's runner mirror (`mirror_settings(version)`), and the stub
+connects to the simulated GitHub with the JIT config and its version, takes one job, runs it
+for its duration, and exits.
 
 What the VM writes to /dev/console is relayed to the server's console log; marker lines drive
 the events (`setup-complete`, `setup-failed`, `run-complete`). When the bootstrap powers off, the
 fleet pulls the VM's plug and sets the server SHUTOFF. A server deleted, shut off or broken from
 outside loses its VM, and a runner still online dies with it (`runner_dies`).
 
-Behaviours, per server name or for the next N servers, as in the light fleet: `hang` (cloud-init
-never runs the user_data: no marker, no runner, sshd up), `setup_fail` (the runner download fails:
-the bootstrap's own failure path), `crash` (the runner dies once its job runs: run.sh exits 1,
-run-complete exit=1, power-off), `wedge` (the runner dies and its process hangs: the VM stays up
-without a word), plus a slow boot (`boot_seconds`: from ACTIVE to the VM starting).
+Behaviours, per server name or for the next N servers, as in the scripted fleet: `hang`
+(cloud-init never runs the user_data: no marker, no runner, sshd up), `setup_fail` (the runner
+download fails: the bootstrap's own failure path), `crash` (the runner dies once its job runs:
+run.sh exits 1, run-complete exit=1, power-off), `wedge` (the runner dies and its process hangs:
+the VM stays up without a word), plus a slow boot (`boot_seconds`: from ACTIVE to the VM
+starting).
 
 The interface matches `simulator.fleet.Fleet` (events, counters, `vms()`, `wait_for`), so tests
-written for the light fleet run here too. Needs root and namespaces: `sandbox_problem()` says why
-not, and callers fall back to the light fleet.
+written for the scripted fleet run here too. Sandbox VMs need root and namespaces:
+`sandbox_problem()` says why not, and callers fall back to light VMs (`LightFleet`, below: the
+same bootstrap and interface, no namespaces, any user).
 """
 
 from __future__ import annotations
@@ -102,10 +104,10 @@ class SandboxConfig:
     poll_interval: how often the fleet looks at both simulators and its VMs.
     subnet: the loopback range for servers' fixed addresses; None picks 127.N.0.0/16 at random
         (two fleets on one machine rarely collide). The fleet sets the cloud's `fixed_subnet`.
-    ssh_port: the VMs' sshd port; None is 22 for sandbox VMs and 2222 for light guests (a
+    ssh_port: the VMs' sshd port; None is 22 for sandbox VMs and 2222 for light VMs (a
         non-root user cannot bind 22). `listener_settings()` hands it on as VM_SSH_PORT.
     root: where per-VM directories go; None: a temporary directory removed at stop.
-    provide_curl: light guests only: give each VM the simulator's small `curl` (None: only
+    provide_curl: light VMs only: give each VM the simulator's small `curl` (None: only
         where the host has neither curl nor wget, as in the slim container image).
     """
 
@@ -186,7 +188,7 @@ class _Vm(VmRecord):
 @functools.cache
 def sandbox_problem() -> str | None:
     """Why sandbox VMs cannot run on this machine, or None. Not root, a missing tool, or a
-    machine that forbids PID/mount namespaces or overlay mounts: callers use the light fleet."""
+    machine that forbids PID/mount namespaces or overlay mounts: callers use light VMs."""
     if os.geteuid() != 0:
         return "sandbox VMs need root (mount namespaces, overlay mounts, sshd, useradd)"
     path = os.pathsep.join([os.environ.get("PATH", ""), SBIN_PATH])
@@ -755,13 +757,13 @@ def _find_runner(world: JSON, vm: _Vm) -> JSON | None:
 
 
 class LightFleet(SandboxFleet):
-    """Light guests (sim/simulator/sandbox/light_vm.py) for a simulated cloud's bootstrap servers:
+    """Light VMs (sim/simulator/sandbox/light_vm.py) for a simulated cloud's bootstrap servers:
     the same bootstrap, stub runner, sentinels, console markers, behaviours and events as
     sandbox VMs, for machines without namespaces or without root. Each VM is a directory, a
     process session and a paramiko sshd on its loopback address at `ssh_port` (default 2222);
     the probe logs in as the user the simulator runs as."""
 
-    _NAME = "light guests"
+    _NAME = "light VMs"
     _DEFAULT_SSH_PORT = 2222
 
     def _login_user(self) -> str:
@@ -769,7 +771,7 @@ class LightFleet(SandboxFleet):
 
     def _problem(self) -> str | None:
         problem = light_problem()
-        return None if problem is None else f"light guests cannot run here: {problem}"
+        return None if problem is None else f"light VMs cannot run here: {problem}"
 
     def _machine(self, vm: _Vm, spec: VmSpec, vm_dir: Path) -> tuple[GuestMachine, bool]:
         provide_curl = self.config.provide_curl

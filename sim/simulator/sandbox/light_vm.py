@@ -1,4 +1,4 @@
-"""A light guest: a simulated VM for machines without namespaces or without root.
+"""A light VM: a simulated VM for machines without namespaces or without root.
 
 It runs the same bootstrap as a sandbox VM (the server's real user_data), the same stub runner
 and writes the same sentinels, but without a file-system or PID namespace of its own:
@@ -6,9 +6,9 @@ and writes the same sentinels, but without a file-system or PID namespace of its
 * the VM's file system is a directory, `<vm dir>/root`. The bootstrap's own sandbox knobs point it
   there: its `ROOT=` line (every path it writes: sentinels, runner, host key) becomes that
   directory, `CONSOLE=` the VM's console file, and `RUNNER_USER=` the user the simulator runs as
-  (a light guest creates no users). Nothing else in the script changes. A user_data without those
+  (a light VM creates no users). Nothing else in the script changes. A user_data without those
   lines (a custom template) is not run: it could write to the host's /var/lib or /opt.
-* the VM's programs are the host's, with the guest's own first in PATH (`<root>/usr/local/sbin`,
+* the VM's programs are the host's, with the VM's own first in PATH (`<root>/usr/local/sbin`,
   `<root>/usr/local/bin`): `systemctl`/`poweroff` stubs that record the power-off, a `pgrep` that
   sees only this VM's processes (its session), and, where the host has neither curl nor wget (a
   slim container), a small `curl` for the runner download.
@@ -48,12 +48,12 @@ from simulator.sandbox.vm import (
 COMMAND_TIMEOUT = 30.0
 NOT_THE_DEFAULT_BOOTSTRAP = (
     "user_data is not the default bootstrap (no ROOT=, CONSOLE= or RUNNER_USER= line): a light "
-    "guest does not run it"
+    "VM does not run it"
 )
 
 PGREP_SHIM = """\
 #!/bin/sh
-# simulator light guest: pgrep over this VM's processes only (they share one session).
+# simulator light VM: pgrep over this VM's processes only (they share one session).
 sid=$(cat {session_file} 2>/dev/null) || exit 1
 [ -n "$sid" ] || exit 1
 exec {pgrep} -s "$sid" "$@"
@@ -63,7 +63,7 @@ exec {pgrep} -s "$sid" "$@"
 # -o FILE URL.
 CURL_SHIM = """\
 #!/usr/bin/env python3
-\"\"\"simulator light guest: a curl for hosts that have none (the bootstrap's options only).\"\"\"
+\"\"\"simulator light VM: a curl for hosts that have none (the bootstrap's options only).\"\"\"
 import shutil
 import sys
 import urllib.request
@@ -102,9 +102,9 @@ def current_user() -> str | None:
 
 
 def light_problem() -> str | None:
-    """Why light guests cannot run here, or None."""
+    """Why light VMs cannot run here, or None."""
     if not Path("/proc/self/stat").exists():
-        return "light guests need Linux's /proc"
+        return "light VMs need Linux's /proc"
     for tool in ("bash", "tar", "gzip", "sha256sum"):
         if shutil.which(tool, path=_host_path()) is None:
             return f"{tool} is not installed (the bootstrap needs it)"
@@ -138,7 +138,7 @@ def _host_path() -> str:
 
 
 class LightVm(GuestDirectory):
-    """A light guest; `start()` boots it, `kill()` ends it. The same face as `SandboxVm`.
+    """A light VM; `start()` boots it, `kill()` ends it. The same face as `SandboxVm`.
 
     `user` is the simulator's own: the probe logs in as it and the runner runs as it."""
 
@@ -161,7 +161,7 @@ class LightVm(GuestDirectory):
         self._sshd: GuestSSHServer | None = None
         self._sshd_state: str | None = None
         self.init_pid: int | None = None
-        self.pid_namespace: str | None = None  # the host's: a light guest has none of its own
+        self.pid_namespace: str | None = None  # the host's: a light VM has none of its own
 
     # ------------------------------------------------------------------ start and stop
 
@@ -212,7 +212,7 @@ class LightVm(GuestDirectory):
         return self._process.pid if self._process is not None else None
 
     def exited(self) -> int | None:
-        """None: a light guest stays up until its plug is pulled (the bootstrap ending is not
+        """None: a light VM stays up until its plug is pulled (the bootstrap ending is not
         the VM ending; a real VM without a power-off keeps running too)."""
         return None
 

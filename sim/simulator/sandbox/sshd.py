@@ -1,6 +1,6 @@
-"""A small SSH server (paramiko) for light guests: public-key login, one command per channel.
+"""A small SSH server (paramiko) for light VMs: public-key login, one command per channel.
 
-A light guest has no namespaces and no OpenSSH sshd of its own (the machine forbids them, or the
+A light VM has no namespaces and no OpenSSH sshd of its own (the machine forbids them, or the
 user is not root), so this server stands in for the VM's sshd on the VM's loopback address. It
 offers the VM's host key (the one the bootstrap's user_data carries, as cloud-init installs it
 before sshd starts), accepts only `login_user` with one of the authorized public keys, and runs

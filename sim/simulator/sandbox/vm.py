@@ -134,7 +134,7 @@ class VmSpec:
 
 
 class GuestDirectory:
-    """The host-side files of one guest (sandbox VM or light guest) in its directory: what it
+    """The host-side files of one guest (sandbox VM or light VM) in its directory: what it
     writes to its console, its cloud-init-output.log and its power-off record in `power/`."""
 
     def __init__(self, vm_dir: Path) -> None:

@@ -1,5 +1,5 @@
-"""What only light guests have: their paramiko sshd, the per-VM `pgrep`, the refusal to run a
-user_data that is not the default bootstrap, the guest's own `curl` for hosts without one."""
+"""What only light VMs have: their paramiko sshd, the per-VM `pgrep`, the refusal to run a
+user_data that is not the default bootstrap, the light VM's own `curl` for hosts without one."""
 
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def test_a_user_data_that_is_not_the_default_bootstrap_is_not_run(
     assert world.fleet.vm_processes("runner-1") == []
 
 
-class TestWithTheGuestsOwnCurl:
+class TestWithTheLightVmsOwnCurl:
     @pytest.fixture
     def fleet_config(self) -> SandboxConfig:
         return dataclasses.replace(FAST_SANDBOX, provide_curl=True)
