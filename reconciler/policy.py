@@ -14,6 +14,7 @@ with a reason. The rows, in the order they are checked:
 | situation                                                   | action        |
 | ----------------------------------------------------------- | ------------- |
 | tagged as a failed VM kept for debugging                    | skip          |
+| older than MAX_RUNNER_LIFETIME (its creation time), even busy | delete      |
 | status ERROR                                                | delete        |
 | run-complete (probe or console)                             | clean_up      |
 | powered off (SHUTOFF), GitHub says busy                     | adopt_busy    |
@@ -42,6 +43,7 @@ takes over the running service's clean-up, so every rule about a VM's fate lives
 | ------------------------------------------------------------- | ------------- |
 | the scaler's create call for it is in flight                  | keep          |
 | tagged as a failed VM kept for debugging                      | skip          |
+| older than MAX_RUNNER_LIFETIME (its creation time), even busy | delete        |
 | status ERROR, GitHub does not say busy                        | delete        |
 | powered off (SHUTOFF), GitHub does not say busy               | clean_up      |
 | no GitHub runner, booting (tracked so, or younger than BOOT_TIMEOUT) | keep   |
@@ -171,10 +173,32 @@ def _by_age(facts: VMFacts, now: datetime, boot_timeout: timedelta, what: str) -
     )
 
 
-def decide(facts: VMFacts, now: datetime, boot_timeout: timedelta) -> Decision:
+def _past_lifetime(
+    created_at: datetime | None, now: datetime, max_lifetime: timedelta | None
+) -> Decision | None:
+    """MAX_RUNNER_LIFETIME counts from the server's creation, whoever created or adopted it: a
+    restart gives no VM a fresh lifetime."""
+    if max_lifetime is None or created_at is None or now - created_at < max_lifetime:
+        return None
+    hours = (now - created_at).total_seconds() / 3600
+    return Decision(
+        Action.DELETE,
+        f"{hours:.1f}h old, past MAX_RUNNER_LIFETIME ({max_lifetime.total_seconds() / 3600:g}h)",
+    )
+
+
+def decide(
+    facts: VMFacts,
+    now: datetime,
+    boot_timeout: timedelta,
+    max_lifetime: timedelta | None = None,
+) -> Decision:
     """The action for one owned VM, with the reason the table gives."""
     if facts.kept_failed:
         return Decision(Action.SKIP, "failed VM kept for debugging (KEEP_FAILED_VMS)")
+    expired = _past_lifetime(facts.created_at, now, max_lifetime)
+    if expired is not None:
+        return expired
     if facts.status == "ERROR":
         return Decision(Action.DELETE, "server status ERROR")
     console = facts.console or ConsoleFacts()
@@ -260,12 +284,20 @@ class SweepFacts:
     kept_failed: bool = False
 
 
-def decide_sweep(facts: SweepFacts, now: datetime, boot_timeout: timedelta) -> Decision:
+def decide_sweep(
+    facts: SweepFacts,
+    now: datetime,
+    boot_timeout: timedelta,
+    max_lifetime: timedelta | None = None,
+) -> Decision:
     """The periodic pass's action for one owned VM, with the reason its table gives."""
     if facts.known is Known.CREATING:
         return Decision(Action.KEEP, "its create call is in flight")
     if facts.kept_failed:
         return Decision(Action.SKIP, "failed VM kept for debugging (KEEP_FAILED_VMS)")
+    expired = _past_lifetime(facts.created_at, now, max_lifetime)
+    if expired is not None:
+        return expired
     runner = facts.runner
     busy = runner is not None and runner.busy
     if facts.status == "ERROR" and not busy:

@@ -238,6 +238,7 @@ async def run_once(
     prober: Prober | None,
     ownership: Ownership,
     boot_timeout: timedelta,
+    max_lifetime: timedelta | None = None,
     concurrency: int = 20,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> ReconcileReport:
@@ -255,7 +256,9 @@ async def run_once(
     # probe timeout more than the probing itself, not a second full round.
     async def handle(vm: RunnerVM) -> VMRow:
         async with gate:
-            row = await _examine(vm, by_name, provisioner, prober, boot_timeout, now())
+            row = await _examine(
+                vm, by_name, provisioner, prober, (boot_timeout, max_lifetime), now()
+            )
         async with gate:
             await _act(row, provisioner, registry)
         return row
@@ -321,7 +324,7 @@ async def _examine(
     by_name: dict[str, RunnerRegistration],
     provisioner: Cloud,
     prober: Prober | None,
-    boot_timeout: timedelta,
+    timers: tuple[timedelta, timedelta | None],
     now: datetime,
 ) -> VMRow:
     info = parse_ownership(vm.tags, vm.metadata)
@@ -360,7 +363,7 @@ async def _examine(
         registration=registration,
         probe=probe,
         console=console,
-        decision=decide(facts, now, boot_timeout),
+        decision=decide(facts, now, *timers),
         learned_host_key=learned,
     )
 
@@ -399,6 +402,11 @@ async def remove_vm(
 ) -> str | None:
     """Remove the runner's registration (unless GitHub says busy), then delete the VM. The
     error, if either failed: one VM's failure is reported, the others go on."""
+    if registration is not None and registration.busy:
+        # Only MAX_RUNNER_LIFETIME removes a VM GitHub reports busy: its job is cut off.
+        log.warning(
+            "busy_runner_deleted", runner_name=runner_name, server_id=vm.id, reason=decision.reason
+        )
     try:
         if registration is not None and not registration.busy:
             await registry.remove_runner(registration.id)

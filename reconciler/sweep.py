@@ -88,12 +88,14 @@ class Sweeper:
         registry: RunnerRegistrations,
         boot_timeout: timedelta,
         *,
+        max_lifetime: timedelta | None = None,
         concurrency: int = 20,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._cloud = cloud
         self._registry = registry
         self._boot_timeout = boot_timeout
+        self._max_lifetime = max_lifetime
         self._concurrency = max(1, concurrency)
         self._now = now
         self._missing: set[str] = set()
@@ -128,7 +130,7 @@ class Sweeper:
                     runner_name=name,
                     age_seconds=None if created_at is None else (now - created_at).total_seconds(),
                     registration=registration,
-                    decision=decide_sweep(facts, now, self._boot_timeout),
+                    decision=decide_sweep(facts, now, self._boot_timeout, self._max_lifetime),
                 )
             )
         report.orphans = orphan_rows(registrations, {row.runner_name for row in report.rows}, known)

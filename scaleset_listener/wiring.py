@@ -199,6 +199,7 @@ async def reconcile_scale_set(
             prober=probe,
             ownership=Ownership(settings.effective_listener_instance_id, scale_set_id),
             boot_timeout=timedelta(seconds=settings.boot_timeout),
+            max_lifetime=timedelta(seconds=settings.max_runner_lifetime),
             concurrency=settings.reconcile_concurrency,
         )
     finally:

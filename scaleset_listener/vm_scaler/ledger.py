@@ -165,18 +165,18 @@ class Ledger:
         return runner
 
     def adopt(self, adoption: Adoption, source: str) -> bool:
-        """Own a VM found in the cloud; a booting one keeps its deadline. False if tracked."""
+        """Own a VM found in the cloud. Its lifetime counts from the server's creation, and a
+        booting one keeps its boot deadline; an idle one's idle time starts now. False if
+        already tracked."""
         if adoption.name in self.runners:
             return False
         now = self._clock()
-        since = now
-        if adoption.phase is Phase.BOOTING:
-            since = now - max(0.0, adoption.age_seconds or 0.0)
+        created = now - max(0.0, adoption.age_seconds or 0.0)
         self.runners[adoption.name] = TrackedRunner(
             name=adoption.name,
             phase=adoption.phase,
-            created_at=since,
-            phase_since=since,
+            created_at=created,
+            phase_since=created if adoption.phase is Phase.BOOTING else now,
             runner_id=adoption.runner_id,
             server_id=adoption.server_id,
         )

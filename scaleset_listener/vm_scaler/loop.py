@@ -91,7 +91,12 @@ class VMScaler:
             clock,
             self._wake.set,
         )
-        self._sweeper = Sweeper(provisioner, registry, timedelta(seconds=lifecycle.boot_timeout))
+        self._sweeper = Sweeper(
+            provisioner,
+            registry,
+            timedelta(seconds=lifecycle.boot_timeout),
+            max_lifetime=timedelta(seconds=lifecycle.max_runner_lifetime),
+        )
         self._reconcile = reconcile
         self._prepared_ids: set[int] = set()
         self._prepared = asyncio.Event()

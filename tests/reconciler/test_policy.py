@@ -178,7 +178,7 @@ def test_each_row_of_the_sweep_table_maps_to_its_action_with_a_reason(
     assert decision.reason
 
 
-def test_the_sweep_never_removes_a_vm_github_reports_busy() -> None:
+def test_the_sweep_never_removes_a_vm_github_reports_busy_before_its_lifetime() -> None:
     for status in ("ACTIVE", "SHUTOFF", "ERROR"):
         for known in (None, *Known):
             for missing_before in (False, True):
@@ -205,3 +205,38 @@ def test_each_row_of_the_registration_table(
     decision = decide_registration(runner, known)
     assert decision.action is action
     assert decision.reason
+
+
+# MAX_RUNNER_LIFETIME, from the server's creation time ----------------------------------------
+
+LIFETIME = timedelta(hours=24)
+ANCIENT = NOW - timedelta(hours=25)
+
+
+def test_a_vm_past_its_lifetime_is_deleted_at_startup_even_busy_and_alive() -> None:
+    facts = ok("ACTIVE", ANCIENT, BUSY, setup_complete=True, runner_alive=True)
+    decision = decide(facts, NOW, BOOT_TIMEOUT, LIFETIME)
+    assert decision.action is Action.DELETE
+    assert "MAX_RUNNER_LIFETIME" in decision.reason
+    # Without the limit (or younger than it) the row does not apply.
+    assert decide(facts, NOW, BOOT_TIMEOUT).action is Action.ADOPT_BUSY
+    young = ok("ACTIVE", OLD, BUSY, setup_complete=True, runner_alive=True)
+    assert decide(young, NOW, BOOT_TIMEOUT, LIFETIME).action is Action.ADOPT_BUSY
+
+
+def test_a_vm_past_its_lifetime_is_deleted_by_the_sweep_even_busy() -> None:
+    for known in (None, Known.BUSY, Known.IDLE, Known.BOOTING):
+        facts = SweepFacts("ACTIVE", ANCIENT, BUSY, known)
+        decision = decide_sweep(facts, NOW, BOOT_TIMEOUT, LIFETIME)
+        assert decision.action is Action.DELETE
+        assert "25.0h old" in decision.reason
+
+
+def test_the_lifetime_leaves_kept_failed_vms_and_creates_in_flight_alone() -> None:
+    kept = SweepFacts("ERROR", ANCIENT, None, None, kept_failed=True)
+    assert decide_sweep(kept, NOW, BOOT_TIMEOUT, LIFETIME).action is Action.SKIP
+    creating = SweepFacts("BUILD", ANCIENT, None, Known.CREATING)
+    assert decide_sweep(creating, NOW, BOOT_TIMEOUT, LIFETIME).action is Action.KEEP
+    assert decide(
+        VMFacts("ERROR", ANCIENT, None, kept_failed=True), NOW, BOOT_TIMEOUT, LIFETIME
+    ) == (decide(VMFacts("ERROR", ANCIENT, None, kept_failed=True), NOW, BOOT_TIMEOUT))

@@ -16,9 +16,9 @@ from provisioners.base import ServerSpec
 from provisioners.naming import Ownership, ownership_metadata
 from provisioners.openstack import OpenStackProvisioner
 from scaleset_listener.config import ScaleSetSpec
-from scaleset_listener.vm_scaler.ledger import Adoption, Phase
+from scaleset_listener.vm_scaler.ledger import Adoption, Ledger, Phase
 from scaleset_listener.vm_scaler.loop import VMScaler
-from scaleset_listener.vm_scaler.plan import Lifecycle
+from scaleset_listener.vm_scaler.plan import EndLifetime, Lifecycle, Observation, plan
 from scaleset_listener.wiring import openstack_config
 from tests.scaleset_listener.test_scaler import admin_client_for
 from tests.testsupport.world import serving, simulated_world
@@ -78,6 +78,18 @@ async def test_adopted_vms_join_the_owned_set_in_their_phases_once_per_scale_set
     # 500 s of its 600 s boot deadline are already spent.
     assert clock.now - booting.phase_since == 500
     assert scaler.runners["linux-a"].server_id == "srv-a"
+    # Lifetimes count from the servers' creation, not from the adoption; idle time from now.
+    idle = scaler.runners["linux-a"]
+    assert (clock.now - idle.created_at, clock.now - idle.phase_since) == (3600, 0)
+
+
+def test_an_adopted_vm_past_its_lifetime_is_ended_by_the_next_plan() -> None:
+    clock = Clock()
+    ledger = Ledger("linux", clock)
+    ledger.adopt(Adoption("linux-a", "srv-a", Phase.BUSY, runner_id=1, age_seconds=7200), "test")
+    lifecycle = Lifecycle(max_runner_lifetime=3600.0)
+    observation = Observation(now=clock.now, desired=1, runners=list(ledger.runners.values()))
+    assert plan(observation, lifecycle, max_runners=5).steps[0] == EndLifetime("linux-a")
 
 
 async def test_a_failed_reconciliation_is_logged_and_the_scaler_goes_on() -> None:
