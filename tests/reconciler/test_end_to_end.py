@@ -270,7 +270,8 @@ async def test_a_busy_runner_whose_vm_cannot_be_probed_is_adopted_never_deleted(
     async with admin_client(setup) as client:
         jit = await client.generate_jit_config(setup.scale_set_id, name)
         await make_busy(setup, client, jit.encoded_jit_config)
-    await create_vm(setup, name, timedelta(days=2))
+    # Far past BOOT_TIMEOUT, within MAX_RUNNER_LIFETIME (24h): only the lifetime may end it.
+    await create_vm(setup, name, timedelta(hours=20))
     lines: list[str] = []
     assert await reconcile_once(setup.settings, dry_run=False, out=lines.append) == 0
     assert actions_in("\n".join(lines).splitlines()) == {name: "adopt_busy"}
