@@ -128,6 +128,11 @@ class Provisioner(Protocol):
         """How many more servers the cloud can take now; None when not limited by us."""
         ...
 
+    async def release_floating_ips(self, server_id: str) -> None:
+        """Give the server's floating IPs back to the pool (a failed VM kept for debugging
+        needs none); no pool configured, or none attached, is success."""
+        ...
+
     async def close(self) -> None: ...
 
 

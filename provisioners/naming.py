@@ -32,6 +32,8 @@ META_RUNNER_NAME = "scaleset-runner-name"
 META_SCALE_SET_NAME = "scaleset-scale-set-name"
 META_CREATED_AT = "scaleset-created-at"
 META_HOST_KEY = "scaleset-host-key"
+# When a failed VM was kept for debugging: FAILED_VM_RETENTION counts from here.
+META_FAILED_AT = "scaleset-failed-at"
 
 MAX_TAG_LENGTH = 60
 MAX_METADATA_VALUE_LENGTH = 255
@@ -99,6 +101,18 @@ def ownership_metadata(
     return metadata
 
 
+def failed_metadata(failed_at: datetime) -> dict[str, str]:
+    """The metadata that dates a failed VM kept for debugging (with FAILED_TAG)."""
+    return {META_FAILED_AT: failed_at.astimezone(UTC).isoformat(timespec="seconds")}
+
+
+def _datetime(text: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+
+
 def host_key_metadata(host_public_key: str) -> dict[str, str]:
     """The metadata that records a server's SSH host key (`<type> <base64>`) for pinning."""
     # Nova metadata values are at most 255 characters: an ed25519 key fits, RSA does not.
@@ -120,6 +134,7 @@ class OwnedServerInfo:
     scale_set_name: str
     created_at: datetime | None
     host_public_key: str | None
+    failed_at: datetime | None = None
 
 
 def parse_ownership(tags: tuple[str, ...], metadata: Mapping[str, str]) -> OwnedServerInfo | None:
@@ -134,15 +149,11 @@ def parse_ownership(tags: tuple[str, ...], metadata: Mapping[str, str]) -> Owned
     )
     if listener is None or scale_set is None or not scale_set.isdigit():
         return None
-    created_text = metadata.get(META_CREATED_AT, "")
-    try:
-        created_at = datetime.fromisoformat(created_text) if created_text else None
-    except ValueError:
-        created_at = None
     return OwnedServerInfo(
         ownership=Ownership(listener, int(scale_set)),
         runner_name=metadata.get(META_RUNNER_NAME, ""),
         scale_set_name=metadata.get(META_SCALE_SET_NAME, ""),
-        created_at=created_at,
+        created_at=_datetime(metadata.get(META_CREATED_AT, "")),
         host_public_key=metadata.get(META_HOST_KEY) or None,
+        failed_at=_datetime(metadata.get(META_FAILED_AT, "")),
     )

@@ -402,7 +402,7 @@ class OpenStackProvisioner:
 
     async def delete(self, server_id: str) -> None:
         if self._config.floating_ips:
-            await self._release_floating_ips(server_id)
+            await self.release_floating_ips(server_id)
 
         def delete_server(conn: openstack.connection.Connection) -> None:
             conn.compute.delete_server(server_id, ignore_missing=True)
@@ -492,9 +492,12 @@ class OpenStackProvisioner:
             await self._call(f"associate {address} with {vm.name}", associate)
         return dataclasses.replace(vm, floating_ip=address)
 
-    async def _release_floating_ips(self, server_id: str) -> None:
-        """Give the server's pool addresses back before the server goes (not only when Neutron
-        deletes its port), so the next create can take them at once."""
+    async def release_floating_ips(self, server_id: str) -> None:
+        """Give the server's pool addresses back: before the server goes (not only when Neutron
+        deletes its port), so the next create can take them at once, and when a failed VM is
+        kept for debugging."""
+        if not self._config.floating_ips:
+            return
         pool = set(self._config.floating_ips)
 
         def release(conn: openstack.connection.Connection) -> None:

@@ -13,7 +13,8 @@ with a reason. The rows, in the order they are checked:
 
 | situation                                                   | action        |
 | ----------------------------------------------------------- | ------------- |
-| tagged as a failed VM kept for debugging                    | skip          |
+| a failed VM kept for debugging, past FAILED_VM_RETENTION    | delete        |
+| a failed VM kept for debugging                              | skip          |
 | older than MAX_RUNNER_LIFETIME (its creation time), even busy | delete      |
 | status ERROR                                                | delete        |
 | run-complete (probe or console)                             | clean_up      |
@@ -42,7 +43,8 @@ takes over the running service's clean-up, so every rule about a VM's fate lives
 | situation                                                     | action        |
 | ------------------------------------------------------------- | ------------- |
 | the scaler's create call for it is in flight                  | keep          |
-| tagged as a failed VM kept for debugging                      | skip          |
+| a failed VM kept for debugging, past FAILED_VM_RETENTION      | delete        |
+| a failed VM kept for debugging                                | skip          |
 | older than MAX_RUNNER_LIFETIME (its creation time), even busy | delete        |
 | status ERROR, GitHub does not say busy                        | delete        |
 | powered off (SHUTOFF), GitHub does not say busy               | clean_up      |
@@ -133,6 +135,7 @@ class VMFacts:
     runner_alive: bool | None = None
     console: ConsoleFacts | None = None  # read only when the probe did not answer
     kept_failed: bool = False
+    failed_at: datetime | None = None  # when it was kept (else its creation time counts)
 
     @property
     def probe_ok(self) -> bool:
@@ -173,6 +176,29 @@ def _by_age(facts: VMFacts, now: datetime, boot_timeout: timedelta, what: str) -
     )
 
 
+def _kept_failed(
+    failed_at: datetime | None,
+    created_at: datetime | None,
+    now: datetime,
+    retention: timedelta | None,
+) -> Decision:
+    since = failed_at or created_at
+    if retention is None or since is None:
+        return Decision(Action.SKIP, "failed VM kept for debugging (KEEP_FAILED_VMS)")
+    left = retention - (now - since)
+    if left <= timedelta(0):
+        return Decision(
+            Action.DELETE,
+            f"failed VM kept for debugging, past FAILED_VM_RETENTION "
+            f"({retention.total_seconds() / 3600:g}h)",
+        )
+    return Decision(
+        Action.SKIP,
+        f"failed VM kept for debugging (KEEP_FAILED_VMS), deleted in "
+        f"{left.total_seconds() / 3600:.1f}h (FAILED_VM_RETENTION)",
+    )
+
+
 def _past_lifetime(
     created_at: datetime | None, now: datetime, max_lifetime: timedelta | None
 ) -> Decision | None:
@@ -192,10 +218,11 @@ def decide(
     now: datetime,
     boot_timeout: timedelta,
     max_lifetime: timedelta | None = None,
+    failed_retention: timedelta | None = None,
 ) -> Decision:
     """The action for one owned VM, with the reason the table gives."""
     if facts.kept_failed:
-        return Decision(Action.SKIP, "failed VM kept for debugging (KEEP_FAILED_VMS)")
+        return _kept_failed(facts.failed_at, facts.created_at, now, failed_retention)
     expired = _past_lifetime(facts.created_at, now, max_lifetime)
     if expired is not None:
         return expired
@@ -282,6 +309,7 @@ class SweepFacts:
     known: Known | None  # None: the scaler does not track it
     missing_before: bool = False  # its runner was missing from GitHub on the previous sweep
     kept_failed: bool = False
+    failed_at: datetime | None = None  # when it was kept (else its creation time counts)
 
 
 def decide_sweep(
@@ -289,12 +317,13 @@ def decide_sweep(
     now: datetime,
     boot_timeout: timedelta,
     max_lifetime: timedelta | None = None,
+    failed_retention: timedelta | None = None,
 ) -> Decision:
     """The periodic pass's action for one owned VM, with the reason its table gives."""
     if facts.known is Known.CREATING:
         return Decision(Action.KEEP, "its create call is in flight")
     if facts.kept_failed:
-        return Decision(Action.SKIP, "failed VM kept for debugging (KEEP_FAILED_VMS)")
+        return _kept_failed(facts.failed_at, facts.created_at, now, failed_retention)
     expired = _past_lifetime(facts.created_at, now, max_lifetime)
     if expired is not None:
         return expired

@@ -239,6 +239,7 @@ async def run_once(
     ownership: Ownership,
     boot_timeout: timedelta,
     max_lifetime: timedelta | None = None,
+    failed_retention: timedelta | None = None,
     concurrency: int = 20,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> ReconcileReport:
@@ -257,7 +258,12 @@ async def run_once(
     async def handle(vm: RunnerVM) -> VMRow:
         async with gate:
             row = await _examine(
-                vm, by_name, provisioner, prober, (boot_timeout, max_lifetime), now()
+                vm,
+                by_name,
+                provisioner,
+                prober,
+                (boot_timeout, max_lifetime, failed_retention),
+                now(),
             )
         async with gate:
             await _act(row, provisioner, registry)
@@ -324,7 +330,7 @@ async def _examine(
     by_name: dict[str, RunnerRegistration],
     provisioner: Cloud,
     prober: Prober | None,
-    timers: tuple[timedelta, timedelta | None],
+    timers: tuple[timedelta, timedelta | None, timedelta | None],
     now: datetime,
 ) -> VMRow:
     info = parse_ownership(vm.tags, vm.metadata)
@@ -351,6 +357,7 @@ async def _examine(
         runner_alive=probe.runner_alive if probe else None,
         console=console,
         kept_failed=FAILED_TAG in vm.tags,
+        failed_at=info.failed_at if info else None,
     )
     age = None if created_at is None else (now - created_at).total_seconds()
     learned = None

@@ -58,6 +58,15 @@ class SweepReport:
     vms: int = 0  # owned VMs listed
     registrations: int = 0  # registrations listed
 
+    @property
+    def kept_failed(self) -> int:
+        """Failed VMs kept for debugging that stay kept (KEEP_FAILED_VMS counts these)."""
+        return sum(
+            1
+            for row in self.rows
+            if FAILED_TAG in row.vm.tags and row.decision.action is Action.SKIP
+        )
+
     def with_action(self, *actions: Action) -> list[SweepRow]:
         return [row for row in self.rows if row.decision.action in actions]
 
@@ -89,6 +98,7 @@ class Sweeper:
         boot_timeout: timedelta,
         *,
         max_lifetime: timedelta | None = None,
+        failed_retention: timedelta | None = None,
         concurrency: int = 20,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -96,6 +106,7 @@ class Sweeper:
         self._registry = registry
         self._boot_timeout = boot_timeout
         self._max_lifetime = max_lifetime
+        self._failed_retention = failed_retention
         self._concurrency = max(1, concurrency)
         self._now = now
         self._missing: set[str] = set()
@@ -123,6 +134,7 @@ class Sweeper:
                 known=known.get(name),
                 missing_before=name in self._missing,
                 kept_failed=FAILED_TAG in vm.tags,
+                failed_at=info.failed_at if info else None,
             )
             report.rows.append(
                 SweepRow(
@@ -130,7 +142,9 @@ class Sweeper:
                     runner_name=name,
                     age_seconds=None if created_at is None else (now - created_at).total_seconds(),
                     registration=registration,
-                    decision=decide_sweep(facts, now, self._boot_timeout, self._max_lifetime),
+                    decision=decide_sweep(
+                        facts, now, self._boot_timeout, self._max_lifetime, self._failed_retention
+                    ),
                 )
             )
         report.orphans = orphan_rows(registrations, {row.runner_name for row in report.rows}, known)

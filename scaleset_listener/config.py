@@ -245,6 +245,7 @@ class Settings(BaseSettings):
     runner_deregistration_timeout: Duration = 30.0
     vm_tracker_interval: Duration = 300.0
     keep_failed_vms: int = Field(default=0, ge=0, le=100)
+    failed_vm_retention: Duration = 86400.0
     dry_run: bool = False
     # Written on every server so that two deployments (staging, prod) can share a project;
     # empty: derived from GITHUB_URL, stable across restarts.

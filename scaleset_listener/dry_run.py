@@ -82,6 +82,9 @@ class DryRunProvisioner:
     async def set_metadata(self, server_id: str, metadata: Mapping[str, str]) -> None:
         log.info("dry_run_would_set_metadata", server_id=server_id, keys=sorted(metadata))
 
+    async def release_floating_ips(self, server_id: str) -> None:
+        log.info("dry_run_would_release_floating_ips", server_id=server_id)
+
     async def capacity(self) -> int | None:
         free = await self._cloud.capacity()
         return None if free is None else max(0, free - len(self._would_exist))

@@ -200,6 +200,7 @@ async def reconcile_scale_set(
             ownership=Ownership(settings.effective_listener_instance_id, scale_set_id),
             boot_timeout=timedelta(seconds=settings.boot_timeout),
             max_lifetime=timedelta(seconds=settings.max_runner_lifetime),
+            failed_retention=timedelta(seconds=settings.failed_vm_retention),
             concurrency=settings.reconcile_concurrency,
         )
     finally:
@@ -265,6 +266,7 @@ def lifecycle(settings: Settings) -> Lifecycle:
         deregistration_timeout=settings.runner_deregistration_timeout,
         sweep_interval=settings.vm_tracker_interval,
         keep_failed_vms=settings.keep_failed_vms,
+        failed_vm_retention=settings.failed_vm_retention,
     )
 
 

@@ -28,7 +28,7 @@ from provisioners.base import (
     ServerSpec,
 )
 from provisioners.bootstrap import HostKey, generate_host_key
-from provisioners.naming import FAILED_TAG, Ownership, runner_name
+from provisioners.naming import FAILED_TAG, Ownership, failed_metadata, runner_name
 from reconciler.ports import RunnerRegistrations
 from scaleset_listener.errors import JobStillRunning, ListenerError
 from scaleset_listener.retrying import RecoveryBackoff
@@ -265,6 +265,11 @@ class Executor:
         if keep_vm and runner.server_id is not None:
             self.kept_failed += 1
             await self._provisioner.add_tag(runner.server_id, FAILED_TAG)
+            # Dated, so FAILED_VM_RETENTION counts from now; no pool address held meanwhile.
+            await self._provisioner.set_metadata(
+                runner.server_id, failed_metadata(datetime.now(UTC))
+            )
+            await self._provisioner.release_floating_ips(runner.server_id)
             await self._remove_registration(runner)
             self._log.warning("failed_vm_kept", runner_name=runner.name, server_id=runner.server_id)
         else:

@@ -7,8 +7,9 @@
   runners, only as far as the plan needs them), plans (plan.py, pure) and executes (execute.py).
 * Every VM_TRACKER_INTERVAL the reconciler's periodic pass (reconciler/sweep.py) decides what
   the cloud and GitHub show that the ledger does not: it removes what its table removes and hands
-  back adoptions and corrections, which the scaler applies. Without startup reconciliation one
-  sweep runs before demand is counted, so an earlier process's VMs are adopted, not doubled.
+  back adoptions and corrections, which the scaler applies. One sweep runs before demand is
+  counted: without startup reconciliation it adopts an earlier process's VMs (not doubled), and
+  it counts the failed VMs kept for debugging (KEEP_FAILED_VMS counts what the cloud holds).
 * A scale set re-created by the listener (GitHub answered 404 for it, so it got a new id): the
   old set's runners went with it at GitHub and can never take a job of the new set. They are
   abandoned at once (no longer owned, so the new set's demand gets fresh runners) and their VMs
@@ -96,6 +97,7 @@ class VMScaler:
             registry,
             timedelta(seconds=lifecycle.boot_timeout),
             max_lifetime=timedelta(seconds=lifecycle.max_runner_lifetime),
+            failed_retention=timedelta(seconds=lifecycle.failed_vm_retention),
         )
         self._reconcile = reconcile
         self._prepared_ids: set[int] = set()
@@ -218,7 +220,9 @@ class VMScaler:
             preparer.cancel()
         finally:
             binder.cancel()
-        if self._reconcile is None and not stop.is_set():
+        if not stop.is_set():
+            # Before demand is counted: without startup reconciliation it adopts what an earlier
+            # process left (so max_runners holds); either way it counts the kept failed VMs.
             await self._sweep_safely()
         next_sweep = self._clock() + self._lifecycle.sweep_interval
         try:
@@ -321,6 +325,8 @@ class VMScaler:
             if runner is not None and runner.phase is Phase.BUSY:
                 self.ledger.transition(runner, Phase.IDLE, reason="GitHub reports it idle")
         self.ledger.counters.registrations_removed += sum(o.removed for o in report.orphans)
+        # KEEP_FAILED_VMS counts what the cloud holds, not what this process kept.
+        self._executor.kept_failed = report.kept_failed
         self._log.info(
             "sweep",
             vms=report.vms,

@@ -44,6 +44,7 @@ class Lifecycle:
     deregistration_timeout: float = 30.0
     sweep_interval: float = 300.0
     keep_failed_vms: int = 0
+    failed_vm_retention: float = 86400.0
     create_backoff_max: float = 300.0
 
     @property

@@ -240,3 +240,30 @@ def test_the_lifetime_leaves_kept_failed_vms_and_creates_in_flight_alone() -> No
     assert decide(
         VMFacts("ERROR", ANCIENT, None, kept_failed=True), NOW, BOOT_TIMEOUT, LIFETIME
     ) == (decide(VMFacts("ERROR", ANCIENT, None, kept_failed=True), NOW, BOOT_TIMEOUT))
+
+
+# Failed VMs kept for debugging, until FAILED_VM_RETENTION ------------------------------------
+
+RETENTION = timedelta(hours=24)
+
+
+@pytest.mark.parametrize(
+    ("failed_at", "created_at", "action"),
+    [
+        (NOW - timedelta(hours=2), ANCIENT, Action.SKIP),  # kept 2h ago: its age does not count
+        (NOW - timedelta(hours=30), OLD, Action.DELETE),
+        (None, NOW - timedelta(hours=30), Action.DELETE),  # undated: its creation time counts
+        (None, None, Action.SKIP),  # nothing to count from: kept
+    ],
+)
+def test_a_kept_failed_vm_is_deleted_once_past_its_retention_by_both_passes(
+    failed_at: datetime | None, created_at: datetime | None, action: Action
+) -> None:
+    startup = VMFacts("ERROR", created_at, None, kept_failed=True, failed_at=failed_at)
+    sweep = SweepFacts("ERROR", created_at, None, None, kept_failed=True, failed_at=failed_at)
+    decisions = [
+        decide(startup, NOW, BOOT_TIMEOUT, LIFETIME, RETENTION),
+        decide_sweep(sweep, NOW, BOOT_TIMEOUT, LIFETIME, RETENTION),
+    ]
+    assert [d.action for d in decisions] == [action, action]
+    assert all(d.reason for d in decisions)

@@ -93,6 +93,9 @@ class Cloud:
     async def capacity(self) -> int | None:
         return None
 
+    async def release_floating_ips(self, server_id: str) -> None:
+        return None
+
     async def close(self) -> None:
         return None
 

@@ -3,6 +3,10 @@ is in test_policy.py), with its one memory: who was missing on the previous swee
 
 from __future__ import annotations
 
+import dataclasses
+from datetime import timedelta
+
+from provisioners.naming import FAILED_TAG, failed_metadata
 from reconciler.policy import Action, Known
 from reconciler.sweep import Sweeper
 from tests.reconciler.test_run_once import BOOT, NOW, OWNER, Cloud, Registration, Registry, vm
@@ -91,3 +95,17 @@ async def test_a_vm_already_gone_when_deleted_counts_as_removed() -> None:
     cloud.vanish.add("srv-1")
     report = await sweeper(cloud, Registry([])).sweep(OWNER, {})
     assert [row.error for row in report.removed] == [None]
+
+
+async def test_kept_failed_vms_are_counted_from_the_cloud_and_expire() -> None:
+    fresh = vm(1, tags=(FAILED_TAG,))
+    fresh = dataclasses.replace(fresh, metadata={**fresh.metadata, **failed_metadata(NOW)})
+    stale = vm(2, tags=(FAILED_TAG,))
+    stale = dataclasses.replace(
+        stale, metadata={**stale.metadata, **failed_metadata(NOW - timedelta(days=2))}
+    )
+    cloud = Cloud([fresh, stale])
+    sweep = Sweeper(cloud, Registry([]), BOOT, failed_retention=timedelta(days=1), now=lambda: NOW)
+    report = await sweep.sweep(OWNER, {})
+    assert report.kept_failed == 1
+    assert cloud.deleted == ["srv-2"]
