@@ -149,17 +149,19 @@ class Executor:
     def _create_runners(self, count: int) -> None:
         for _ in range(count):
             runner = self._ledger.new_runner(runner_name(self._scale_set_name))
-            task = asyncio.create_task(self._create(runner), name=f"create:{runner.name}")
+            # The set it is created for, even if the listener re-creates the set meanwhile: an
+            # abandoned runner must not register in the new set (its JIT config is refused).
+            task = asyncio.create_task(
+                self._create(runner, self.ownership), name=f"create:{runner.name}"
+            )
             self._creations.add(task)
             task.add_done_callback(self._creations.discard)
 
-    async def _create(self, runner: TrackedRunner) -> None:
+    async def _create(self, runner: TrackedRunner, ownership: Ownership) -> None:
         try:
             # The slots bound the API work (JIT config, create request), not the boot: a
             # cloud that takes a minute to boot must not cap how many VMs boot at once.
             async with self._slots:
-                # One id for the JIT config and the tags, even if the set is re-created meanwhile.
-                ownership = self.ownership
                 jit = await self._registry.generate_jit_config(ownership.scale_set_id, runner.name)
                 runner.runner_id = jit.runner.id
                 spec = self._make_server_spec(
