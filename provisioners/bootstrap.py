@@ -121,6 +121,11 @@ class BootstrapSpec:
     runner_dir: str = DEFAULT_RUNNER_DIR
     ssh_host_key_private: str | None = field(default=None, repr=False)
     ssh_host_key_public: str | None = None
+    # Safety nets, in whole seconds, 0: off. The VM powers itself off when its runner has had no
+    # job for `vm_idle_shutdown`, and `vm_lifetime_shutdown` after the bootstrap started even
+    # if a job runs: a VM must not outlive a listener that is gone (docs/bootstrap.md).
+    vm_idle_shutdown: int = 0
+    vm_lifetime_shutdown: int = 0
     # Users may carry credentials (a registry token) in their own variables: kept out of repr.
     extra: Mapping[str, object] = field(default_factory=dict, repr=False)
     root: str = ""
@@ -140,6 +145,12 @@ class BootstrapSpec:
         for name, path in (("sentinel_dir", self.sentinel_dir), ("runner_dir", self.runner_dir)):
             if not path.startswith("/"):
                 raise BootstrapError(f"{name} must be an absolute path, got {path!r}")
+        for name, seconds in (
+            ("vm_idle_shutdown", self.vm_idle_shutdown),
+            ("vm_lifetime_shutdown", self.vm_lifetime_shutdown),
+        ):
+            if type(seconds) is not int or seconds < 0:
+                raise BootstrapError(f"{name} must be whole seconds >= 0 (0: off), got {seconds!r}")
         if self.root and not self.root.startswith("/"):
             raise BootstrapError(f"root must be empty or an absolute path, got {self.root!r}")
         builtins = _BUILTIN_VARIABLES
@@ -213,6 +224,8 @@ class BootstrapSpec:
             # Without the trailing newline: templates write each key followed by one.
             "ssh_host_key_private": (self.ssh_host_key_private or "").strip(),
             "ssh_host_key_public": (self.ssh_host_key_public or "").strip(),
+            "vm_idle_shutdown": self.vm_idle_shutdown,
+            "vm_lifetime_shutdown": self.vm_lifetime_shutdown,
             "extra": dict(self.extra),
             "root": self.root,
             "poweroff_command": self.poweroff_command,
@@ -237,6 +250,8 @@ _BUILTIN_VARIABLES = frozenset(
         "runner_dir",
         "ssh_host_key_private",
         "ssh_host_key_public",
+        "vm_idle_shutdown",
+        "vm_lifetime_shutdown",
         "extra",
         "root",
         "poweroff_command",

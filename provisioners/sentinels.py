@@ -23,6 +23,8 @@ RUNNER_STARTED = "runner-started"
 RUN_COMPLETE = "run-complete"
 # Console only: a pre-baked runner older than the wanted version is being replaced.
 RUNNER_UPDATE = "runner-update"
+# Console only: a safety net (idle or lifetime) powered the VM off (docs/bootstrap.md).
+SAFETY_POWEROFF = "safety-poweroff"
 MARKER_PREFIX = "SCALESET-RUNNER"
 
 REPORT_MARKER = "scaleset-probe 1"

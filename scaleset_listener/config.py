@@ -243,6 +243,11 @@ class Settings(BaseSettings):
     idle_runner_timeout: Duration = 300.0
     max_runner_lifetime: Duration = 86400.0
     runner_deregistration_timeout: Duration = 30.0
+    # Safety nets inside the VM (docs/bootstrap.md#safety-nets): it powers itself off when its
+    # runner has had no job this long (unset: 3 x IDLE_RUNNER_TIMEOUT; 0: off), and in any case
+    # at MAX_RUNNER_LIFETIME + VM_LIFETIME_GRACE, so a VM outlives no missing listener.
+    vm_idle_shutdown: Duration | None = None
+    vm_lifetime_grace: Duration = 3600.0
     vm_tracker_interval: Duration = 300.0
     keep_failed_vms: int = Field(default=0, ge=0, le=100)
     failed_vm_retention: Duration = 86400.0
@@ -327,6 +332,29 @@ class Settings(BaseSettings):
         if value < 1:
             raise ValueError("must be at least 1s (default 24h)")
         return value
+
+    @model_validator(mode="after")
+    def _idle_shutdown_after_the_listener_retires(self) -> Self:
+        idle = self.vm_idle_shutdown
+        if idle is not None and 0 < idle < max(1.0, self.idle_runner_timeout):
+            raise ValueError(
+                "VM_IDLE_SHUTDOWN: 0 (off) or at least IDLE_RUNNER_TIMEOUT "
+                f"({self.idle_runner_timeout:g}s) and 1s: the listener retires idle runners "
+                "first; the VM's own net is for when the listener is gone"
+            )
+        return self
+
+    @property
+    def effective_vm_idle_shutdown(self) -> float:
+        """Seconds an idle runner's VM waits before powering itself off; 0: never."""
+        if self.vm_idle_shutdown is None:
+            return 3 * self.idle_runner_timeout
+        return self.vm_idle_shutdown
+
+    @property
+    def vm_lifetime_shutdown(self) -> float:
+        """Seconds after boot at which a VM powers itself off even during a job."""
+        return self.max_runner_lifetime + self.vm_lifetime_grace
 
     @model_validator(mode="after")
     def _checksum_only_for_a_pinned_runner(self) -> Self:

@@ -11,6 +11,7 @@ built here, `cli` offers it as commands.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -143,6 +144,8 @@ def server_spec(
         labels=scale_set.effective_labels,
         ssh_host_key_private=injected.private_openssh if injected else None,
         ssh_host_key_public=injected.public_openssh if injected else None,
+        vm_idle_shutdown=math.ceil(settings.effective_vm_idle_shutdown),
+        vm_lifetime_shutdown=math.ceil(settings.vm_lifetime_shutdown),
     )
     return ServerSpec(
         name=runner_name,

@@ -17,6 +17,14 @@ its scale set (unless the service's `auto_take` gave it one), "runs" it for the 
 test was first), and exits 0 when the job succeeded, else 1. A registration removed while idle,
 or a runner marked offline, ends it with 1.
 
+Job hooks as the real runner runs them: `bin/Runner.Listener` first sets every `KEY=VALUE` line
+of the runner's `.env` in its environment; then, around a job, the script named by
+`ACTIONS_RUNNER_HOOK_JOB_STARTED` runs before the job's steps ("Set up runner") and the one named
+by `ACTIONS_RUNNER_HOOK_JOB_COMPLETED` after them, before the job completes ("Complete runner";
+also for a job finished from outside). Each is an absolute path to a `.sh` file run with
+`bash -e` as the runner's user, with its environment plus the job's `GITHUB_*` variables; a hook
+that fails fails the job (a failing started hook skips the steps).
+
 A job may ask for a failure (`runner_behaviour` in the GitHub simulator's job): `crash` (as
 below) or `hang` (the runner never reports; the job stays running, the VM up). Failure
 behaviours per server come from `/etc/scaleset-sandbox/runner.json` inside the VM (written by the
@@ -52,6 +60,8 @@ import base64
 import ctypes
 import json
 import os
+import shutil
+import subprocess
 import sys
 import time
 import urllib.error
@@ -59,6 +69,8 @@ import urllib.request
 
 BEHAVIOUR_PATH = "@BEHAVIOUR_PATH@"
 VERSION = "@VERSION@"
+STARTED_HOOK = "ACTIONS_RUNNER_HOOK_JOB_STARTED"
+COMPLETED_HOOK = "ACTIONS_RUNNER_HOOK_JOB_COMPLETED"
 
 
 def log(message):
@@ -91,6 +103,49 @@ def hang():
         time.sleep(3600)
 
 
+def load_env_file(root):
+    """As the real Runner.Listener does at start: every KEY=VALUE line of <runner root>/.env is
+    set in its environment, over what the environment already had."""
+    try:
+        with open(os.path.join(root, ".env")) as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return
+    for line in lines:
+        key, separator, value = line.partition("=")
+        if separator and key:
+            os.environ[key] = value
+
+
+def run_hook(variable, step, root, runner_name, job):
+    """The job hook named by `variable` (ACTIONS_RUNNER_HOOK_JOB_STARTED or _COMPLETED), as the
+    real runner runs it: an absolute path to a .sh file, run with `bash -e` (or sh) as this
+    runner's user, with this runner's environment plus the job's GITHUB_* variables. True
+    when there is none or it exits 0; otherwise the job fails, as the real one's does."""
+    path = os.environ.get(variable, "")
+    if not path:
+        return True
+    if not os.path.isabs(path) or not path.endswith(".sh"):
+        log(f"{step}: {variable}={path} is not an absolute path to a .sh file")
+        return False
+    shell = shutil.which("bash") or shutil.which("sh")
+    work = os.path.join(root, "_work")
+    os.makedirs(work, exist_ok=True)
+    env = dict(
+        os.environ,
+        CI="true",
+        GITHUB_ACTIONS="true",
+        GITHUB_JOB=f"job-{job['id']}",
+        GITHUB_RUN_ID=str(job["id"]),
+        RUNNER_NAME=runner_name,
+    )
+    log(f"{step}: running {path}")
+    done = subprocess.run([shell, "-e", path], env=env, cwd=work, stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        log(f"{step}: {path} exited {done.returncode}")
+    return done.returncode == 0
+
+
 def name_process():
     """`env python3` leaves the process named python3; the probe looks for Runner.Listener."""
     try:
@@ -104,6 +159,8 @@ def main(argv):
         print(VERSION, flush=True)
         return 0
     name_process()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(argv[0])))
+    load_env_file(root)
     if len(argv) < 3 or argv[1] != "run" or "--jitconfig" not in argv:
         log("usage: Runner.Listener run --jitconfig <config>")
         return 2
@@ -134,6 +191,7 @@ def main(argv):
         "listening for jobs")
     seen = -1
     job = None
+    completed, hook_ok = False, True
     while True:
         status, world = api.call("GET", f"/state?after_version={seen}&wait=20", timeout=60)
         if status != 200:
@@ -160,6 +218,12 @@ def main(argv):
             if job is None:
                 continue
             log(f"running job {job['id']} ({job.get('duration')} s)")
+            if not run_hook(STARTED_HOOK, "Set up runner", root, runner["name"], job):
+                # The job's steps never run; the post-job hook still does.
+                hook_ok = run_hook(COMPLETED_HOOK, "Complete runner", root, runner["name"], job)
+                completed = True
+                api.call("POST", f"/jobs/{job['id']}/finish", {"result": "failed"})
+                continue
             asked = job.get("runner_behaviour")
             if asked == "hang":
                 log("the job hangs")
@@ -175,14 +239,21 @@ def main(argv):
                 return 1
             if job.get("duration") is not None:
                 time.sleep(float(job["duration"]))
+                # The post-job hook runs at the end of the job, before it completes.
+                hook_ok = run_hook(COMPLETED_HOOK, "Complete runner", root, runner["name"], job)
+                completed = True
+                result = job.get("configured_result") or "succeeded"
                 api.call("POST", f"/jobs/{job['id']}/finish",
-                         {"result": job.get("configured_result") or "succeeded"})
+                         {"result": result if hook_ok else "failed"})
             continue
         done = next((j for j in world["jobs"] if j["id"] == job["id"]), None)
         if done is not None and done["state"] == "completed":
+            if not completed:  # finished from outside (canceled): post-job steps still run
+                hook_ok = run_hook(COMPLETED_HOOK, "Complete runner", root, runner["name"], job)
+                completed = True
             result = done.get("result")
             log(f"job {job['id']} completed: {result}")
-            return 0 if result == "succeeded" else 1
+            return 0 if result == "succeeded" and hook_ok else 1
         if mine is not None and mine["state"] == "offline":
             log("the service marked this runner offline")
             return 1

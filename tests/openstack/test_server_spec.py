@@ -112,3 +112,22 @@ def test_with_accept_new_no_host_key_is_injected_or_recorded() -> None:
         assert (info.host_public_key == host_key.public_openssh) is expect_key
         assert (info.host_public_key is None) is not expect_key
         assert (host_key.public_openssh.split()[1] in spec.user_data.decode()) is expect_key
+
+
+def test_the_safety_net_timers_reach_the_bootstrap_in_whole_seconds() -> None:
+    configured = settings(
+        idle_runner_timeout=100.5, max_runner_lifetime=7200.0, vm_lifetime_grace=0.5
+    )
+    spec = server_spec(
+        configured,
+        configured.runners[0],
+        Ownership("prod", 12),
+        "gpu-0123abcd",
+        "SECRET-JIT-CONFIG",
+        generate_host_key(),
+        datetime.now(UTC),
+        RUNNER,
+    )
+    script = spec.user_data.decode()
+    assert "IDLE_SHUTDOWN=302\n" in script  # 3 x 100.5 s, rounded up
+    assert "LIFETIME_SHUTDOWN=7201\n" in script

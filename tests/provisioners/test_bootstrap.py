@@ -131,7 +131,7 @@ def test_an_unknown_placeholder_in_the_download_url_is_refused() -> None:
 def test_a_4kib_jit_config_stays_far_below_nova_limit() -> None:
     user_data = render_user_data(spec(jit_config="J" * 4096))
 
-    assert len(base64.b64encode(user_data)) < NOVA_USER_DATA_LIMIT // 4
+    assert len(base64.b64encode(user_data)) < NOVA_USER_DATA_LIMIT // 3
 
 
 def test_a_huge_extra_value_trips_the_nova_limit_naming_both_numbers(tmp_path: Path) -> None:

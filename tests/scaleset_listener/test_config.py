@@ -74,6 +74,9 @@ def test_bad_durations_are_refused(text: str) -> None:
         ("VM_SSH_PORT=0", "VM_SSH_PORT:"),
         ("VM_SSH_PORT=65536", "VM_SSH_PORT:"),
         ("GITHUB_APP_ID=12", "GitHub App auth is incomplete: missing GITHUB_APP_INSTALLATION_ID"),
+        ("VM_IDLE_SHUTDOWN=1m", "VM_IDLE_SHUTDOWN: 0 (off) or at least IDLE_RUNNER_TIMEOUT"),
+        ("VM_IDLE_SHUTDOWN=5x", "VM_IDLE_SHUTDOWN: '5x' is not a duration"),
+        ("VM_LIFETIME_GRACE=-1", "VM_LIFETIME_GRACE:"),
     ],
 )
 def test_a_bad_value_fails_with_one_line_naming_the_variable(
@@ -203,3 +206,20 @@ def test_bad_openstack_values_name_the_variable(tmp_path: Path, line: str, named
 
     with pytest.raises(ConfigError, match=named):
         load_settings(write_env(tmp_path, MINIMAL + line + "\n"))
+
+
+@pytest.mark.parametrize(
+    ("lines", "idle", "lifetime"),
+    [
+        ("", 900.0, 86400.0 + 3600.0),
+        ("IDLE_RUNNER_TIMEOUT=2m\nMAX_RUNNER_LIFETIME=6h\n", 360.0, 6 * 3600.0 + 3600.0),
+        ("VM_IDLE_SHUTDOWN=0\nVM_LIFETIME_GRACE=0\n", 0.0, 86400.0),
+        ("VM_IDLE_SHUTDOWN=45m\nVM_LIFETIME_GRACE=10m\n", 2700.0, 86400.0 + 600.0),
+    ],
+)
+def test_the_vm_safety_nets_default_to_multiples_of_the_listener_timers(
+    tmp_path: Path, lines: str, idle: float, lifetime: float
+) -> None:
+    settings = load_settings(write_env(tmp_path, MINIMAL + lines))
+    assert settings.effective_vm_idle_shutdown == idle
+    assert settings.vm_lifetime_shutdown == lifetime

@@ -710,11 +710,15 @@ class SandboxFleet(GuestFleet[_Vm]):
         return SandboxVm(spec, vm_dir), spec.user_data is not None
 
     def _power_off(self, vm: _Vm) -> None:
-        """The guest powered itself off: pull the plug, report SHUTOFF."""
+        """The guest powered itself off: pull the plug, report SHUTOFF. A runner still online
+        (the VM went down under it, e.g. a safety net's power-off) dies with it, as it would
+        with GitHub: its job fails, the runner goes offline."""
         box = vm.sandbox
         assert box is not None
         self._absorb([(vm, self._relay_console(vm, box))], [])
-        box.kill()
+        runner = _find_runner(self._github.state(), vm)
+        online = runner["id"] if runner and runner["state"] in ("idle", "busy") else None
+        self._pull_plug(vm, online)
         try:
             self._cloud.set_server_status(vm.server_id, "SHUTOFF")
         except ControlApiError as exc:
