@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from openstack import connection
-from openstack.config import loader
 
 from provisioners.openstack import CloudCheck, OpenStackProvisioner
-from simulator.openstack.control import CloudControl
 from tests.openstack.test_provisioner_contract import config_for
 from tests.testsupport.clouds import CloudTarget
-from tests.testsupport.real_cloud import stack_info
+from tests.testsupport.quotas import instance_quota, servers
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -42,50 +39,6 @@ async def provisioner_for(
         yield adapter
     finally:
         await adapter.close()
-
-
-def _admin(cloud: CloudTarget) -> connection.Connection:
-    config = loader.OpenStackConfig(config_files=[str(cloud.clouds_yaml)], load_envvars=False)
-    return connection.Connection(config=config.get_one(cloud=str(stack_info()["admin_cloud"])))
-
-
-@contextlib.contextmanager
-def instance_quota(cloud: CloudTarget, limit: int) -> Iterator[None]:
-    """The project's instance quota set to `limit` for the block, then back to the default."""
-    if cloud.control_url is not None:
-        with CloudControl(cloud.control_url) as control:
-            control.set_quotas(instances=limit)
-            yield
-        return
-    demo = connection.Connection(
-        config=loader.OpenStackConfig(
-            config_files=[str(cloud.clouds_yaml)], load_envvars=False
-        ).get_one(cloud=cloud.cloud_name)
-    )
-    admin = _admin(cloud)
-    try:
-        project = demo.current_project_id
-        path = f"/os-quota-sets/{project}"
-        answer = admin.compute.put(path, json={"quota_set": {"instances": limit}})
-        assert answer.status_code == 200, answer.text
-        try:
-            yield
-        finally:
-            assert admin.compute.delete(path).status_code == 202
-    finally:
-        admin.close()
-        demo.close()
-
-
-def servers(cloud: CloudTarget) -> int:
-    with contextlib.closing(
-        connection.Connection(
-            config=loader.OpenStackConfig(
-                config_files=[str(cloud.clouds_yaml)], load_envvars=False
-            ).get_one(cloud=cloud.cloud_name)
-        )
-    ) as conn:
-        return len(list(conn.compute.servers()))
 
 
 async def test_a_good_configuration_passes_every_check_and_creates_nothing(
