@@ -86,11 +86,12 @@ class CloudCheck:
 
     `subject` is what was checked: cloud (authentication), microversion, image, flavor,
     network, security_group, keypair, floating_ip, quota; `ref` the name or id looked up (empty
-    where there is none); `detail` what was found, or why it failed."""
+    where there is none); `ok` None when it could not be checked because something it needs
+    failed; `detail` what was found, or why it failed."""
 
     subject: str
     ref: str
-    ok: bool
+    ok: bool | None
     detail: str
 
 
@@ -348,7 +349,7 @@ class OpenStackProvisioner:
         if len(sizes) == len(flavor_demand):
             checks.append(await self._quota_finding(sizes))
         else:
-            checks.append(CloudCheck("quota", "", False, "not checked: a flavor is unknown"))
+            checks.append(CloudCheck("quota", "", None, "not checked: a flavor is unknown"))
         return checks
 
     async def _finding(

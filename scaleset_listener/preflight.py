@@ -247,40 +247,40 @@ async def cloud_checks(settings: Settings) -> list[Check]:
             detail = f"compute API {detail}"
         elif check.subject == "quota" and check.ok:
             detail = f"room for every scale set at max_runners: {detail}"
-        elif check.subject == "quota":
+        elif check.subject == "quota" and check.ok is False:
             detail = f"max_runners of every scale set do not fit: {detail}"
-        checks.append(
-            Check("ok" if check.ok else "FAIL", _setting_of(settings, check, images), detail)
-        )
+        status: Status = "skip" if check.ok is None else ("ok" if check.ok else "FAIL")
+        checks.append(Check(status, _setting_of(settings, check, images), detail))
     return checks
 
 
 def user_data_check(settings: Settings, release: RunnerRelease) -> Check:
-    """The bootstrap rendered for the largest scale set name with a placeholder JIT config of
-    realistic (upper-bound) size, measured as Nova measures it: the base64 text."""
+    """The bootstrap of each scale set rendered with a placeholder JIT config of realistic
+    (upper-bound) size; the largest measured as Nova measures it: the base64 text."""
     setting = "CLOUD_INIT_TEMPLATE"
-    longest = max(settings.runners, key=lambda spec: len(spec.name) + len(spec.effective_labels))
-    name = runner_name(longest.name)
     placeholder = "A" * JIT_CONFIG_PLACEHOLDER_SIZE
-    try:
-        spec = server_spec(
-            settings,
-            longest,
-            Ownership(settings.effective_listener_instance_id, 1),
-            name,
-            placeholder,
-            generate_host_key(name),
-            datetime.now(UTC),
-            release,
-        )
-    except BootstrapError as exc:
-        return Check("FAIL", setting, str(exc))
-    size = len(base64.b64encode(spec.user_data))
+    largest = 0
+    for scale_set in settings.runners:
+        name = runner_name(scale_set.name)
+        try:
+            spec = server_spec(
+                settings,
+                scale_set,
+                Ownership(settings.effective_listener_instance_id, 1),
+                name,
+                placeholder,
+                generate_host_key(name),
+                datetime.now(UTC),
+                release,
+            )
+        except BootstrapError as exc:  # UserDataTooLarge among them
+            return Check("FAIL", setting, f"scale set {scale_set.name}: {exc}")
+        largest = max(largest, len(base64.b64encode(spec.user_data)))
     detail = (
-        f"user_data {size} of {USER_DATA_LIMIT} bytes base64-encoded "
+        f"user_data {largest} of {USER_DATA_LIMIT} bytes base64-encoded "
         f"(with a {JIT_CONFIG_PLACEHOLDER_SIZE}-character placeholder JIT config)"
     )
-    return Check("ok" if size <= USER_DATA_LIMIT else "FAIL", setting, detail)
+    return Check("ok" if largest <= USER_DATA_LIMIT else "FAIL", setting, detail)
 
 
 # All of it ---------------------------------------------------------------------------------

@@ -179,3 +179,16 @@ def test_the_command_prints_one_line_per_check_and_exits_2(world: World, tmp_pat
     assert any(line.startswith("ok    OPENSTACK_IMAGE") for line in lines), done.stdout
     assert all(line.split()[0] in ("ok", "warn", "FAIL", "skip") for line in lines), done.stdout
     assert world.github.config.pats[0] not in done.stdout + done.stderr
+
+
+async def test_an_unknown_flavor_fails_and_the_quota_is_skipped(world: World) -> None:
+    checks = await run(world, openstack_flavor="no-such-flavor")
+    assert list(failed(checks)) == ["OPENSTACK_FLAVOR"]
+    assert by_setting(checks)["RUNNERS (max_runners)"].status == "skip"
+
+
+async def test_a_template_too_large_for_nova_fails(world: World, tmp_path: Path) -> None:
+    template = tmp_path / "big.sh.j2"
+    template.write_text("#!/bin/sh\n# " + "x" * 60000 + "\n{{ jit_config }}\n")
+    checks = await run(world, cloud_init_template=template)
+    assert "Nova takes at most 65535" in failed(checks)["CLOUD_INIT_TEMPLATE"]
