@@ -9,6 +9,8 @@
 * Server tags need compute microversion 2.52; the adapter checks what the cloud offers once and
   says clearly when it is older (listing by tag is how inventory finds our servers, and Nova
   silently ignores metadata filters, so there is no safe fallback).
+* `preflight` looks everything up that a create will need (read-only: it creates nothing) and
+  reports each finding as a CloudCheck instead of raising, so that one run shows every problem.
 * Errors are translated once, here: quota -> QuotaExceeded, 404 -> ServerNotFound, 400 and
   unknown image/flavor/network -> PermanentProvisionerError, 409/5xx/timeouts/connection
   failures -> TemporaryProvisionerError, ERROR status -> ServerFailed with Nova's fault message.
@@ -24,7 +26,7 @@ import dataclasses
 import functools
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -51,6 +53,8 @@ from provisioners.base import (
 T = TypeVar("T")
 
 TAGS_MICROVERSION = (2, 52)
+# Nova's API schema caps `user_data` at 65535 characters of the base64 text it is sent as, not of
+# the decoded bytes (tests/real_openstack/README.md: 65536 refused with 400, 65532 accepted).
 USER_DATA_LIMIT = 65535
 
 
@@ -74,6 +78,67 @@ class OpenStackConfig:
     max_workers: int = 8
     # The clouds.yaml entry; None lets openstacksdk read OS_CLOUD or the OS_* variables.
     cloud: str | None = None
+
+
+@dataclass(frozen=True)
+class CloudCheck:
+    """One finding of `OpenStackProvisioner.preflight`.
+
+    `subject` is what was checked: cloud (authentication), microversion, image, flavor,
+    network, security_group, keypair, floating_ip, quota; `ref` the name or id looked up (empty
+    where there is none); `ok` None when it could not be checked because something it needs
+    failed; `detail` what was found, or why it failed."""
+
+    subject: str
+    ref: str
+    ok: bool | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class FlavorSize:
+    vcpus: int
+    ram_mb: int
+
+
+@dataclass(frozen=True)
+class ComputeLimits:
+    """Nova's absolute limits of the project (GET /limits); -1 is unlimited."""
+
+    max_instances: int
+    max_cores: int
+    max_ram_mb: int
+    used_instances: int
+    used_cores: int
+    used_ram_mb: int
+
+
+def quota_shortfalls(
+    limits: ComputeLimits, demand: Collection[tuple[FlavorSize, int]]
+) -> tuple[str, list[str]]:
+    """What `demand` (servers of each flavor at once) needs against the headroom the project has
+    left: a summary, and one sentence per resource that does not fit (empty: it fits)."""
+    needed = {
+        "instances": sum(count for _, count in demand),
+        "cores": sum(size.vcpus * count for size, count in demand),
+        "ram": sum(size.ram_mb * count for size, count in demand),
+    }
+    quotas = {
+        "instances": (limits.max_instances, limits.used_instances, ""),
+        "cores": (limits.max_cores, limits.used_cores, " vCPUs"),
+        "ram": (limits.max_ram_mb, limits.used_ram_mb, " MiB"),
+    }
+    parts, short = [], []
+    for name, (limit, used, unit) in quotas.items():
+        need = needed[name]
+        if limit < 0:
+            parts.append(f"{name} {need}{unit} of unlimited")
+            continue
+        free = max(0, limit - used)
+        parts.append(f"{name} {need}{unit} of {free} free")
+        if need > free:
+            short.append(f"{name}: {need}{unit} needed, {free} free ({used} of {limit} in use)")
+    return ", ".join(parts), short
 
 
 def _translate(exc: BaseException, what: str) -> ProvisionerError:
@@ -221,17 +286,19 @@ class OpenStackProvisioner:
 
     # Checks --------------------------------------------------------------------------------
 
-    async def check_microversion(self) -> None:
-        """Fail clearly when the compute API is older than tags need (2.52)."""
-        if self._checked_microversion:
-            return
-
+    async def _max_microversion(self) -> tuple[int, int] | None:
         def max_version(conn: openstack.connection.Connection) -> tuple[int, int] | None:
             data = conn.compute.get_endpoint_data()
             version = getattr(data, "max_microversion", None)
             return (int(version[0]), int(version[1])) if version else None
 
-        offered = await self._call("read compute API versions", max_version)
+        return await self._call("read compute API versions", max_version)
+
+    async def check_microversion(self) -> None:
+        """Fail clearly when the compute API is older than tags need (2.52)."""
+        if self._checked_microversion:
+            return
+        offered = await self._max_microversion()
         if offered is None or offered < TAGS_MICROVERSION:
             shown = "none" if offered is None else f"{offered[0]}.{offered[1]}"
             raise CloudTooOld(
@@ -240,6 +307,88 @@ class OpenStackProvisioner:
                 "has offered 2.52 since the Queens release (2018)."
             )
         self._checked_microversion = True
+
+    # Pre-flight ----------------------------------------------------------------------------
+
+    async def preflight(
+        self, images: Collection[str], flavor_demand: Mapping[str, int]
+    ) -> list[CloudCheck]:
+        """Everything a create needs, looked up and changed nothing: authentication, the compute
+        microversion, each of `images` and of the flavors in `flavor_demand`, the configured
+        network, security groups, key pair and floating IPs, and whether the project's quota
+        has room for `flavor_demand` (flavor -> servers at once) on top of what is in use."""
+        try:
+            project = await self._call("authenticate", _authenticate)
+        except ProvisionerError as exc:
+            # Nothing else can be looked up without a token; each would repeat this failure.
+            return [CloudCheck("cloud", self._config.cloud or "", False, str(exc))]
+        checks = [CloudCheck("cloud", self._config.cloud or "", True, project)]
+        checks.append(await self._check_microversion_finding())
+        for image in images:
+            checks.append(await self._finding("image", image, _find_image))
+        sizes: list[tuple[FlavorSize, int]] = []
+        for flavor, count in flavor_demand.items():
+            try:
+                size, detail = await self._call(
+                    f"look up flavor {flavor!r}", functools.partial(_find_flavor, flavor)
+                )
+            except ProvisionerError as exc:
+                checks.append(CloudCheck("flavor", flavor, False, str(exc)))
+                continue
+            checks.append(CloudCheck("flavor", flavor, True, detail))
+            sizes.append((size, count))
+        config = self._config
+        if config.network:
+            checks.append(await self._finding("network", config.network, _find_network))
+        for group in config.security_groups:
+            checks.append(await self._finding("security_group", group, _find_security_group))
+        if config.keypair:
+            checks.append(await self._finding("keypair", config.keypair, _find_keypair))
+        for address in config.floating_ips:
+            checks.append(await self._finding("floating_ip", address, _find_floating_ip))
+        if len(sizes) == len(flavor_demand):
+            checks.append(await self._quota_finding(sizes))
+        else:
+            checks.append(CloudCheck("quota", "", None, "not checked: a flavor is unknown"))
+        return checks
+
+    async def _finding(
+        self,
+        subject: str,
+        ref: str,
+        find: Callable[[str, openstack.connection.Connection], str],
+    ) -> CloudCheck:
+        label = subject.replace("_", " ")
+        try:
+            detail = await self._call(f"look up {label} {ref!r}", functools.partial(find, ref))
+        except ProvisionerError as exc:
+            return CloudCheck(subject, ref, False, str(exc))
+        return CloudCheck(subject, ref, True, detail)
+
+    async def _check_microversion_finding(self) -> CloudCheck:
+        try:
+            offered = await self._max_microversion()
+        except ProvisionerError as exc:
+            return CloudCheck("microversion", "", False, str(exc))
+        needed = ".".join(map(str, TAGS_MICROVERSION))
+        if offered is None or offered < TAGS_MICROVERSION:
+            shown = "none" if offered is None else f"{offered[0]}.{offered[1]}"
+            return CloudCheck(
+                "microversion", "", False, f"the compute API offers {shown}; {needed} is needed"
+            )
+        return CloudCheck(
+            "microversion", "", True, f"{offered[0]}.{offered[1]} offered, {needed} needed"
+        )
+
+    async def _quota_finding(self, demand: list[tuple[FlavorSize, int]]) -> CloudCheck:
+        try:
+            limits = await self._call("read compute limits", _compute_limits)
+        except ProvisionerError as exc:
+            return CloudCheck("quota", "", False, str(exc))
+        summary, short = quota_shortfalls(limits, demand)
+        if short:
+            return CloudCheck("quota", "", False, "; ".join(short))
+        return CloudCheck("quota", "", True, summary)
 
     # Provisioner protocol ------------------------------------------------------------------
 
@@ -507,3 +656,85 @@ class OpenStackProvisioner:
                         conn.network.update_ip(ip, port_id=None)
 
         await self._call(f"release floating IPs of {server_id}", release)
+
+
+# The pre-flight's look-ups: each runs on a worker thread, returns what it found as one line, and
+# raises (translated by `_call`) when the thing is not there.
+
+
+def _missing(kind: str, ref: str) -> PermanentProvisionerError:
+    return PermanentProvisionerError(f"no {kind} named {ref!r} (nor with that id)")
+
+
+def _authenticate(conn: openstack.connection.Connection) -> str:
+    conn.authorize()
+    return f"authenticated, project {conn.current_project_id}"
+
+
+def _find_image(ref: str, conn: openstack.connection.Connection) -> str:
+    image = conn.image.find_image(ref, ignore_missing=True)
+    if image is None:
+        raise _missing("image", ref)
+    status = str(image.status or "unknown")
+    if status != "active":
+        raise PermanentProvisionerError(f"image {ref!r} (id {image.id}) is {status}, not active")
+    return f"{image.name} (id {image.id})"
+
+
+def _find_flavor(ref: str, conn: openstack.connection.Connection) -> tuple[FlavorSize, str]:
+    flavor = conn.compute.find_flavor(ref, ignore_missing=True)
+    if flavor is None:
+        raise _missing("flavor", ref)
+    size = FlavorSize(vcpus=int(flavor.vcpus or 0), ram_mb=int(flavor.ram or 0))
+    return size, f"{flavor.name} (id {flavor.id}, {size.vcpus} vCPUs, {size.ram_mb} MiB RAM)"
+
+
+def _find_network(ref: str, conn: openstack.connection.Connection) -> str:
+    network = conn.network.find_network(ref, ignore_missing=True)
+    if network is None:
+        raise _missing("network", ref)
+    return f"{network.name} (id {network.id})"
+
+
+def _find_security_group(ref: str, conn: openstack.connection.Connection) -> str:
+    group = conn.network.find_security_group(ref, ignore_missing=True)
+    if group is None:
+        raise _missing("security group", ref)
+    return f"{group.name} (id {group.id})"
+
+
+def _find_keypair(ref: str, conn: openstack.connection.Connection) -> str:
+    keypair = conn.compute.find_keypair(ref, ignore_missing=True)
+    if keypair is None:
+        raise PermanentProvisionerError(f"no key pair named {ref!r}")
+    return f"{keypair.name} ({keypair.type or 'ssh'})"
+
+
+def _find_floating_ip(address: str, conn: openstack.connection.Connection) -> str:
+    found = next(iter(conn.network.ips(floating_ip_address=address)), None)
+    if found is None:
+        raise PermanentProvisionerError(f"no floating IP {address} in the project")
+    state = f"in use by port {found.port_id}" if found.port_id else "free"
+    return f"{address} (id {found.id}, {state})"
+
+
+def _compute_limits(conn: openstack.connection.Connection) -> ComputeLimits:
+    # The raw document rather than the SDK's Limits resource, which warns about fields Nova
+    # still sends below microversion 2.57 (maxPersonality) on every read.
+    response = conn.compute.get("/limits", raise_exc=False)
+    openstack.exceptions.raise_from_response(response)
+    absolute = response.json().get("limits", {}).get("absolute", {})
+
+    def number(key: str) -> int:
+        value = absolute.get(key)
+        # Absent means Nova does not limit it; -1 is Nova's own "unlimited".
+        return int(value) if isinstance(value, int | float) else -1
+
+    return ComputeLimits(
+        max_instances=number("maxTotalInstances"),
+        max_cores=number("maxTotalCores"),
+        max_ram_mb=number("maxTotalRAMSize"),
+        used_instances=max(0, number("totalInstancesUsed")),
+        used_cores=max(0, number("totalCoresUsed")),
+        used_ram_mb=max(0, number("totalRAMUsed")),
+    )

@@ -1,4 +1,5 @@
-"""The `scaleset-listener` command: `run` the service, `reconcile` once, `check-config`, `demo`.
+"""The `scaleset-listener` command: `run` the service, `reconcile` once, `check-config` (offline,
+or `--online`: the pre-flight, preflight.py), `demo`.
 
 Exit codes: 0 success, 1 the service failed while running, 2 the configuration is wrong (for
 `demo`: the simulator it needs is not installed).
@@ -24,6 +25,7 @@ from scaleset_listener.config import Settings, load_settings
 from scaleset_listener.errors import ConfigError
 from scaleset_listener.http import HttpChannel
 from scaleset_listener.logs import configure
+from scaleset_listener.preflight import run_preflight
 from scaleset_listener.service import run_service
 from scaleset_listener.wiring import (
     acting_on,
@@ -68,10 +70,15 @@ def _parser() -> argparse.ArgumentParser:
     reconcile.add_argument(
         "--dry-run", action="store_true", help="print the decisions and change nothing"
     )
-    commands.add_parser(
+    check_config = commands.add_parser(
         "check-config",
         parents=[env_file],
         help="validate the settings and print them, secrets masked",
+    )
+    check_config.add_argument(
+        "--online",
+        action="store_true",
+        help="also ask GitHub and the cloud (read-only): one line per check, exit 2 on a failure",
     )
     return parser
 
@@ -149,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"scaleset-listener: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "check-config":
+        if args.online:
+            return asyncio.run(run_preflight(settings, out=print))
         print("\n".join(effective_settings(settings)))
         return EXIT_OK
     configure(settings.log_level, settings.log_format)

@@ -257,6 +257,35 @@ class RunnerVersions:
             return f"the runner release (GITHUB_RUNNER_VERSION=latest) is not resolved yet{cause}"
         return self._stale
 
+    async def resolve_once(self) -> tuple[RunnerRelease, str | None]:
+        """One look, without the start's waiting: the release new VMs would get, and a warning
+        when GitHub will soon refuse it (a superseded pin). Raises ListenerError when `latest`
+        does not resolve, or when GitHub lists no release of the pinned version. Changes
+        nothing here (the pre-flight's check)."""
+        if self.follows_latest:
+            return release_from_downloads(await self._source.downloads(), self._mirror_url), None
+        release = self.current()
+        mine = parse_version(release.version)
+        releases = await self._source.releases()
+        if releases is None:  # GHES: compare with the version it offers
+            offered = release_from_downloads(await self._source.downloads()).version
+            wanted = parse_version(offered)
+            if mine is not None and wanted is not None and mine < wanted:
+                return release, f"older than {offered}, the version GitHub Enterprise Server offers"
+            return release, None
+        if mine not in {published.version for published in releases}:
+            raise RunnerVersionUnavailable(
+                f"GITHUB_RUNNER_VERSION={release.version}: GitHub lists no such runner release "
+                "among its newest 100"
+            )
+        days = days_superseded(release.version, releases, self._clock())
+        if days is not None and days > STALE_AFTER_DAYS:
+            return release, (
+                f"superseded {days:.0f} days ago; GitHub refuses runners {GITHUB_CUTOFF_DAYS} "
+                "days after a newer release"
+            )
+        return release, None
+
     async def start(
         self, stop: asyncio.Event | None = None, backoff: RecoveryBackoff | None = None
     ) -> RunnerRelease | None:

@@ -33,21 +33,6 @@ from tests.testsupport.clouds import CloudTarget
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("simulator", id="simulator"),
-        pytest.param("real", id="real-nova", marks=pytest.mark.real_openstack),
-    ]
-)
-def cloud(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> CloudTarget:
-    target: CloudTarget = request.getfixturevalue(
-        "sim_cloud" if request.param == "simulator" else "real_cloud"
-    )
-    for name, value in target.env.items():
-        monkeypatch.setenv(name, value)
-    return target
-
-
 def config_for(cloud: CloudTarget, **overrides: object) -> OpenStackConfig:
     values: dict[str, object] = {
         "image": cloud.image,

@@ -95,6 +95,30 @@ def test_unknown_pat_is_rejected_with_bad_credentials(github_sim: GitHubSim) -> 
     assert response.json()["message"] == "Bad credentials"
 
 
+@pytest.mark.parametrize(
+    ("path", "scope"),
+    [
+        ("enterprises/big/actions", "manage_runners:enterprise"),
+        ("repos/acme/app/actions", "repo"),
+        ("orgs/acme/actions", "admin:org"),
+    ],
+)
+@pytest.mark.parametrize("endpoint", ["POST registration-token", "GET downloads"])
+def test_a_pat_without_the_runner_admin_scope_is_refused_with_403(
+    github_sim_factory: GitHubSimFactory, path: str, scope: str, endpoint: str
+) -> None:
+    limited = "ghp_read_org_only"
+    sim = github_sim_factory(pats=("ghp_full", limited), pats_without_runner_admin=(limited,))
+    method, name = endpoint.split()
+    url = f"{sim.api_url}/{path}/runners/{name}"
+    refused = httpx.request(method, url, headers={"Authorization": f"Bearer {limited}"})
+    assert refused.status_code == 403
+    assert refused.json()["message"] == "Must have admin rights to Repository."
+    assert refused.headers["X-Accepted-OAuth-Scopes"] == scope
+    accepted = httpx.request(method, url, headers={"Authorization": "Bearer ghp_full"})
+    assert accepted.status_code in (200, 201)
+
+
 def test_pat_added_through_the_control_api_is_accepted(github_sim: GitHubSim) -> None:
     github_sim.control.add_pat("ghp_added_later")
     response = httpx.post(

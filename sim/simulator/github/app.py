@@ -178,7 +178,40 @@ async def access_tokens(sim: SimulatorApp, ctx: Ctx) -> Reply:
     )
 
 
+# The scope a classic PAT needs for runner administration, per kind of scope path.
+_RUNNER_ADMIN_SCOPES = {
+    "org": "admin:org",
+    "repo": "repo",
+    "enterprise": "manage_runners:enterprise",
+}
+
+
+def _runner_admin_refused(sim: SimulatorApp, ctx: Ctx, kind: str) -> Reply | None:
+    """GitHub's answer to a classic PAT without the runner-administration scope: 403 with its
+    (repository-worded, whatever the scope) message and the scope it would have accepted."""
+    if ctx.token not in sim.world.config.pats_without_runner_admin:
+        return None
+    reply = Reply.json(
+        403,
+        {
+            "message": "Must have admin rights to Repository.",
+            "documentation_url": "https://docs.github.com/rest/actions/self-hosted-runners",
+        },
+    )
+    reply.headers["X-Accepted-OAuth-Scopes"] = _RUNNER_ADMIN_SCOPES[kind]
+    reply.headers["X-OAuth-Scopes"] = "read:org"
+    return reply
+
+
 async def _registration_token(sim: SimulatorApp, ctx: Ctx, scope_path: str) -> Reply:
+    kind = (
+        "enterprise"
+        if scope_path.startswith("enterprises/")
+        else ("repo" if "/" in scope_path else "org")
+    )
+    refused = _runner_admin_refused(sim, ctx, kind)
+    if refused is not None:
+        return refused
     token = sim.world.credentials.issue_registration_token(scope_path)
     return Reply.json(
         201, {"token": token.token, "expires_at": _now_iso(sim.world.config.registration_token_ttl)}
@@ -245,6 +278,10 @@ async def repo_registration_token(sim: SimulatorApp, ctx: Ctx) -> Reply:
     "credential",
 )
 async def runner_downloads(sim: SimulatorApp, ctx: Ctx) -> Reply:
+    kind = "enterprise" if "ent" in ctx.params else ("org" if "org" in ctx.params else "repo")
+    refused = _runner_admin_refused(sim, ctx, kind)
+    if refused is not None:
+        return refused
     return Reply.json(200, sim.world.releases.downloads())
 
 

@@ -21,6 +21,11 @@ class SimulatorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     pats: tuple[str, ...] = (DEFAULT_PAT,)
+    # Classic PATs (also listed in `pats`) that authenticate but lack the scope runner
+    # administration needs (admin:org for an organization, repo for a repository,
+    # manage_runners:enterprise for an enterprise): GitHub refuses them with 403 on the
+    # registration-token and runner-downloads endpoints, as it does for such a token.
+    pats_without_runner_admin: tuple[str, ...] = ()
     # github.com: queued jobs are assigned directly (JobAssigned); ghes: they are offered
     # (JobAvailable) and only assigned once the listener acquires them.
     mode: Mode = "github.com"
