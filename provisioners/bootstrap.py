@@ -40,7 +40,13 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from provisioners.base import PermanentProvisionerError
-from provisioners.sentinels import DEFAULT_SENTINEL_DIR
+from provisioners.sentinels import (
+    DEFAULT_PROBE_USER,
+    DEFAULT_SENTINEL_DIR,
+    REPORT_SCRIPT_PATH,
+    authorized_keys_entry,
+    report_script,
+)
 
 # Nova's limit applies to the base64 text of user_data in the create-server request.
 NOVA_USER_DATA_LIMIT = 65535
@@ -121,6 +127,10 @@ class BootstrapSpec:
     runner_dir: str = DEFAULT_RUNNER_DIR
     ssh_host_key_private: str | None = field(default=None, repr=False)
     ssh_host_key_public: str | None = None
+    # The SSH probe's public key (`<type> <base64>`), authorized for `probe_user` only to run
+    # the report script; None: no probe access is installed.
+    probe_public_key: str | None = None
+    probe_user: str = DEFAULT_PROBE_USER
     # Users may carry credentials (a registry token) in their own variables: kept out of repr.
     extra: Mapping[str, object] = field(default_factory=dict, repr=False)
     root: str = ""
@@ -137,6 +147,13 @@ class BootstrapSpec:
             raise BootstrapError("give both parts of the SSH host key, or neither")
         if not _USER_NAME.fullmatch(self.runner_user):
             raise BootstrapError(f"runner_user {self.runner_user!r} is not a valid user name")
+        if not _USER_NAME.fullmatch(self.probe_user):
+            raise BootstrapError(f"probe_user {self.probe_user!r} is not a valid user name")
+        if self.probe_public_key:
+            try:
+                authorized_keys_entry(self.probe_public_key, self.sentinel_dir)
+            except ValueError as exc:
+                raise BootstrapError(f"probe_public_key: {exc}") from None
         for name, path in (("sentinel_dir", self.sentinel_dir), ("runner_dir", self.runner_dir)):
             if not path.startswith("/"):
                 raise BootstrapError(f"{name} must be an absolute path, got {path!r}")
@@ -195,6 +212,11 @@ class BootstrapSpec:
     def variables(self) -> dict[str, object]:
         """The template context: every built-in variable, then each extra variable by name
         (custom templates may also write `extra.NAME`)."""
+        probe_entry = (
+            authorized_keys_entry(self.probe_public_key, self.sentinel_dir)
+            if self.probe_public_key
+            else ""
+        )
         context: dict[str, object] = {
             "runner_name": self.runner_name,
             "jit_config": self.jit_config,
@@ -213,6 +235,11 @@ class BootstrapSpec:
             # Without the trailing newline: templates write each key followed by one.
             "ssh_host_key_private": (self.ssh_host_key_private or "").strip(),
             "ssh_host_key_public": (self.ssh_host_key_public or "").strip(),
+            "probe_user": self.probe_user,
+            "probe_authorized_key": probe_entry,
+            # Only with a key: the script costs about 2 KiB of Nova's 64 KiB.
+            "probe_script": report_script() if probe_entry else "",
+            "probe_script_path": REPORT_SCRIPT_PATH,
             "extra": dict(self.extra),
             "root": self.root,
             "poweroff_command": self.poweroff_command,
@@ -237,6 +264,10 @@ _BUILTIN_VARIABLES = frozenset(
         "runner_dir",
         "ssh_host_key_private",
         "ssh_host_key_public",
+        "probe_user",
+        "probe_authorized_key",
+        "probe_script",
+        "probe_script_path",
         "extra",
         "root",
         "poweroff_command",
