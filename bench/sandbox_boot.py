@@ -160,6 +160,7 @@ def run(vms: int, guest: str = "sandbox") -> dict[str, object]:
                         labels=(LABEL,),
                         ssh_host_key_private=key.private_openssh,
                         ssh_host_key_public=key.public_openssh,
+                        probe_public_key=fleet.client_public_key,
                     )
                 )
             )

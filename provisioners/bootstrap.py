@@ -40,7 +40,13 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from provisioners.base import PermanentProvisionerError
-from provisioners.sentinels import DEFAULT_SENTINEL_DIR
+from provisioners.sentinels import (
+    DEFAULT_PROBE_USER,
+    DEFAULT_SENTINEL_DIR,
+    REPORT_SCRIPT_PATH,
+    authorized_keys_entry,
+    report_script,
+)
 
 # Nova's limit applies to the base64 text of user_data in the create-server request.
 NOVA_USER_DATA_LIMIT = 65535
@@ -126,6 +132,10 @@ class BootstrapSpec:
     # if a job runs: a VM must not outlive a listener that is gone (docs/bootstrap.md).
     vm_idle_shutdown: int = 0
     vm_lifetime_shutdown: int = 0
+    # The SSH probe's public key (`<type> <base64>`), authorized for `probe_user` only to run
+    # the report script; None: no probe access is installed.
+    probe_public_key: str | None = None
+    probe_user: str = DEFAULT_PROBE_USER
     # Users may carry credentials (a registry token) in their own variables: kept out of repr.
     extra: Mapping[str, object] = field(default_factory=dict, repr=False)
     root: str = ""
@@ -140,8 +150,7 @@ class BootstrapSpec:
         self._check_runner_source()
         if bool(self.ssh_host_key_private) != bool(self.ssh_host_key_public):
             raise BootstrapError("give both parts of the SSH host key, or neither")
-        if not _USER_NAME.fullmatch(self.runner_user):
-            raise BootstrapError(f"runner_user {self.runner_user!r} is not a valid user name")
+        self._check_users()
         for name, path in (("sentinel_dir", self.sentinel_dir), ("runner_dir", self.runner_dir)):
             if not path.startswith("/"):
                 raise BootstrapError(f"{name} must be an absolute path, got {path!r}")
@@ -159,6 +168,18 @@ class BootstrapSpec:
                 raise BootstrapError(f"extra variable name {name!r} is not an identifier")
             if name in builtins:
                 raise BootstrapError(f"extra variable {name!r} would hide the built-in one")
+
+    def _check_users(self) -> None:
+        """The runner's and the probe's users, and the probe's key, can be set up on a VM."""
+        if not _USER_NAME.fullmatch(self.runner_user):
+            raise BootstrapError(f"runner_user {self.runner_user!r} is not a valid user name")
+        if not _USER_NAME.fullmatch(self.probe_user):
+            raise BootstrapError(f"probe_user {self.probe_user!r} is not a valid user name")
+        if self.probe_public_key:
+            try:
+                authorized_keys_entry(self.probe_public_key, self.sentinel_dir)
+            except ValueError as exc:
+                raise BootstrapError(f"probe_public_key: {exc}") from None
 
     def _check_runner_source(self) -> None:
         """The runner's version, URLs and checksums can work on a VM."""
@@ -206,6 +227,11 @@ class BootstrapSpec:
     def variables(self) -> dict[str, object]:
         """The template context: every built-in variable, then each extra variable by name
         (custom templates may also write `extra.NAME`)."""
+        probe_entry = (
+            authorized_keys_entry(self.probe_public_key, self.sentinel_dir)
+            if self.probe_public_key
+            else ""
+        )
         context: dict[str, object] = {
             "runner_name": self.runner_name,
             "jit_config": self.jit_config,
@@ -226,6 +252,11 @@ class BootstrapSpec:
             "ssh_host_key_public": (self.ssh_host_key_public or "").strip(),
             "vm_idle_shutdown": self.vm_idle_shutdown,
             "vm_lifetime_shutdown": self.vm_lifetime_shutdown,
+            "probe_user": self.probe_user,
+            "probe_authorized_key": probe_entry,
+            # Only with a key: the script costs about 2 KiB of Nova's 64 KiB.
+            "probe_script": report_script() if probe_entry else "",
+            "probe_script_path": REPORT_SCRIPT_PATH,
             "extra": dict(self.extra),
             "root": self.root,
             "poweroff_command": self.poweroff_command,
@@ -252,6 +283,10 @@ _BUILTIN_VARIABLES = frozenset(
         "ssh_host_key_public",
         "vm_idle_shutdown",
         "vm_lifetime_shutdown",
+        "probe_user",
+        "probe_authorized_key",
+        "probe_script",
+        "probe_script_path",
         "extra",
         "root",
         "poweroff_command",

@@ -2,9 +2,11 @@
 the marker lines it prints to the console, and the report the SSH probe's command prints about
 them (and how it is read).
 
-The bootstrap (`templates/cloud-init.sh.j2`) writes what is named here; the prober
-(`provisioners.ssh`) sends `remote_command` and parses its output with `parse_report`; the
-reconciler reads the console markers. Change one side only together with the other (and
+The bootstrap (`templates/cloud-init.sh.j2`) writes what is named here, and installs the report
+script (`report_script`) with the probe key's `authorized_keys_entry`, whose forced command runs
+it whatever the client asks; the prober (`provisioners.ssh`) sends `remote_command` (what a VM
+without that entry runs) and parses the output with `parse_report`; the reconciler reads the
+console markers. Change one side only together with the other (and
 docs/bootstrap.md, docs/ssh-probe.md). Nothing here needs paramiko.
 """
 
@@ -26,6 +28,12 @@ RUNNER_UPDATE = "runner-update"
 # Console only: a safety net (idle or lifetime) powered the VM off (docs/bootstrap.md).
 SAFETY_POWEROFF = "safety-poweroff"
 MARKER_PREFIX = "SCALESET-RUNNER"
+
+# The user the probe logs in as (VM_SSH_USER's default): made by the bootstrap, no sudo, and
+# its only key runs the report script (a forced command), nothing else.
+DEFAULT_PROBE_USER = "scaleset-probe"
+# Where the bootstrap installs the report script (root-owned, 0755).
+REPORT_SCRIPT_PATH = "/usr/local/libexec/scaleset-probe"
 
 REPORT_MARKER = "scaleset-probe 1"
 # The report is a few hundred bytes; more than this is not our command talking.
@@ -85,6 +93,32 @@ echo end
 def remote_command(sentinel_dir: str) -> str:
     """The exact command line the probe sends (run by the user's login shell)."""
     return f"/bin/sh -c {shlex.quote(REMOTE_SCRIPT)} scaleset-probe {shlex.quote(sentinel_dir)}"
+
+
+def report_script() -> str:
+    """The report script as a file (`REPORT_SCRIPT_PATH` on the VM; `$1` the sentinel dir)."""
+    return "#!/bin/sh\n" + REMOTE_SCRIPT
+
+
+def forced_command(sentinel_dir: str) -> str:
+    """The command the probe key's entry forces: the installed report script."""
+    return f"{REPORT_SCRIPT_PATH} {shlex.quote(sentinel_dir)}"
+
+
+def authorized_keys_entry(public_key: str, sentinel_dir: str) -> str:
+    """The probe key's `authorized_keys` line: `restrict` (no pty, no forwarding of any kind)
+    and a forced command, so the key runs the report and nothing else. The key's comment is
+    left out: it is free text the line must not carry."""
+    parts = public_key.split()
+    if len(parts) < 2 or not re.fullmatch(r"[A-Za-z0-9@._-]+", parts[0]):
+        raise ValueError("not an OpenSSH public key line (`<type> <base64> [comment]`)")
+    if not re.fullmatch(r"[A-Za-z0-9+/]+={0,2}", parts[1]):
+        raise ValueError("the public key's base64 is invalid")
+    # sshd unescapes only \" inside command="..."; a path with quotes or backslashes could
+    # not be written back unambiguously, so it is refused.
+    if any(c in sentinel_dir for c in '"\\\n'):
+        raise ValueError("the sentinel directory must not contain quotes, backslashes or newlines")
+    return f'restrict,command="{forced_command(sentinel_dir)}" {parts[0]} {parts[1]}'
 
 
 _FILES = (SETUP_COMPLETE, SETUP_FAILED, RUNNER_STARTED, RUN_COMPLETE)

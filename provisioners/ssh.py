@@ -132,6 +132,26 @@ def parse_public_key(line: str) -> paramiko.PKey:
         raise ValueError(f"not a usable {parts[0]} public key") from exc
 
 
+def _load_private_key(path: Path) -> paramiko.PKey:
+    try:
+        return paramiko.PKey.from_path(path)
+    except FileNotFoundError:
+        raise SSHProbeConfigError(f"VM_SSH_PRIVATE_KEY_PATH {path} does not exist") from None
+    except (OSError, paramiko.SSHException, ValueError, TypeError) as exc:
+        # The exception text may quote the file; name only its type.
+        raise SSHProbeConfigError(
+            f"cannot load the SSH private key {path} "
+            f"({type(exc).__name__}; it must be an unencrypted OpenSSH or PEM key)"
+        ) from None
+
+
+def public_key_of(private_key_path: Path) -> str:
+    """The OpenSSH public key line (`<type> <base64>`) of the probe's private key: what the
+    bootstrap authorizes on each VM. Only the public half ever leaves this function."""
+    key = _load_private_key(private_key_path)
+    return f"{key.get_name()} {key.get_base64()}"
+
+
 def fingerprint(key: paramiko.PKey) -> str:
     """`SHA256:...` as `ssh-keygen -l` prints it."""
     digest = hashlib.sha256(key.asbytes()).digest()
@@ -209,18 +229,9 @@ class SSHProber:
 
     def __init__(self, config: SSHProbeConfig) -> None:
         self.config = config
-        try:
-            self._pkey = paramiko.PKey.from_path(config.private_key_path)
-        except FileNotFoundError:
-            raise SSHProbeConfigError(
-                f"VM_SSH_PRIVATE_KEY_PATH {config.private_key_path} does not exist"
-            ) from None
-        except (OSError, paramiko.SSHException, ValueError, TypeError) as exc:
-            # The exception text may quote the file; name only its type.
-            raise SSHProbeConfigError(
-                f"cannot load the SSH private key {config.private_key_path} "
-                f"({type(exc).__name__}; it must be an unencrypted OpenSSH or PEM key)"
-            ) from None
+        self._pkey = _load_private_key(config.private_key_path)
+        # A VM whose bootstrap installed the probe's entry runs its forced command instead;
+        # one without it (made before that entry existed) runs this.
         self._command = remote_command(config.sentinel_dir)
         # Its workers' names start with this (one prefix per prober, for tests and debugging).
         self.thread_name_prefix = f"ssh-probe-{next(_PROBER_NUMBERS)}"
@@ -668,4 +679,5 @@ __all__ = [
     "SSHProber",
     "fingerprint",
     "parse_public_key",
+    "public_key_of",
 ]

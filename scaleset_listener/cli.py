@@ -1,5 +1,6 @@
 """The `scaleset-listener` command: `run` the service, `reconcile` once, `check-config` (offline,
-or `--online`: the pre-flight, preflight.py), `demo`.
+or `--online`: the pre-flight, preflight.py), `user-data` (print a VM's rendered bootstrap),
+`demo`.
 
 Exit codes: 0 success, 1 the service failed while running, 2 the configuration is wrong (for
 `demo`: the simulator it needs is not installed).
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from provisioners.bootstrap import BootstrapError
 from provisioners.openstack import OpenStackProvisioner
 from reconciler.reconcile import ReconcileReport
 from scaleset_listener import __version__
@@ -26,12 +28,15 @@ from scaleset_listener.errors import ConfigError
 from scaleset_listener.http import HttpChannel
 from scaleset_listener.logs import configure
 from scaleset_listener.preflight import run_preflight
+from scaleset_listener.runner_versions import parse_version
 from scaleset_listener.service import run_service
 from scaleset_listener.wiring import (
     acting_on,
     github,
     missing_cloud_settings,
     openstack_config,
+    preview_user_data,
+    probe_public_key,
     reconcile_deleted_scale_sets,
     reconcile_scale_set,
     retry_policy,
@@ -80,13 +85,29 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also ask GitHub and the cloud (read-only): one line per check, exit 2 on a failure",
     )
+    user_data = commands.add_parser(
+        "user-data",
+        parents=[env_file],
+        help="print the bootstrap a runner VM gets (placeholders for its JIT config and host key)",
+    )
+    user_data.add_argument(
+        "--scale-set", metavar="NAME", help="the scale set (required when RUNNERS has several)"
+    )
+    user_data.add_argument(
+        "--runner-version",
+        metavar="X.Y.Z",
+        help="the runner release to render (required with GITHUB_RUNNER_VERSION=latest, which "
+        "the service resolves from GitHub; nothing here uses the network)",
+    )
     return parser
 
 
 def validate_deeply(settings: Settings) -> None:
-    """Checks beyond field validation that still need no network: the App key parses."""
+    """Checks beyond field validation that still need no network: the App key parses, the
+    probe's key pair loads."""
     if settings.uses_github_app:
         load_app_private_key(settings.app_private_key_pem())
+    probe_public_key(settings)
 
 
 def effective_settings(settings: Settings) -> list[str]:
@@ -160,6 +181,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(run_preflight(settings, out=print))
         print("\n".join(effective_settings(settings)))
         return EXIT_OK
+    if args.command == "user-data":
+        try:
+            sys.stdout.buffer.write(render_preview(settings, args.scale_set, args.runner_version))
+        except (ConfigError, BootstrapError) as exc:
+            print(f"scaleset-listener: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        sys.stdout.flush()
+        return EXIT_OK
     configure(settings.log_level, settings.log_format)
     if args.command == "reconcile":
         try:
@@ -168,6 +197,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"scaleset-listener: configuration error: {exc}", file=sys.stderr)
             return EXIT_CONFIG
     return asyncio.run(run_service(settings))
+
+
+def render_preview(settings: Settings, scale_set: str | None, runner_version: str | None) -> bytes:
+    """`scaleset-listener user-data`: the user_data of one scale set's next VM, offline."""
+    names = [spec.name for spec in settings.runners]
+    if scale_set is None and len(names) > 1:
+        raise ConfigError(f"--scale-set: RUNNERS has several scale sets: {', '.join(names)}")
+    chosen = [spec for spec in settings.runners if scale_set in (None, spec.name)]
+    if not chosen:
+        raise ConfigError(
+            f"--scale-set: no scale set {scale_set!r} in RUNNERS ({', '.join(names)})"
+        )
+    version = runner_version
+    if version is None:
+        if settings.github_runner_version == "latest":
+            raise ConfigError(
+                "--runner-version: GITHUB_RUNNER_VERSION=latest is resolved from GitHub when the "
+                "service starts; give the release to render, e.g. --runner-version 2.331.0"
+            )
+        version = settings.github_runner_version
+    if parse_version(version) is None:
+        raise ConfigError(f"--runner-version: {version!r} is not like 2.331.0")
+    return preview_user_data(settings, chosen[0], version.removeprefix("v"))
 
 
 async def reconcile_once(settings: Settings, *, dry_run: bool, out: Callable[[str], None]) -> int:

@@ -217,8 +217,12 @@ class Settings(BaseSettings):
     sentinel_dir: str = "/var/lib/scaleset-runner"
 
     # SSH probe of the startup reconciler (docs/ssh-probe.md)
-    vm_ssh_user: str = "runner"
+    # The bootstrap creates this user (no sudo) and lets the probe's key run only the report.
+    # (provisioners.sentinels.DEFAULT_PROBE_USER: the config knows no VM code)
+    vm_ssh_user: str = "scaleset-probe"
     vm_ssh_private_key_path: Path | None = None
+    # The probe key's public half for the bootstrap; empty: derived from the private key.
+    vm_ssh_public_key: str = ""
     # The VMs' sshd port: 22 on cloud images; another where the image moves sshd.
     vm_ssh_port: int = Field(default=22, ge=1, le=65535)
     ssh_probe_timeout: Duration = 10.0
@@ -294,6 +298,21 @@ class Settings(BaseSettings):
             return self.listener_instance_id
         digest = hashlib.sha256(self.github_target.config_url.lower().encode()).hexdigest()
         return f"gh-{digest[:12]}"
+
+    @field_validator("vm_ssh_user")
+    @classmethod
+    def _ssh_user_is_a_user_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}", value):
+            raise ValueError("not a user name (the bootstrap creates this user on each VM)")
+        return value
+
+    @field_validator("vm_ssh_public_key")
+    @classmethod
+    def _public_key_is_one_line(cls, value: str) -> str:
+        value = value.strip()
+        if value and (len(value.split()) < 2 or "\n" in value):
+            raise ValueError("expected one OpenSSH public key line: `<type> <base64> [comment]`")
+        return value
 
     @field_validator("metrics_addr")
     @classmethod

@@ -20,20 +20,32 @@ import structlog
 
 from provisioners.base import Provisioner, ProvisionerError, ServerSpec
 from provisioners.bootstrap import BootstrapSpec, HostKey, render_user_data
-from provisioners.naming import Ownership, ownership_metadata
+from provisioners.naming import Ownership, ownership_metadata, runner_name
 from provisioners.openstack import OpenStackConfig
-from provisioners.ssh import SSHProbeConfig, SSHProber
+from provisioners.sentinels import authorized_keys_entry
+from provisioners.ssh import (
+    SSHProbeConfig,
+    SSHProbeConfigError,
+    SSHProber,
+    parse_public_key,
+    public_key_of,
+)
 from reconciler.ports import RunnerRegistrations
 from reconciler.reconcile import ReconcileReport, deleted_scale_sets, run_once
 from scaleset_listener.actions_client import ActionsClient
 from scaleset_listener.auth import ActionsAdminAuth, Credential, build_credential
 from scaleset_listener.config import ScaleSetSpec, Settings
 from scaleset_listener.dry_run import DryRunProvisioner, DryRunRegistry
-from scaleset_listener.errors import ListenerError, ScaleSetNotFound
+from scaleset_listener.errors import ConfigError, ListenerError, ScaleSetNotFound
 from scaleset_listener.github_urls import GitHubTarget
 from scaleset_listener.http import HttpChannel
 from scaleset_listener.retrying import RetryPolicy
-from scaleset_listener.runner_versions import GitHubReleaseSource, RunnerRelease, RunnerVersions
+from scaleset_listener.runner_versions import (
+    GitHubReleaseSource,
+    RunnerRelease,
+    RunnerVersions,
+    pinned_release,
+)
 from scaleset_listener.scaler_port import Scaler
 from scaleset_listener.vm_scaler.execute import RunnerRegistry
 from scaleset_listener.vm_scaler.ledger import Adoption, adoptions
@@ -118,6 +130,32 @@ def openstack_config(settings: Settings) -> OpenStackConfig:
     )
 
 
+def probe_public_key(settings: Settings) -> str | None:
+    """The probe key's public line (`<type> <base64>`) the bootstrap authorizes on each VM:
+    VM_SSH_PUBLIC_KEY, or derived from VM_SSH_PRIVATE_KEY_PATH; None without either. A key
+    that cannot work is a ConfigError naming the variable."""
+    given = settings.vm_ssh_public_key
+    if given:
+        try:
+            key = parse_public_key(given)
+            authorized_keys_entry(given, settings.sentinel_dir)
+        except ValueError as exc:
+            raise ConfigError(f"VM_SSH_PUBLIC_KEY: {exc}") from None
+        given = f"{key.get_name()} {key.get_base64()}"
+    if settings.vm_ssh_private_key_path is None:
+        return given or None
+    try:
+        derived = public_key_of(settings.vm_ssh_private_key_path)
+    except SSHProbeConfigError as exc:
+        raise ConfigError(f"VM_SSH_PRIVATE_KEY_PATH: {exc}") from None
+    if given and given != derived:
+        raise ConfigError(
+            "VM_SSH_PUBLIC_KEY: not the public half of VM_SSH_PRIVATE_KEY_PATH "
+            "(the VMs would refuse the probe)"
+        )
+    return derived
+
+
 def server_spec(
     settings: Settings,
     scale_set: ScaleSetSpec,
@@ -127,6 +165,7 @@ def server_spec(
     host_key: HostKey,
     now: datetime,
     runner: RunnerRelease,
+    probe_key: str | None = None,
 ) -> ServerSpec:
     """Everything Nova needs to boot one runner: user_data, ownership marks, per-set overrides.
 
@@ -146,6 +185,8 @@ def server_spec(
         ssh_host_key_public=injected.public_openssh if injected else None,
         vm_idle_shutdown=math.ceil(settings.effective_vm_idle_shutdown),
         vm_lifetime_shutdown=math.ceil(settings.vm_lifetime_shutdown),
+        probe_public_key=probe_key,
+        probe_user=settings.vm_ssh_user,
     )
     return ServerSpec(
         name=runner_name,
@@ -160,6 +201,38 @@ def server_spec(
         image=scale_set.image,
         flavor=scale_set.flavor,
     )
+
+
+# Placeholders `user-data` prints where a VM gets a secret of its own.
+JIT_CONFIG_PLACEHOLDER = "<JIT_CONFIG>"
+HOST_KEY_PLACEHOLDER = HostKey(
+    private_openssh="<SSH_HOST_KEY_PRIVATE: generated for each VM>",
+    public_openssh="<SSH_HOST_KEY_PUBLIC: generated for each VM>",
+    fingerprint_sha256="",
+)
+
+
+def preview_user_data(settings: Settings, scale_set: ScaleSetSpec, runner_version: str) -> bytes:
+    """The user_data a VM of `scale_set` would get, rendered as the scaler renders it, with
+    placeholders for the JIT config and the VM's host key, and `runner_version` (with
+    RUNNER_DOWNLOAD_URL, RUNNER_SHA256) standing for the resolved runner release."""
+    release = pinned_release(
+        runner_version,
+        settings.runner_download_url,
+        settings.runner_sha256 if settings.github_runner_version == runner_version else "",
+    )
+    spec = server_spec(
+        settings,
+        scale_set,
+        Ownership(settings.effective_listener_instance_id, 0),
+        runner_name(scale_set.name),
+        JIT_CONFIG_PLACEHOLDER,
+        HOST_KEY_PLACEHOLDER,
+        datetime.now().astimezone(),
+        release,
+        probe_public_key(settings),
+    )
+    return spec.user_data
 
 
 # The reconciler ----------------------------------------------------------------------------
@@ -293,6 +366,7 @@ def vm_scalers(
     runner release current at its creation."""
     provisioner, registry = acting_on(provisioner, client, dry_run=settings.dry_run)
     slots = asyncio.Semaphore(settings.provision_concurrency)
+    probe_key = probe_public_key(settings)
     # One pass at a time over deleted scale sets' VMs, however many sets this process serves.
     deleted_sets_gate = asyncio.Lock()
 
@@ -315,7 +389,15 @@ def vm_scalers(
             ownership: Ownership, name: str, jit: str, host_key: HostKey, now: datetime
         ) -> ServerSpec:
             return server_spec(
-                settings, spec, ownership, name, jit, host_key, now, runner_versions.current()
+                settings,
+                spec,
+                ownership,
+                name,
+                jit,
+                host_key,
+                now,
+                runner_versions.current(),
+                probe_key,
             )
 
         return VMScaler(

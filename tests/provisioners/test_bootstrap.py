@@ -34,6 +34,7 @@ from provisioners.bootstrap import (
     render_user_data,
     shquote,
 )
+from provisioners.sentinels import REPORT_SCRIPT_PATH, parse_report
 from tests.provisioners.sandbox import (
     RUNNER_VERSION,
     RunnerServer,
@@ -607,6 +608,61 @@ def test_the_runner_user_gets_passwordless_sudo_unless_turned_off(
         assert stat.S_IMODE(sudoers.stat().st_mode) == 0o440
     else:
         assert not sudoers.exists()
+
+
+PROBE_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJ5c2VsZi1wcm9iZS1rZXktZm9yLXRlc3RzLW9ubHk"
+
+
+def test_the_probe_key_may_only_run_the_installed_report_script(
+    sandbox: Sandbox, server: RunnerServer
+) -> None:
+    server.tarball = stub_runner_tarball(0)
+    the_spec = sandbox.spec(server.base_url, probe_public_key=PROBE_KEY + " operator@laptop")
+
+    result = sandbox.run(render_user_data(the_spec))
+
+    assert result.returncode == 0, result.stderr
+    keys = sandbox.root / "home" / "scaleset-probe" / ".ssh" / "authorized_keys"
+    assert keys.read_text() == (
+        f'restrict,command="{REPORT_SCRIPT_PATH} /var/lib/scaleset-runner" {PROBE_KEY}\n'
+    )
+    script = sandbox.root / REPORT_SCRIPT_PATH.lstrip("/")
+    assert stat.S_IMODE(script.stat().st_mode) == 0o755
+    assert script.stat().st_uid == os.getuid()  # the bootstrap's own user: root on a VM
+    # What sshd runs for the key, whatever the client asked: the report the prober parses.
+    report = subprocess.run(
+        [str(script), str(sandbox.sentinels)], capture_output=True, text=True, timeout=10
+    )
+    assert report.returncode == 0, report.stderr
+    parsed = parse_report(report.stdout)
+    assert parsed.setup_complete
+    assert parsed.run_complete_exit_code == 0
+    # A second run (an image rebuilt from this VM) does not add the entry twice.
+    assert sandbox.run(render_user_data(the_spec)).returncode == 0
+    assert len(keys.read_text().splitlines()) == 1
+
+
+def test_without_a_probe_key_no_probe_access_is_installed(
+    sandbox: Sandbox, server: RunnerServer
+) -> None:
+    server.tarball = stub_runner_tarball(0)
+
+    result = sandbox.run(render_user_data(sandbox.spec(server.base_url)))
+
+    assert result.returncode == 0, result.stderr
+    assert not (sandbox.root / "home").exists()
+    assert not (sandbox.root / REPORT_SCRIPT_PATH.lstrip("/")).exists()
+
+
+def test_a_probe_key_that_cannot_be_an_authorized_keys_entry_is_refused() -> None:
+    with pytest.raises(BootstrapError, match="probe_public_key"):
+        spec(probe_public_key="not-a-key")
+    with pytest.raises(BootstrapError, match="probe_public_key: the public key's base64"):
+        spec(probe_public_key='ssh-ed25519 AAAA" command="sh')
+    with pytest.raises(BootstrapError, match="quotes"):
+        spec(probe_public_key=PROBE_KEY, sentinel_dir='/var/lib/x"y')
+    with pytest.raises(BootstrapError, match="probe_user"):
+        spec(probe_user="probe;id")
 
 
 def test_a_runner_user_that_is_not_a_user_name_is_refused() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from tests.conftest import GitHubSim, GitHubSimFactory
 
@@ -229,3 +229,120 @@ def test_the_process_environment_wins_over_the_env_file(
     )
     assert result.returncode == 0, result.stderr
     assert "LOG_FORMAT=json" in result.stdout
+
+
+# --- user-data and the probe's key -----------------------------------------------------------
+
+
+def probe_key_pair(tmp_path: Path) -> tuple[Path, str]:
+    """An ed25519 client key file and its `<type> <base64>` public line."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    path = tmp_path / "probe_ed25519"
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+    )
+    path.chmod(0o600)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    return path, public.decode()
+
+
+def offline_env(tmp_path: Path, extra: str = "") -> Path:
+    path = tmp_path / "offline.env"
+    path.write_text(
+        "GITHUB_URL=https://github.com/acme\nGITHUB_TOKEN=ghp_not_used\n"
+        'RUNNERS=[{"name": "linux", "labels": ["gpu"]}, {"name": "arm"}]\n' + extra
+    )
+    return path
+
+
+def test_user_data_prints_the_bootstrap_with_the_probe_key_and_no_secret(tmp_path: Path) -> None:
+    key_path, public = probe_key_pair(tmp_path)
+    env = offline_env(
+        tmp_path, f"GITHUB_RUNNER_VERSION=2.331.0\nVM_SSH_PRIVATE_KEY_PATH={key_path}\n"
+    )
+
+    result = cli("user-data", "--env-file", str(env), "--scale-set", "linux")
+
+    assert result.returncode == 0, result.stderr
+    script = result.stdout
+    assert script.startswith("#!/bin/bash\n")
+    assert "JIT_CONFIG='<JIT_CONFIG>'\n" in script
+    assert "RUNNER_VERSION=2.331.0\n" in script
+    assert "RUNNER_NAME=linux-" in script
+    assert "RUNNER_LABELS=linux,gpu\n" in script
+    assert "PROBE_USER=scaleset-probe\n" in script
+    entry = (
+        f'restrict,command="/usr/local/libexec/scaleset-probe /var/lib/scaleset-runner" {public}'
+    )
+    assert f"PROBE_ENTRY='{entry}'\n" in script
+    assert "PRIVATE KEY" not in script
+    assert "<SSH_HOST_KEY_PRIVATE" in script
+    # What bash would run: it parses.
+    syntax = subprocess.run(
+        ["bash", "-n"], input=script, capture_output=True, text=True, timeout=10, check=False
+    )
+    assert syntax.returncode == 0, syntax.stderr
+
+
+def test_user_data_takes_a_given_public_key_without_a_private_one(tmp_path: Path) -> None:
+    _, public = probe_key_pair(tmp_path)
+    env = offline_env(tmp_path, f"VM_SSH_PUBLIC_KEY={public} operator@laptop\n")
+
+    result = cli(
+        "user-data", "--env-file", str(env), "--scale-set", "arm", "--runner-version", "2.330.0"
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert f" {public}'\n" in result.stdout
+    assert "operator@laptop" not in result.stdout
+    assert "RUNNER_VERSION=2.330.0\n" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((), "--scale-set: RUNNERS has several scale sets: linux, arm"),
+        (("--scale-set", "x86"), "--scale-set: no scale set 'x86'"),
+        (("--scale-set", "arm"), "--runner-version: GITHUB_RUNNER_VERSION=latest"),
+        (("--scale-set", "arm", "--runner-version", "next"), "--runner-version: 'next'"),
+    ],
+)
+def test_user_data_says_what_it_needs(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    result = cli("user-data", "--env-file", str(offline_env(tmp_path)), *args)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert message in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "variable"),
+    [
+        ("VM_SSH_PUBLIC_KEY=ssh-ed25519 AAAA-not-base64", "VM_SSH_PUBLIC_KEY"),
+        ("VM_SSH_PUBLIC_KEY=just-one-word", "VM_SSH_PUBLIC_KEY"),
+        ("VM_SSH_PRIVATE_KEY_PATH={tmp}/missing", "VM_SSH_PRIVATE_KEY_PATH"),
+        ("VM_SSH_PRIVATE_KEY_PATH={tmp}/garbage", "VM_SSH_PRIVATE_KEY_PATH"),
+        ("VM_SSH_PUBLIC_KEY={other}\nVM_SSH_PRIVATE_KEY_PATH={key}", "VM_SSH_PUBLIC_KEY"),
+        ("VM_SSH_USER=probe user", "VM_SSH_USER"),
+    ],
+)
+def test_a_probe_key_that_cannot_work_fails_at_start_naming_the_variable(
+    tmp_path: Path, setting: str, variable: str
+) -> None:
+    (tmp_path / "other").mkdir()
+    _, other = probe_key_pair(tmp_path / "other")
+    key_path, _ = probe_key_pair(tmp_path)
+    (tmp_path / "garbage").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nxx\n")
+    line = setting.format(tmp=tmp_path, key=key_path, other=other)
+    env = offline_env(tmp_path, "GITHUB_RUNNER_VERSION=2.331.0\n" + line + "\n")
+
+    for command in (("check-config",), ("user-data", "--scale-set", "arm")):
+        result = cli(*command, "--env-file", str(env))
+        assert result.returncode == 2, (command, result.stdout)
+        assert variable in result.stderr
+        assert "PRIVATE KEY" not in result.stderr

@@ -121,6 +121,7 @@ class World:
             "labels": (LABEL,),
             "ssh_host_key_private": key.private_openssh,
             "ssh_host_key_public": key.public_openssh,
+            "probe_public_key": self.fleet.client_public_key,
         }
         values.update(overrides)
         return render_user_data(BootstrapSpec(**values))

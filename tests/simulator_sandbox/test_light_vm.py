@@ -7,9 +7,11 @@ import dataclasses
 import tempfile
 from pathlib import Path
 
+import paramiko
 import pytest
 
 from provisioners.base import ProbeOutcome, ProbeResult
+from provisioners.sentinels import parse_report
 from provisioners.ssh import SSHProbeConfig, SSHProber
 from simulator.sandbox import SandboxConfig
 from simulator.sandbox.fleet import write_key_pair
@@ -45,23 +47,62 @@ async def _probe(
         await prober.close()
 
 
-async def test_the_sshd_lets_in_only_the_login_user_with_the_fleets_key(world: World) -> None:
-    world.fleet.behave("runner-1", "hang")
+async def test_the_probe_gets_in_only_through_the_bootstraps_entry(world: World) -> None:
+    world.fleet.behave("runner-1", "hang")  # cloud-init never runs the bootstrap
     world.boot("runner-1")
+    world.boot("runner-2")
     world.fleet.wait_for_event("sshd-started", "runner-1", timeout=30)
+    world.fleet.wait_for_event("setup-complete", "runner-2", timeout=30)
     with tempfile.TemporaryDirectory() as scratch:
         other_key = Path(scratch) / "other"
         write_key_pair(other_key, "someone-else")
+        wrong_key = await _probe(world, "runner-2", key=other_key)
 
-        wrong_user = await _probe(world, "runner-1", user="someone-else")
-        wrong_key = await _probe(world, "runner-1", key=other_key)
-    right = await _probe(world, "runner-1")
+    no_entry = await _probe(world, "runner-1")
+    as_root = await _probe(world, "runner-2", user="root")
+    wrong_user = await _probe(world, "runner-2", user="someone-else")
+    right = await _probe(world, "runner-2")
+    # The key pair's key lets the image's default user in, as on a stock image.
+    default_user = await _probe(world, "runner-2", user="ubuntu")
 
-    assert wrong_user.outcome is ProbeOutcome.AUTH_FAILED
-    assert wrong_key.outcome is ProbeOutcome.AUTH_FAILED
+    for refused in (no_entry, as_root, wrong_user, wrong_key):
+        assert refused.outcome is ProbeOutcome.AUTH_FAILED, refused.detail
     assert right.outcome is ProbeOutcome.OK, right.detail
-    assert (right.setup_complete, right.runner_alive) == (False, False)
-    assert right.host_key == " ".join(world.host_keys["runner-1"].public_openssh.split()[:2])
+    assert right.setup_complete is True
+    assert right.host_key == " ".join(world.host_keys["runner-2"].public_openssh.split()[:2])
+    assert default_user.outcome is ProbeOutcome.OK, default_user.detail
+
+
+def test_the_probe_key_runs_the_forced_report_whatever_it_asks(world: World) -> None:
+    world.boot("runner-1")
+    world.fleet.wait_for_event("setup-complete", "runner-1", timeout=30)
+    vm = world.fleet.sandbox_vm("runner-1")
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # noqa: S507 (a test VM)
+    try:
+        client.connect(
+            vm.address,
+            port=vm.port,
+            username=world.fleet.login_user,
+            key_filename=str(world.fleet.client_key_path),
+            allow_agent=False,
+            look_for_keys=False,
+            timeout=10,
+        )
+        _, stdout, _ = client.exec_command("echo pwned; id", timeout=10)
+        output = stdout.read().decode()
+        with pytest.raises(paramiko.SSHException):
+            client.get_transport().open_session(timeout=10).get_pty()  # type: ignore[union-attr]
+        with pytest.raises(paramiko.ChannelException):
+            client.get_transport().open_channel(  # type: ignore[union-attr]
+                "direct-tcpip", ("127.0.0.1", vm.port), ("127.0.0.1", 0), timeout=10
+            )
+    finally:
+        client.close()
+
+    report = parse_report(output)
+    assert report.setup_complete
+    assert "pwned" not in output
 
 
 async def test_the_probe_reads_the_vms_own_sentinels_and_sees_only_its_own_processes(
@@ -80,7 +121,8 @@ async def test_the_probe_reads_the_vms_own_sentinels_and_sees_only_its_own_proce
     (_root(world, "runner-2") / SENTINELS / "setup-complete").write_text("2026-12-02T06:00:00Z\n")
 
     busy = await _probe(world, "runner-1")
-    hung = await _probe(world, "runner-2")
+    # runner-2's bootstrap never ran, so no probe user: the key pair's default user reads it.
+    hung = await _probe(world, "runner-2", user="ubuntu")
 
     assert busy.outcome is ProbeOutcome.OK, busy.detail
     assert (busy.setup_complete, busy.runner_alive) == (True, True)

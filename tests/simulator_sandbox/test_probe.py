@@ -47,6 +47,7 @@ async def _boot(setup: Setup, fleet: SandboxFleet, name: str) -> RunnerVM:
             labels=(LABEL,),
             ssh_host_key_private=key.private_openssh,
             ssh_host_key_public=key.public_openssh,
+            probe_public_key=fleet.client_public_key,
         )
     )
     ownership = Ownership(setup.settings.effective_listener_instance_id, setup.scale_set_id)
@@ -107,17 +108,17 @@ async def test_the_prober_sees_a_connected_runner_alive(
     assert result.host_key == " ".join(vm.metadata[META_HOST_KEY].split()[:2])
 
 
-async def test_the_prober_sees_a_hung_boot_as_not_set_up(
-    setup: Setup, sandbox: SandboxFleet
-) -> None:
+async def test_a_hung_boot_does_not_let_the_probe_in(setup: Setup, sandbox: SandboxFleet) -> None:
+    """As on a stock image: before the bootstrap runs, no user lets the probe's key in (the key
+    pair's key is the default user's; root login is refused), so the probe finds out nothing."""
     sandbox.behave("linux-hang0001", "hang")
     vm = await _boot(setup, sandbox, "linux-hang0001")
     await asyncio.to_thread(sandbox.wait_for_event, "sshd-started", "linux-hang0001", 30)
 
     result = await _probe(sandbox, vm)
 
-    assert result.outcome is ProbeOutcome.OK, result.detail
-    assert (result.setup_complete, result.runner_alive) == (False, False)
+    assert result.outcome is ProbeOutcome.AUTH_FAILED, result.detail
+    assert (result.setup_complete, result.runner_alive) == (None, None)
 
 
 async def test_the_prober_sees_a_wedged_runner_process_alive(
@@ -188,4 +189,5 @@ async def test_the_reconciler_probes_sandbox_vms_at_their_reported_addresses(
         True,
         True,
     )
-    assert (hung.outcome, hung.setup_complete, hung.runner_alive) == (ProbeOutcome.OK, False, False)
+    # Cloud-init never ran the bootstrap, so nothing lets the probe in: age decides.
+    assert (hung.outcome, hung.setup_complete) == (ProbeOutcome.AUTH_FAILED, None)

@@ -53,7 +53,14 @@ import pytest
 
 from provisioners.base import ProbeResult
 from provisioners.bootstrap import generate_host_key
-from provisioners.sentinels import RUN_COMPLETE, SETUP_COMPLETE, SETUP_FAILED
+from provisioners.sentinels import (
+    REPORT_SCRIPT_PATH,
+    RUN_COMPLETE,
+    SETUP_COMPLETE,
+    SETUP_FAILED,
+    authorized_keys_entry,
+    report_script,
+)
 from provisioners.ssh import SSHProber
 from simulator.sandbox.vm import listening_keys, proc_net_key
 
@@ -119,6 +126,11 @@ class HostSpec:
     force_command: str | None = None
     # Public-key auth never answers (AuthorizedKeysCommand sleeps).
     auth_stall: bool = False
+    # The client key authorized as the bootstrap authorizes the probe's key (`restrict`, the
+    # report script forced), the script at its VM path (a tmpfs over /usr/local in the VM's
+    # mount namespace), and sshd otherwise permissive (forwarding, agent, X11 allowed), so
+    # that whatever is refused is refused by the key's entry.
+    probe_entry: bool = False
     label: str = ""
 
     @classmethod
@@ -489,8 +501,16 @@ class SSHHostFactory:
         host_key.write_text(key.private_openssh)
         host_key.chmod(0o600)
         (vm_dir / "etc" / "ssh_host_ed25519_key.pub").write_text(key.public_openssh)
-        (vm_dir / "etc" / "authorized_keys").write_text(self._client_public)
+        authorized = self._client_public
         config = SSHD_CONFIG.format(address=address, port=self.port, vm_dir=vm_dir)
+        if spec.probe_entry:
+            authorized = authorized_keys_entry(self._client_public, self.sentinel_dir) + "\n"
+            (vm_dir / "etc" / "scaleset-probe").write_text(report_script())
+            for option in ("X11Forwarding", "AllowTcpForwarding", "AllowAgentForwarding"):
+                config = config.replace(f"{option} no", f"{option} yes")
+            config = config.replace("PermitTunnel no", "PermitTunnel yes")
+            config += "Subsystem sftp internal-sftp\n"
+        (vm_dir / "etc" / "authorized_keys").write_text(authorized)
         if spec.force_command:
             config += f"ForceCommand {spec.force_command}\n"
         if spec.auth_stall:
@@ -512,7 +532,7 @@ class SSHHostFactory:
         if not listener.is_symlink():
             listener.symlink_to(self._sleep)
         launch_sh = vm_dir / "launch.sh"
-        launch_sh.write_text(self._launch_script(vm_dir, spec.runner))
+        launch_sh.write_text(self._launch_script(vm_dir, spec.runner, spec.probe_entry))
         with (vm_dir / "log" / "start.err").open("wb") as start_err:
             process = subprocess.Popen(
                 [
@@ -541,13 +561,23 @@ class SSHHostFactory:
         )
         return _Launch(host, process)
 
-    def _launch_script(self, vm_dir: Path, runner: RunnerState) -> str:
+    def _launch_script(self, vm_dir: Path, runner: RunnerState, probe_entry: bool = False) -> str:
         view = self.root / "vm"
         q = shlex.quote
         lines = [
             "set -e",
             f"mount --bind {q(str(vm_dir))} {q(str(view))}",
             f"mount --bind {q(str(vm_dir / 'home'))} {q(str(self._home))}",
+        ]
+        if probe_entry:
+            script = q(REPORT_SCRIPT_PATH)
+            lines += [
+                "mount -t tmpfs -o mode=0755 probe-usr-local /usr/local",
+                f"mkdir -p {q(REPORT_SCRIPT_PATH.rsplit('/', 1)[0])}",
+                f"cp {q(str(vm_dir / 'etc' / 'scaleset-probe'))} {script}",
+                f"chmod 0755 {script}",
+            ]
+        lines += [
             f"state={q(str(view / 'state'))}",
             "boot=$(cat /proc/sys/kernel/random/boot_id)",
         ]

@@ -80,6 +80,9 @@ log = logging.getLogger("simulator.sandbox")
 
 JSON = dict[str, Any]
 T = TypeVar("T")
+# The user the listener's probe logs in as: its VM_SSH_USER default, which the bootstrap
+# creates (the simulator imports nothing of the service, so the name is repeated here).
+PROBE_USER = "scaleset-probe"
 
 _MARKER_LINE = re.compile(
     rf"^{MARKER} (?P<what>setup-complete|setup-failed|run-complete)\b(?P<rest>.*)$"
@@ -319,8 +322,10 @@ class SandboxFleet(GuestFleet[_Vm]):
     # ------------------------------------------------------------------ lifecycle
 
     def _login_user(self) -> str:
-        """The user the listener's probe logs in as."""
-        return "root"
+        """The user the listener's probe logs in as: the listener's default, which the bootstrap
+        creates and authorizes the probe's key for (the key pair's key lets in only the image's
+        default user, and root not at all, as on a stock image)."""
+        return PROBE_USER
 
     def _problem(self) -> str | None:
         """Why this fleet's guests cannot run on this machine, or None."""
@@ -765,13 +770,10 @@ class LightFleet(SandboxFleet):
     the same bootstrap, stub runner, sentinels, console markers, behaviours and events as
     sandbox VMs, for machines without namespaces or without root. Each VM is a directory, a
     process session and a paramiko sshd on its loopback address at `ssh_port` (default 2222);
-    the probe logs in as the user the simulator runs as."""
+    the probe logs in as the bootstrap's probe user, and runs as the simulator's user."""
 
     _NAME = "light VMs"
     _DEFAULT_SSH_PORT = 2222
-
-    def _login_user(self) -> str:
-        return current_user() or str(os.getuid())
 
     def _problem(self) -> str | None:
         problem = light_problem()
@@ -781,7 +783,8 @@ class LightFleet(SandboxFleet):
         provide_curl = self.config.provide_curl
         if provide_curl is None:
             provide_curl = not host_has_downloader()
-        guest = LightVm(spec, vm_dir, user=self.login_user, provide_curl=provide_curl)
+        user = current_user() or str(os.getuid())
+        guest = LightVm(spec, vm_dir, user=user, provide_curl=provide_curl)
         if guest.start_errors():
             with self._cond:
                 self._record(vm.name, "error", guest.start_errors(), errors=1)

@@ -14,9 +14,13 @@ and writes the same sentinels, but without a file-system or PID namespace of its
   slim container), a small `curl` for the runner download.
 * the VM's processes are one session (`setsid`), so pulling the plug is SIGKILL to that session.
 * its sshd is `simulator.sandbox.sshd.GuestSSHServer` (paramiko) on the VM's loopback address and
-  the configured port (a non-root user cannot bind 22). It runs each command with the host's
-  `/bin/sh`, and roots the absolute paths handed to a `sh -c SCRIPT NAME ARGS...` command (the
-  probe's form: its argument is the sentinel directory) in the VM's directory.
+  the configured port (a non-root user cannot bind 22). Like a stock cloud image's, it lets the
+  key pair's key (the fleet's client key) in for the default user `ubuntu` only, never root;
+  any other user only with what the bootstrap wrote to `<root>/home/<user>/.ssh/authorized_keys`,
+  honouring that entry's forced command. Every login runs as the simulator's user. A command
+  runs with the host's `/bin/sh`; the absolute paths of a forced command, and those handed to a
+  `sh -c SCRIPT NAME ARGS...` command (the probe's form: its argument is the sentinel
+  directory), are rooted in the VM's directory.
 
 Started like a cloud image boots: the host key in place, sshd up, then user_data.
 """
@@ -33,7 +37,12 @@ import signal
 import subprocess
 from pathlib import Path
 
-from simulator.sandbox.sshd import CommandResult, GuestSSHServer
+from simulator.sandbox.sshd import (
+    AuthorizedKey,
+    CommandResult,
+    GuestSSHServer,
+    parse_authorized_keys,
+)
 from simulator.sandbox.vm import (
     SBIN_PATH,
     STOP_TIMEOUT,
@@ -46,6 +55,8 @@ from simulator.sandbox.vm import (
 )
 
 COMMAND_TIMEOUT = 30.0
+# The image's default user, the only one the cloud's key pair lets in (as on a stock image).
+DEFAULT_USER = "ubuntu"
 NOT_THE_DEFAULT_BOOTSTRAP = (
     "user_data is not the default bootstrap (no ROOT=, CONSOLE= or RUNNER_USER= line): a light "
     "VM does not run it"
@@ -260,8 +271,7 @@ class LightVm(GuestDirectory):
             self.spec.address,
             self.spec.port,
             self.spec.host_key_private,
-            self.spec.authorized_keys.splitlines(),
-            self._user,
+            self._authorized,
             self._run_command,
         )
         try:
@@ -282,13 +292,27 @@ class LightVm(GuestDirectory):
             "SCALESET_GUEST_ROOT": str(self.root),
         }
 
-    def _run_command(self, command: str) -> CommandResult:
-        """What the VM's sshd runs for an exec request."""
+    def _authorized(self, user: str) -> list[AuthorizedKey]:
+        """`~user/.ssh/authorized_keys` as sshd would read it at login."""
+        if user == DEFAULT_USER:
+            return parse_authorized_keys(self.spec.authorized_keys)
+        if "/" in user or user in ("", ".", ".."):
+            return []
+        try:
+            text = (self.root / "home" / user / ".ssh" / "authorized_keys").read_text()
+        except (OSError, UnicodeDecodeError):
+            return []
+        return parse_authorized_keys(text)
+
+    def _run_command(self, command: str, forced: bool = False) -> CommandResult:
+        """What the VM's sshd runs for an exec request (or a key's forced command)."""
         try:
             words = shlex.split(command)
         except ValueError:
             words = []
-        if len(words) >= 3 and words[0] in ("/bin/sh", "sh") and words[1] == "-c":
+        if forced and words:
+            argv = ["/bin/sh", "-c", shlex.join(self._guest_path(word) for word in words)]
+        elif len(words) >= 3 and words[0] in ("/bin/sh", "sh") and words[1] == "-c":
             argv = [*words[:4], *(self._guest_path(word) for word in words[4:])]
         else:
             argv = ["/bin/sh", "-c", command]

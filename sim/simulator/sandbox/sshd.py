@@ -3,10 +3,14 @@
 A light VM has no namespaces and no OpenSSH sshd of its own (the machine forbids them, or the
 user is not root), so this server stands in for the VM's sshd on the VM's loopback address. It
 offers the VM's host key (the one the bootstrap's user_data carries, as cloud-init installs it
-before sshd starts), accepts only `login_user` with one of the authorized public keys, and runs
-each `exec` request through `run_command` (the guest decides how a command runs in its VM),
-returning its output and exit status. No shell sessions, no port forwarding, no subsystems:
-nothing the listener's probe does not need.
+before sshd starts) and asks `authorized(user)` for that user's authorized keys at each login,
+as sshd reads `~user/.ssh/authorized_keys`: root is refused, as with `PermitRootLogin no`.
+
+It honours what an `authorized_keys` entry of the bootstrap says: a forced command (`command=`)
+runs instead of whatever the client asked (its exec, or a shell request), and `restrict` (and
+everything else) gets no terminal, no forwarding, no subsystem: this server offers none of
+them to any key. Each command runs through `run_command` (the guest decides how a command runs
+in its VM), returning its output and exit status.
 
 The only module of the simulator that imports paramiko.
 """
@@ -17,6 +21,7 @@ import base64
 import contextlib
 import io
 import logging
+import re
 import socket
 import socketserver
 import threading
@@ -47,13 +52,60 @@ class CommandResult:
     stderr: bytes
 
 
-CommandRunner = Callable[[str], CommandResult]
+@dataclass(frozen=True)
+class AuthorizedKey:
+    """One `authorized_keys` entry: the key, and the command it is forced to run (None: any)."""
+
+    key: paramiko.PKey
+    forced_command: str | None = None
+
+
+# The command run (the forced one when the key has one) and whether it was forced.
+CommandRunner = Callable[[str, bool], CommandResult]
+# A user's authorized keys, read at each login (empty: the user cannot log in).
+AuthorizedKeys = Callable[[str], list[AuthorizedKey]]
+
+
+def parse_authorized_keys(text: str) -> list[AuthorizedKey]:
+    """The entries of an `authorized_keys` file that this server can honour. An entry with an
+    option it does not know is left out (it could not be honoured, so it grants nothing)."""
+    entries = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        options, rest = "", line
+        if not line.startswith(("ssh-", "ecdsa-")):
+            found = re.match(r'((?:[A-Za-z0-9-]+(?:="(?:[^"\\]|\\.)*")?,?)+)\s+(.*)', line)
+            if found is None:
+                continue
+            options, rest = found.group(1), found.group(2)
+        forced: str | None = None
+        known = True
+        for name, value in re.findall(r'([A-Za-z0-9-]+)(?:="((?:[^"\\]|\\.)*)")?', options):
+            if name == "command":
+                forced = value.replace('\\"', '"')
+            elif name not in (
+                "restrict",
+                "no-pty",
+                "no-port-forwarding",
+                "no-agent-forwarding",
+                "no-X11-forwarding",
+                "no-user-rc",
+            ):
+                known = False
+        parts = rest.split()
+        if not known or len(parts) < 2:
+            continue
+        with contextlib.suppress(Exception):
+            entries.append(AuthorizedKey(_public_key(" ".join(parts[:2])), forced))
+    return entries
 
 
 class _Interface(paramiko.ServerInterface):
-    def __init__(self, login_user: str, authorized: list[paramiko.PKey]) -> None:
-        self._user = login_user
+    def __init__(self, authorized: AuthorizedKeys) -> None:
         self._authorized = authorized
+        self.forced_command: str | None = None
         self.command: bytes | None = None
         self.command_ready = threading.Event()
 
@@ -61,8 +113,12 @@ class _Interface(paramiko.ServerInterface):
         return "publickey"
 
     def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
-        if username == self._user and any(key == allowed for allowed in self._authorized):
-            return AUTH_SUCCESSFUL
+        if username == "root":
+            return AUTH_FAILED
+        for entry in self._authorized(username):
+            if entry.key == key:  # the first matching entry decides, as in sshd
+                self.forced_command = entry.forced_command
+                return AUTH_SUCCESSFUL
         return AUTH_FAILED
 
     def check_channel_request(self, kind: str, chanid: int) -> int:
@@ -77,6 +133,14 @@ class _Interface(paramiko.ServerInterface):
         self.command_ready.set()
         return True
 
+    def check_channel_shell_request(self, channel: paramiko.Channel) -> bool:
+        # No shells here; a key with a forced command runs it for a shell request, as in sshd.
+        if self.forced_command is None or self.command is not None:
+            return False
+        self.command = b""
+        self.command_ready.set()
+        return True
+
 
 class GuestSSHServer:
     """Listens on `address:port` until `stop()`. `start()` raises OSError when the address
@@ -87,15 +151,13 @@ class GuestSSHServer:
         address: str,
         port: int,
         host_key_private: str,
-        authorized_keys: list[str],
-        login_user: str,
+        authorized: AuthorizedKeys,
         run_command: CommandRunner,
     ) -> None:
         self.address = address
         self.port = port
         self._host_key = paramiko.Ed25519Key.from_private_key(io.StringIO(host_key_private))
-        self._authorized = [_public_key(line) for line in authorized_keys if line.strip()]
-        self._login_user = login_user
+        self._authorized = authorized
         self._run_command = run_command
         self._server: socketserver.ThreadingTCPServer | None = None
         self._thread: threading.Thread | None = None
@@ -155,7 +217,7 @@ class GuestSSHServer:
             transport.close()
 
     def _session(self, transport: paramiko.Transport) -> None:
-        interface = _Interface(self._login_user, self._authorized)
+        interface = _Interface(self._authorized)
         transport.start_server(server=interface)
         channel = transport.accept(timeout=HANDSHAKE_TIMEOUT)
         if channel is None:
@@ -163,8 +225,9 @@ class GuestSSHServer:
         with channel:
             if not interface.command_ready.wait(HANDSHAKE_TIMEOUT) or interface.command is None:
                 return
-            command = interface.command.decode("utf-8", "replace")
-            result = self._run_command(command)
+            forced = interface.forced_command
+            command = interface.command.decode("utf-8", "replace") if forced is None else forced
+            result = self._run_command(command, forced is not None)
             if result.stdout:
                 channel.sendall(result.stdout)
             if result.stderr:

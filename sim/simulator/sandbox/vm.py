@@ -46,7 +46,7 @@ SSHD_CONFIG = """\
 ListenAddress {address}:{port}
 HostKey /etc/ssh/ssh_host_ed25519_key
 PidFile /run/sshd.pid
-PermitRootLogin prohibit-password
+PermitRootLogin no
 AuthorizedKeysFile .ssh/authorized_keys
 PubkeyAuthentication yes
 PasswordAuthentication no
@@ -90,9 +90,19 @@ done
 exit 0
 """
 
+# The image's default user, the only one the cloud's key pair lets in (as on a stock image).
+DEFAULT_USER = "ubuntu"
+KEY_PAIR_PATH = "/etc/scaleset-sandbox/key-pair.pub"
+
 INIT_SCRIPT = """\
 #!/bin/sh
-# simulator.sandbox VM init: sshd first (the host key is already in place), then user_data.
+# simulator.sandbox VM init: the default user with the key pair's key (cloud-init's cc_ssh),
+# sshd (the host key is already in place), then user_data. "*": sshd without PAM refuses "!".
+id -u {default_user} >/dev/null 2>&1 || useradd -m -s /bin/sh -p '*' {default_user}
+mkdir -p /home/{default_user}/.ssh
+cp {key_pair} /home/{default_user}/.ssh/authorized_keys
+chown -R {default_user}: /home/{default_user}/.ssh
+chmod 0700 /home/{default_user}/.ssh
 /usr/sbin/sshd -t -f /etc/ssh/sshd_config >/run/scaleset-sandbox/sshd-t.log 2>&1
 d=$(tr -d '\\r' </run/scaleset-sandbox/sshd-t.log \\
   | sed -n 's/^Missing privilege separation directory: //p')
@@ -128,6 +138,7 @@ class VmSpec:
     port: int
     host_key_private: str
     host_key_public: str
+    # The cloud key pair's keys: the image's default user gets them, nobody else.
     authorized_keys: str
     user_data: str | None
     files: dict[str, tuple[str, int]] = field(default_factory=dict)
@@ -298,18 +309,19 @@ class SandboxVm(GuestDirectory):
             **image_files(spec, SANDBOX_POWER_FILE),
             "etc/scaleset-sandbox/init": (
                 INIT_SCRIPT.format(
-                    user_data=shlex.quote(USER_DATA_PATH), path=shlex.quote(CLOUD_INIT_PATH)
+                    user_data=shlex.quote(USER_DATA_PATH),
+                    path=shlex.quote(CLOUD_INIT_PATH),
+                    default_user=DEFAULT_USER,
+                    key_pair=shlex.quote(KEY_PAIR_PATH),
                 ),
                 0o755,
             ),
-            "root/.ssh/authorized_keys": (spec.authorized_keys.strip() + "\n", 0o600),
+            KEY_PAIR_PATH.lstrip("/"): (spec.authorized_keys.strip() + "\n", 0o644),
         }
         if spec.user_data is not None:
             files[USER_DATA_PATH.lstrip("/")] = (spec.user_data, 0o700)
         files.update({path.lstrip("/"): item for path, item in spec.files.items()})
         write_files(seed, files)
-        for directory in (seed / "root", seed / "root" / ".ssh"):
-            directory.chmod(0o700)
 
     def _launch_script(self, seed: Path) -> str:
         q = shlex.quote
