@@ -351,6 +351,27 @@ async def test_failed_vms_up_to_keep_failed_vms_are_kept_tagged_and_not_counted(
     assert world.github.control.state()["runners"] == []
 
 
+async def test_a_kept_failed_vm_is_dated_and_gives_its_floating_ip_back(world: World) -> None:
+    # Two pool addresses: a kept VM holding one would leave one VM for the two jobs.
+    pool = ",".join(world.cloud.floating_ip_pool[:2])
+    world.fleet.next_boots_fail(1, "hang")
+    settings = world.settings(
+        boot_timeout=0.5,
+        keep_failed_vms=1,
+        openstack_floating_ips=pool,
+        runners=[{"name": "linux", "max_runners": 2}],
+    )
+    async with serving(world, settings):
+        await world.wait_github(lambda s: any(not x["ghost"] for x in s["sessions"]))
+        world.github.control.enqueue_jobs(["linux"], count=2, duration=0.1)
+        await world.wait_github(lambda s: all_done(s, 2), timeout=40)
+        await world.wait_fleet(lambda: len(world.servers()) == 1, timeout=20)
+    (kept,) = world.servers()
+    assert "scaleset-failed" in kept["tags"]
+    assert kept["floating_ips"] == []
+    assert "scaleset-failed-at" in kept["metadata"]
+
+
 async def test_past_max_runner_lifetime_even_a_busy_runner_is_deleted_with_a_warning(
     world: World,
 ) -> None:
