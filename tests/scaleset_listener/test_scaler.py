@@ -345,7 +345,9 @@ async def test_failed_vms_up_to_keep_failed_vms_are_kept_tagged_and_not_counted(
         await world.wait_github(lambda s: all_done(s, 1), timeout=30)
         await world.wait_fleet(lambda: len(world.servers()) == 1, timeout=20)
         scaler = world.scalers["linux"]
-        assert scaler.counters.boot_timeouts == 2
+        # The two hung boots, and on a loaded machine perhaps a slow one past 0.5 s: only one
+        # of them is kept whatever their number.
+        assert scaler.counters.boot_timeouts >= 2
     (kept,) = world.servers()
     assert "scaleset-failed" in kept["tags"]
     assert world.github.control.state()["runners"] == []
