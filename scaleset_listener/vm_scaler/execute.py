@@ -240,8 +240,7 @@ class Executor:
         self._finish(runner, "idle beyond demand")
 
     async def _delete_runner(self, runner: TrackedRunner, reason: str) -> None:
-        await self._delete_vm(runner)
-        await self._remove_registration(runner)
+        await self._remove(runner)
         self._finish(runner, reason)
 
     async def _end_lifetime(self, runner: TrackedRunner) -> None:
@@ -252,8 +251,7 @@ class Executor:
             max_runner_lifetime=self._lifecycle.max_runner_lifetime,
             phase=runner.phase.value,
         )
-        await self._delete_vm(runner)
-        await self._remove_registration(runner)
+        await self._remove(runner)
         self._finish(runner, "max runner lifetime exceeded")
 
     async def _fail_boot(self, runner: TrackedRunner, keep_vm: bool) -> None:
@@ -275,8 +273,7 @@ class Executor:
             await self._remove_registration(runner)
             self._log.warning("failed_vm_kept", runner_name=runner.name, server_id=runner.server_id)
         else:
-            await self._delete_vm(runner)
-            await self._remove_registration(runner)
+            await self._remove(runner)
             self._ledger.counters.deleted += 1
             self._log.info("runner_deleted", runner_name=runner.name, reason="boot_timeout")
         self._ledger.forget(runner.name)
@@ -288,6 +285,12 @@ class Executor:
             "runner_deleted", runner_name=runner.name, reason="its scale set was deleted at GitHub"
         )
         self._ledger.abandoned.pop(runner.name, None)
+
+    async def _remove(self, runner: TrackedRunner) -> None:
+        """The VM first, then the registration: GitHub never assigns a job to a runner whose VM
+        is going."""
+        await self._delete_vm(runner)
+        await self._remove_registration(runner)
 
     async def _delete_vm(self, runner: TrackedRunner) -> None:
         if runner.server_id is not None:
