@@ -41,7 +41,7 @@ from pydantic_settings import (
 )
 
 from scaleset_listener.errors import ConfigError, InvalidConfigURL
-from scaleset_listener.github_urls import GitHubTarget, parse_github_url
+from scaleset_listener.github_urls import GitHubTarget, Scope, parse_github_url
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
@@ -476,6 +476,13 @@ class Settings(BaseSettings):
             parse_github_url(self.github_url, self.github_api_url or None)
         except InvalidConfigURL as exc:
             raise ValueError(f"GITHUB_URL: {exc}") from None
+        if self.uses_github_app and self.github_target.scope is Scope.ENTERPRISE:
+            # GitHub refuses an App at the enterprise scope (docs/deploy.md, credentials).
+            raise ValueError(
+                "GITHUB_APP_ID: a GitHub App cannot manage enterprise-level runners; for an "
+                "enterprise GITHUB_URL set GITHUB_TOKEN (a classic PAT with "
+                "manage_runners:enterprise) instead"
+            )
         return self
 
 
