@@ -213,7 +213,9 @@ class GitHubReleaseSource:
 
     async def releases(self) -> list[PublishedRelease] | None:
         data = await self._get(
-            f"/repos/actions/runner/releases?per_page={RELEASES_LISTED}", "runner releases", {200, 404}
+            f"/repos/actions/runner/releases?per_page={RELEASES_LISTED}",
+            "runner releases",
+            {200, 404},
         )
         return None if data is None else releases_from_listing(data)
 
@@ -251,6 +253,16 @@ class RunnerVersions:
         if self._release is None:
             raise RunnerVersionUnavailable("the runner release has not been resolved yet")
         return self._release
+
+    @property
+    def version(self) -> str | None:
+        """The release in use (None until resolved)."""
+        return None if self._release is None else self._release.version
+
+    @property
+    def stale(self) -> bool:
+        """Superseded long enough that GitHub will soon refuse it (or already does)."""
+        return self._stale is not None
 
     def problem(self) -> str | None:
         """Why no VM can be created yet, or why the runner in use may soon get no jobs (a

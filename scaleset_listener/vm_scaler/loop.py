@@ -132,6 +132,13 @@ class VMScaler:
     def cloud_capacity(self) -> int:
         return self._capacity
 
+    def phase_counts(self) -> dict[str, int]:
+        counts = dict.fromkeys((phase.value for phase in Phase if phase is not Phase.DELETED), 0)
+        for runner in self.ledger.runners.values():
+            if runner.phase is not Phase.DELETED:
+                counts[runner.phase.value] += 1
+        return counts
+
     def _ownership(self) -> Ownership:
         return Ownership(self._listener_instance, self._scale_set_id)
 
