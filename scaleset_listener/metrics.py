@@ -76,15 +76,18 @@ _ENDPOINTS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
 )
 
 
+# The broker's long poll (`.../scalesets/message`, the ack appends the message id).
+_MESSAGE_QUEUE = re.compile(r"/messages?(/\d+)?$")
+
+
 def endpoint_of(method: str, path: str) -> str:
-    """The bounded endpoint name of a request path; the message queue is the one URL outside
-    GitHub's API and the Actions service's `_apis` (its path is the broker's own)."""
+    """The bounded endpoint name of a request path."""
     for name, pattern in _ENDPOINTS:
         if pattern.search(path):
             return name
-    if "/_apis/" in path or path.startswith(("/api/", "/orgs/", "/enterprises/", "/app")):
-        return "other"
-    return "message" if method == "GET" else "delete_message"
+    if _MESSAGE_QUEUE.search(path):
+        return "message" if method == "GET" else "delete_message"
+    return "other"
 
 
 @dataclass(frozen=True)
