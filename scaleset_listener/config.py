@@ -43,8 +43,9 @@ from pydantic_settings import (
 from scaleset_listener.errors import ConfigError, InvalidConfigURL
 from scaleset_listener.github_urls import GitHubTarget, Scope, parse_github_url
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|d|h|m|s)")
+# Go's units plus days (`7d`), which a month of operation wants.
+_DURATION_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
 
 def parse_duration(value: object) -> float:
@@ -262,8 +263,10 @@ class Settings(BaseSettings):
 
     # Observability
     enable_metrics: bool = False
-    # host:port of the health endpoints (/healthz, /readyz); ":8080" means every interface.
+    # host:port of /healthz, /readyz and /metrics; ":8080" means every interface.
     metrics_addr: str = ":8080"
+    # Append one JSON line per job (its usage record) here; the directory must exist.
+    usage_log_path: Path | None = None
     log_level: LogLevel = LogLevel.INFO
     log_format: LogFormat = LogFormat.TEXT
 
@@ -313,6 +316,15 @@ class Settings(BaseSettings):
         if value and (len(value.split()) < 2 or "\n" in value):
             raise ValueError("expected one OpenSSH public key line: `<type> <base64> [comment]`")
         return value
+
+    @field_validator("usage_log_path")
+    @classmethod
+    def _usage_log_directory_exists(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.parent.is_dir():
+            raise ValueError(f"the directory {path.parent} does not exist")
+        if path is not None and path.is_dir():
+            raise ValueError(f"{path} is a directory; name the file to append to")
+        return path
 
     @field_validator("metrics_addr")
     @classmethod
