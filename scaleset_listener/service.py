@@ -168,7 +168,9 @@ async def run_service(
             else:
                 versions = wiring.runner_versions(settings, gh, http)
                 provisioner = OpenStackProvisioner(wiring.openstack_config(settings))
-                build = scaler_factory_builder or functools.partial(wiring.vm_scalers, settings)
+                build = scaler_factory_builder or functools.partial(
+                    wiring.vm_scalers, settings, metrics=metrics
+                )
                 make_scaler = build(client, provisioner, versions)
         owner = socket.gethostname()
         supervisors = []

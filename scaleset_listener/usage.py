@@ -55,7 +55,11 @@ class UsageRecord(BaseModel):
         return max(0.0, (self.job_started_at - self.assigned_at).total_seconds())
 
     def log_fields(self) -> dict[str, object]:
-        return self.model_dump(mode="json")
+        """The record as log keys: `event` is the log line's own name there, so the job's
+        event is `event_name`."""
+        fields = self.model_dump(mode="json")
+        fields["event_name"] = fields.pop("event")
+        return fields
 
 
 class UsageLog:

@@ -29,6 +29,7 @@ from scaleset_listener.health import POLL_STALE_AFTER, ScaleSetHealth, readiness
 from scaleset_listener.http import HttpChannel
 from scaleset_listener.retrying import RetryPolicy
 from scaleset_listener.service import run_service
+from scaleset_listener.usage import read_records
 from scaleset_listener.vm_scaler.ledger import Phase
 from scaleset_listener.vm_scaler.loop import VMScaler
 from scaleset_listener.wiring import openstack_config
@@ -65,6 +66,54 @@ async def test_a_burst_gets_exactly_the_needed_vms_never_above_max_and_all_go_aw
     # One VM per job: five jobs, five servers, none left over, no registration left.
     assert world.fleet.counters.seen == 5
     assert world.github.control.state()["runners"] == []
+
+
+async def test_each_job_leaves_one_usage_record_in_order_once_its_vm_is_gone(
+    world: World, tmp_path: Path
+) -> None:
+    usage = tmp_path / "usage.jsonl"
+    with capture_logs() as logs:
+        async with serving(world, world.settings(usage_log_path=usage)):
+            await world.wait_github(lambda s: any(not x["ghost"] for x in s["sessions"]))
+            world.github.control.enqueue_jobs(["linux"], count=3, duration=0.3)
+            state = await world.wait_github(lambda s: all_done(s, 3), timeout=40)
+            await world.wait_no_servers()
+    records, unreadable = read_records(usage)
+    assert unreadable == []
+    assert sorted(r.runner for r in records) == sorted(j["runner_name"] for j in state["jobs"])
+    deleted = {
+        request.path.rstrip("/").rsplit("/", 1)[-1]
+        for request in world.control.requests(endpoint="compute.servers.delete")
+    }
+    assert len({record.server_id for record in records}) == len(records)
+    for record in records:
+        assert (record.repository, record.scale_set, record.result) == (
+            "acme/app",
+            "linux",
+            "succeeded",
+        )
+        assert record.flavor == world.cloud.flavor
+        assert record.server_id in deleted
+        requested, active = record.vm_requested_at, record.vm_active_at
+        online, deleted_at = record.runner_online_at, record.vm_deleted_at
+        assigned, started = record.assigned_at, record.job_started_at
+        finished = record.job_finished_at
+        assert requested is not None
+        assert active is not None
+        assert online is not None
+        assert assigned is not None
+        assert started is not None
+        assert finished is not None
+        # Our clock's steps (the runner may be seen online before the VM is seen ACTIVE)...
+        assert requested <= active <= deleted_at
+        assert requested <= online <= deleted_at
+        # ...and GitHub's, before the VM went.
+        assert assigned <= started <= finished <= deleted_at
+        lived = (deleted_at - requested).total_seconds()
+        assert abs(record.vm_seconds - lived) < 1.0
+    # The same records as log events (the job's event name under `event_name`).
+    logged = [entry for entry in logs if entry["event"] == "job_usage"]
+    assert sorted(e["runner"] for e in logged) == sorted(r.runner for r in records)
 
 
 async def test_min_runners_keeps_a_warm_idle_vm(world: World) -> None:
