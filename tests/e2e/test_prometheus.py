@@ -91,7 +91,12 @@ def test_prometheus_follows_a_job_stream_through_arc_and_our_metrics(
         assert created is not None
         assert created >= JOBS
         assert jit_configs == created
-        assert prom.value(f'sum(scaleset_listener_runners{{name="{name}"}})') == 0
+        # Scraped after the last VM went: no runner left in any phase.
+        prom.wait_for(
+            "no runner tracked",
+            lambda: prom.value(f'sum(scaleset_listener_runners{{name="{name}"}})') == 0 or None,
+            timeout=20,
+        )
         assert prom.value("scaleset_listener_runner_version_stale") == 0
         assert prom.value("count(scaleset_listener_runner_version_info)") == 1
         assert prom.value("process_resident_memory_bytes") is not None
