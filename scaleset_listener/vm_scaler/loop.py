@@ -259,8 +259,13 @@ class VMScaler:
 
     async def refresh_capacity(self) -> None:
         """Learn what the cloud can run before the first poll announces it to GitHub."""
-        free = await self._provisioner.capacity()
+        free = await self._cloud_free()
         self._capacity = cloud_capacity(len(self.owned()), self._executor.in_flight, free)
+
+    async def _cloud_free(self) -> int | None:
+        """More servers of this set's flavor the cloud takes (free pool addresses, the project's
+        quota headroom), this set's creates in flight not counted as taken."""
+        return await self._provisioner.capacity(self.spec.flavor, self._ownership().tags())
 
     async def converge(self) -> None:
         """One pass: observe, plan, execute."""
@@ -270,7 +275,7 @@ class VMScaler:
 
     async def _observe(self) -> Observation:
         """What this pass's plan reads; GitHub and the cloud are asked only what it needs."""
-        free = await self._provisioner.capacity()
+        free = await self._cloud_free()
         runners = list(self.ledger.runners.values())
         waiting = [r for r in runners if r.phase in (Phase.BOOTING, Phase.FINISHED)]
         registrations: dict[str, RunnerReference] = {}
