@@ -65,9 +65,6 @@ TAGS_MICROVERSION = (2, 52)
 # Nova's API schema caps `user_data` at 65535 characters of the base64 text it is sent as, not of
 # the decoded bytes (tests/real_openstack/README.md: 65536 refused with 400, 65532 accepted).
 USER_DATA_LIMIT = 65535
-# After Nova refused a create for quota the limits are read again at once, but never more often
-# than this: a burst of refusals is one read, not a storm of them.
-QUOTA_RECHECK_MIN_INTERVAL = 5.0
 
 
 @dataclass(frozen=True)
@@ -90,6 +87,9 @@ class OpenStackConfig:
     max_workers: int = 8
     # How often Nova's /limits (the quota headroom behind `capacity`) is read again.
     capacity_refresh_interval: float = 60.0
+    # After Nova refused a create for quota the limits are read again at the next `capacity`,
+    # but no sooner than this after the last read: a burst of refusals is one read, not a storm.
+    quota_recheck_interval: float = 5.0
     # The clouds.yaml entry; None lets openstacksdk read OS_CLOUD or the OS_* variables.
     cloud: str | None = None
 
@@ -644,13 +644,15 @@ class OpenStackProvisioner:
 
     async def _read_limits_when_due(self) -> None:
         """Read Nova's /limits when the last read is CAPACITY_REFRESH_INTERVAL old, or when a
-        create was refused for quota since (but not within QUOTA_RECHECK_MIN_INTERVAL of the
-        last read). One read at a time: concurrent callers take its answer. A failed read
+        create was refused for quota since (but not within `quota_recheck_interval` of the last
+        read). One read at a time: concurrent callers take its answer. A failed read
         keeps the last answer (and waits for the next turn, not the next caller)."""
         async with self._limits_lock:
             interval = self._config.capacity_refresh_interval
             age = time.monotonic() - self._limits_read_at
-            recheck = self._limits_recheck and age >= min(QUOTA_RECHECK_MIN_INTERVAL, interval)
+            recheck = self._limits_recheck and age >= min(
+                self._config.quota_recheck_interval, interval
+            )
             if age < interval and not recheck:
                 return
             self._limits_read_at = time.monotonic()
