@@ -276,6 +276,9 @@ class VMScaler:
     async def _observe(self) -> Observation:
         """What this pass's plan reads; GitHub and the cloud are asked only what it needs."""
         free = await self._cloud_free()
+        # Counted in the same instant as `free`, which hands back this set's creates in flight:
+        # one that finished in between would otherwise be counted as free and as not in flight.
+        in_flight = self._executor.in_flight
         runners = list(self.ledger.runners.values())
         waiting = [r for r in runners if r.phase in (Phase.BOOTING, Phase.FINISHED)]
         registrations: dict[str, RunnerReference] = {}
@@ -306,7 +309,7 @@ class VMScaler:
             abandoned_registrations=abandoned_registrations,
             finished_vms=finished_vms,
             free=free,
-            in_flight=self._executor.in_flight,
+            in_flight=in_flight,
             create_allowed=self._executor.create_allowed(),
             kept_failed=self._executor.kept_failed,
         )
