@@ -520,7 +520,10 @@ async def test_the_instance_quota_caps_the_runners_and_the_header_without_a_quot
     """Quota 2, max_runners 4, 4 jobs: two VMs at a time, GitHub told 2, Nova never refuses,
     and each VM that goes makes room for the next job (docs/architecture.md#capacity)."""
     world.control.set_quotas(instances=2)
-    settings = world.settings(runners=[{"name": "linux", "max_runners": 4}])
+    # No timed read during the test: the capacity between reads is the listener's own count.
+    settings = world.settings(
+        runners=[{"name": "linux", "max_runners": 4}], capacity_refresh_interval=3600.0
+    )
     with capture_logs() as logs:
         async with serving(world, settings):
             await world.wait_github(lambda s: any(not x["ghost"] for x in s["sessions"]))
@@ -536,4 +539,6 @@ async def test_the_instance_quota_caps_the_runners_and_the_header_without_a_quot
     assert max(history) == 2
     creates = world.control.requests("compute.servers.create")
     assert [request.status for request in creates] == [202] * 4
+    # One look at Nova's limits (before the first poll) for the whole run.
+    assert len(world.control.requests("compute.limits")) == 1
     assert not [entry for entry in logs if entry["event"] == "runner_create_failed"]
