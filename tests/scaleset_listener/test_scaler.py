@@ -542,3 +542,37 @@ async def test_the_instance_quota_caps_the_runners_and_the_header_without_a_quot
     # One look at Nova's limits (before the first poll) for the whole run.
     assert len(world.control.requests("compute.limits")) == 1
     assert not [entry for entry in logs if entry["event"] == "runner_create_failed"]
+
+
+async def test_two_scale_sets_share_the_projects_headroom_and_nova_never_refuses(
+    world: World,
+) -> None:
+    """Quota 3 for two sets of max_runners 3: never more than 3 VMs in all, every job served,
+    and every create Nova saw accepted (a set that lost the last slot to the other was refused
+    before sending; docs/architecture.md#capacity)."""
+    world.control.set_quotas(instances=3)
+    settings = world.settings(
+        runners=[
+            {"name": "linux", "max_runners": 3},
+            {"name": "gpu", "max_runners": 3, "flavor": "m1.large"},
+        ],
+        capacity_refresh_interval=3600.0,
+    )
+    with capture_logs() as logs:
+        async with serving(world, settings):
+            await world.wait_github(
+                lambda s: sum(not x["ghost"] for x in s["sessions"]) == 2, timeout=20
+            )
+            world.github.control.enqueue_jobs(["linux"], count=3, duration=0.4)
+            world.github.control.enqueue_jobs(["gpu"], count=3, duration=0.4)
+            state = await world.wait_github(lambda s: all_done(s, 6), timeout=60)
+            await world.wait_no_servers()
+    assert {job["result"] for job in state["jobs"]} == {"succeeded"}
+    assert world.max_concurrent_servers() <= 3
+    creates = world.control.requests("compute.servers.create")
+    assert [request.status for request in creates] == [202] * 6
+    for scale_set in world.github.control.state()["scale_sets"]:
+        assert max(scale_set["max_capacity_history"]) <= 3
+    # Creates that lost the race for the last slot were refused here, never sent.
+    failures = [entry for entry in logs if entry["event"] == "runner_create_failed"]
+    assert all("not sent" in entry["error"] for entry in failures)
