@@ -241,6 +241,10 @@ class Settings(BaseSettings):
     openstack_floating_ips: CommaList = ()
     openstack_server_metadata: KeyValues = Field(default_factory=dict)
     openstack_server_active_timeout: Duration = 600.0
+    # How often the project's quota headroom (Nova's /limits) is read again: the capacity counts
+    # this process's own creates and deletes between reads, so this catches only changes from
+    # outside (other deployments in the project, a new quota) (docs/architecture.md#capacity).
+    capacity_refresh_interval: Duration = 60.0
     provision_concurrency: int = Field(default=8, ge=1, le=256)
 
     # Runner lifecycle (docs/architecture.md#runner-lifecycle-and-the-deletion-rule)
@@ -362,6 +366,13 @@ class Settings(BaseSettings):
     def _check_interval_is_positive(cls, value: float) -> float:
         if value < 1:
             raise ValueError("must be at least 1s (default 24h)")
+        return value
+
+    @field_validator("capacity_refresh_interval")
+    @classmethod
+    def _capacity_refresh_is_positive(cls, value: float) -> float:
+        if value < 1:
+            raise ValueError("must be at least 1s (default 60s)")
         return value
 
     @model_validator(mode="after")

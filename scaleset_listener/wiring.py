@@ -129,6 +129,7 @@ def openstack_config(settings: Settings) -> OpenStackConfig:
         server_metadata=dict(settings.openstack_server_metadata),
         active_timeout=settings.openstack_server_active_timeout,
         max_workers=settings.provision_concurrency,
+        capacity_refresh_interval=settings.capacity_refresh_interval,
     )
 
 

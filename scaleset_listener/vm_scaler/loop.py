@@ -296,8 +296,13 @@ class VMScaler:
 
     async def refresh_capacity(self) -> None:
         """Learn what the cloud can run before the first poll announces it to GitHub."""
-        free = await self._provisioner.capacity()
+        free = await self._cloud_free()
         self._capacity = cloud_capacity(len(self.owned()), self._executor.in_flight, free)
+
+    async def _cloud_free(self) -> int | None:
+        """More servers of this set's flavor the cloud takes (free pool addresses, the project's
+        quota headroom), this set's creates in flight not counted as taken."""
+        return await self._provisioner.capacity(self.spec.flavor, self._ownership().tags())
 
     async def converge(self) -> None:
         """One pass: observe, plan, execute."""
@@ -307,7 +312,10 @@ class VMScaler:
 
     async def _observe(self) -> Observation:
         """What this pass's plan reads; GitHub and the cloud are asked only what it needs."""
-        free = await self._provisioner.capacity()
+        free = await self._cloud_free()
+        # Counted in the same instant as `free`, which hands back this set's creates in flight:
+        # one that finished in between would otherwise be counted as free and as not in flight.
+        in_flight = self._executor.in_flight
         runners = list(self.ledger.runners.values())
         waiting = [r for r in runners if r.phase in (Phase.BOOTING, Phase.FINISHED)]
         registrations: dict[str, RunnerReference] = {}
@@ -338,7 +346,7 @@ class VMScaler:
             abandoned_registrations=abandoned_registrations,
             finished_vms=finished_vms,
             free=free,
-            in_flight=self._executor.in_flight,
+            in_flight=in_flight,
             create_allowed=self._executor.create_allowed(),
             kept_failed=self._executor.kept_failed,
         )
