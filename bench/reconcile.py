@@ -62,7 +62,7 @@ from scaleset_listener.auth import ActionsAdminAuth, PersonalAccessToken
 from scaleset_listener.config import LogFormat, LogLevel, Settings
 from scaleset_listener.http import HttpChannel
 from scaleset_listener.logs import configure
-from scaleset_listener.wiring import openstack_config, retry_policy
+from scaleset_listener.wiring import openstack_config, probe_processes, retry_policy
 from simulator.github.config import DEFAULT_PAT
 from simulator.github.control import SimulatorControl
 from simulator.openstack.control import CloudControl
@@ -226,7 +226,9 @@ def bench_settings(
     return Settings(**values)
 
 
-def probe_config(settings: Settings, port: int, workers: int) -> SSHProbeConfig:
+def probe_config(
+    settings: Settings, port: int, workers: int, processes: int | None = None
+) -> SSHProbeConfig:
     """As `scaleset_listener.wiring.make_prober` builds it, on the test hosts' port."""
     assert settings.vm_ssh_private_key_path is not None
     return SSHProbeConfig.from_timeout(
@@ -237,6 +239,7 @@ def probe_config(settings: Settings, port: int, workers: int) -> SSHProbeConfig:
         sentinel_dir=settings.sentinel_dir,
         max_workers=min(4096, workers),
         port=port,
+        worker_processes=probe_processes(settings) if processes is None else processes,
     )
 
 
@@ -399,17 +402,56 @@ def _machine_busy_ticks() -> int:
 TICK = os.sysconf("SC_CLK_TCK")
 
 
+# The prober's helper processes (its workers and the fork server that starts them) -> their
+# CPU ticks when last read: the fork server outlives a prober, so a later pass counts only its
+# own share.
+_HELPER_TICKS: dict[int, int] = {}
+
+
+def _helper_ticks(prober: SSHProber) -> int:
+    """CPU ticks the prober's helper processes spent since last read (they are the listener's
+    CPU as much as its own process's)."""
+    pids = set(prober.worker_pids)
+    for pid in list(pids):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError, IndexError):
+            pids.add(int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]))
+    pids.discard(os.getpid())
+    spent = 0
+    for pid in pids:
+        now = _ticks(pid)
+        spent += max(0, now - _HELPER_TICKS.get(pid, 0))
+        _HELPER_TICKS[pid] = now
+    return spent
+
+
 @dataclass
 class Measured:
     report: ReconcileReport
     wall_s: float
-    cpu_s: float
+    cpu_s: float  # this process
+    helpers_cpu_s: float  # the prober's worker processes (and their fork server)
     simulators_cpu_s: dict[str, float]
     sshd_cpu_s: float
     machine_busy_cpu_s: float
 
+    @property
+    def listener_cpu_s(self) -> float:
+        return self.cpu_s + self.helpers_cpu_s
 
-async def reconcile(world: World, seeded: Seeded, concurrency: int) -> Measured:
+    @property
+    def cpu_ms_per_vm(self) -> float:
+        return 1000 * self.listener_cpu_s / max(1, len(self.report.rows))
+
+    def floor_s(self, timeout: float) -> float:
+        """No pass can beat the SSH timeout (the hung VMs), nor all the CPU the listener and
+        the VMs' sshd spent spread over every core."""
+        cores = os.cpu_count() or 1
+        return max(timeout, (self.listener_cpu_s + self.sshd_cpu_s) / cores)
+
+
+async def reconcile(
+    world: World, seeded: Seeded, concurrency: int, processes: int | None = None
+) -> Measured:
     """One non-dry pass over `seeded`, wired as `reconcile_scale_set` wires it, timed."""
     settings = world.settings
     peers_before = {name: _ticks(pid) for name, pid in world.peer_pids.items()}
@@ -419,7 +461,9 @@ async def reconcile(world: World, seeded: Seeded, concurrency: int) -> Measured:
     started = time.monotonic()
     async with actions_client(settings) as client:
         provisioner = OpenStackProvisioner(openstack_config(settings))
-        prober = SSHProber(probe_config(settings, world.factory.port, concurrency))
+        prober = SSHProber(probe_config(settings, world.factory.port, concurrency, processes))
+        _helper_ticks(prober)  # the fork server's ticks so far are not this pass's
+        helpers = 0
         try:
             report = await run_once(
                 provisioner=provisioner,
@@ -429,6 +473,7 @@ async def reconcile(world: World, seeded: Seeded, concurrency: int) -> Measured:
                 boot_timeout=timedelta(seconds=settings.boot_timeout),
                 concurrency=concurrency,
             )
+            helpers = _helper_ticks(prober)  # before close: the workers end with it
         finally:
             await prober.close()
             await provisioner.close()
@@ -443,6 +488,7 @@ async def reconcile(world: World, seeded: Seeded, concurrency: int) -> Measured:
         report,
         wall_s=wall,
         cpu_s=cpu,
+        helpers_cpu_s=helpers / TICK,
         simulators_cpu_s={name: round(value, 2) for name, value in peers.items()},
         sshd_cpu_s=sshd / TICK,
         machine_busy_cpu_s=machine / TICK,
@@ -554,8 +600,11 @@ async def run(args: argparse.Namespace) -> JSON:
         )
         measured = await reconcile(world, seeded, concurrency)
         counts = measured.report.counts()
+        floor = measured.floor_s(args.timeout)
         print(
-            f"  {measured.wall_s:.1f} s wall, {measured.cpu_s:.1f} s CPU (this process), "
+            f"  {measured.wall_s:.1f} s wall (floor {floor:.1f} s), {measured.cpu_s:.1f} s CPU "
+            f"(this process) + {measured.helpers_cpu_s:.1f} s (probe workers): "
+            f"{measured.cpu_ms_per_vm:.1f} ms per VM, "
             f"simulators {measured.simulators_cpu_s} s, sshd {measured.sshd_cpu_s:.1f} s, "
             f"machine busy {measured.machine_busy_cpu_s:.1f} s; {counts}",
             flush=True,
@@ -573,8 +622,13 @@ async def run(args: argparse.Namespace) -> JSON:
         "hanging": seeded.hanging,
         "timeout_s": args.timeout,
         "concurrency": concurrency,
+        "probe_processes": probe_processes(world.settings),
         "wall_s": round(measured.wall_s, 2),
+        "floor_s": round(floor, 2),
+        "wall_over_floor": round(measured.wall_s / floor, 2),
         "cpu_s": round(measured.cpu_s, 2),
+        "probe_workers_cpu_s": round(measured.helpers_cpu_s, 2),
+        "cpu_ms_per_vm": round(measured.cpu_ms_per_vm, 2),
         "simulators_cpu_s": measured.simulators_cpu_s,
         "sshd_cpu_s": round(measured.sshd_cpu_s, 2),
         "machine_busy_cpu_s": round(measured.machine_busy_cpu_s, 2),
@@ -596,7 +650,7 @@ async def run_baseline(world: World, args: argparse.Namespace) -> JSON:
         "one after the other, one SSH connection at a time",
         flush=True,
     )
-    measured = await reconcile(world, seeded, 1)
+    measured = await reconcile(world, seeded, 1, processes=0)
     problems = check(world, seeded, measured.report)
     if problems:
         fail("the serial baseline did not do what the VMs' states call for", problems)

@@ -13,8 +13,15 @@ Invariants:
   refused before authentication and reported (`host_key_mismatch`), never probed further.
 * The client's private key stays in this process: it is loaded once, never printed. The probe
   never reads a process's command line (the runner's carries the JIT config).
-* Probes run on the prober's own bounded thread pool (`max_workers`); a probe takes a slot
-  before its clock starts, so queueing never eats into a host's deadline.
+* The TCP connect runs on the event loop (at most `max_connections` sockets open at once); a
+  connected probe then takes one of `max_workers` slots before its deadline's clock starts, so
+  neither a hung host's connect nor queueing eats into another host's deadline.
+* The SSH part runs on worker threads of this process, or (`worker_processes` > 0) on threads of
+  worker processes that receive the connected socket and send back a plain `ProbeResult`. A
+  worker process that dies or hangs never loses a VM's answer to a wrong one: its probes end
+  `unreachable` (died) or `timeout` (the deadline), never `ok`.
+* Key exchange, cipher and MAC are the cheapest both sides support (curve25519, AES-GCM: no
+  per-packet HMAC in Python); the host key algorithm is the recorded key's type only.
 
     ProvisionerError                     (provisioners.base)
     └── PermanentProvisionerError
@@ -31,11 +38,16 @@ import errno
 import hashlib
 import itertools
 import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from multiprocessing import reduction
 from pathlib import Path
 
 import paramiko
@@ -78,8 +90,12 @@ class SSHProbeConfig:
     deadline: float = 20.0  # the whole probe
     host_key_policy: HostKeyPolicy = HostKeyPolicy.PINNED
     sentinel_dir: str = DEFAULT_SENTINEL_DIR
-    max_workers: int = 200
+    max_workers: int = 200  # SSH handshakes at once (after the TCP connect)
     port: int = 22
+    # Worker processes for the SSH part (0: threads of this process); see docs/ssh-probe.md.
+    worker_processes: int = 0
+    # TCP connects in flight plus connected sockets waiting for a slot.
+    max_connections: int = 1024
 
     def __post_init__(self) -> None:
         for name in ("connect_timeout", "banner_timeout", "auth_timeout", "command_timeout"):
@@ -89,6 +105,10 @@ class SSHProbeConfig:
             raise SSHProbeConfigError("deadline must be positive")
         if not 1 <= self.max_workers <= 4096:
             raise SSHProbeConfigError("max_workers must be between 1 and 4096")
+        if not 0 <= self.worker_processes <= 64:
+            raise SSHProbeConfigError("worker_processes must be between 0 and 64")
+        if not 1 <= self.max_connections <= 16384:
+            raise SSHProbeConfigError("max_connections must be between 1 and 16384")
         if not 0 < self.port < 65536:
             raise SSHProbeConfigError(f"port {self.port} is not a TCP port")
         if not self.sentinel_dir.startswith("/"):
@@ -224,32 +244,77 @@ class _Attempt:
 _PROBER_NUMBERS = itertools.count(1)
 
 
+# paramiko's own preference lists (class attributes its type stubs leave out).
+_PARAMIKO_PREFERRED: dict[str, tuple[str, ...]] = {
+    name: tuple(vars(paramiko.Transport)[name])
+    for name in ("_preferred_kex", "_preferred_ciphers", "_preferred_macs")
+}
+
+
+class _ProbeTransport(paramiko.Transport):
+    """paramiko's transport with the cheapest algorithms first (both sides still negotiate: a
+    server without them gets paramiko's usual ones). curve25519 is one X25519 exchange (the
+    ML-KEM hybrid paramiko prefers costs more and OpenSSH before 9.9 lacks it); AES-GCM
+    authenticates each packet inside the cipher, where HMAC modes compare every MAC byte by
+    byte in Python (a fifth of a probe's client CPU)."""
+
+    _preferred_kex = (
+        "curve25519-sha256@libssh.org",
+        *(k for k in _PARAMIKO_PREFERRED["_preferred_kex"] if k != "curve25519-sha256@libssh.org"),
+    )
+    _preferred_ciphers = (
+        "aes128-gcm@openssh.com",
+        "aes256-gcm@openssh.com",
+        *(
+            c
+            for c in _PARAMIKO_PREFERRED["_preferred_ciphers"]
+            if c not in ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+        ),
+    )
+    _preferred_macs = (
+        "hmac-sha2-256-etm@openssh.com",
+        *(
+            m
+            for m in _PARAMIKO_PREFERRED["_preferred_macs"]
+            if m != "hmac-sha2-256-etm@openssh.com"
+        ),
+    )
+
+
 class SSHProber:
     """Probes VMs over SSH. Create it in the event loop that will use it; `close()` it."""
 
     def __init__(self, config: SSHProbeConfig) -> None:
         self.config = config
-        self._pkey = _load_private_key(config.private_key_path)
-        # A VM whose bootstrap installed the probe's entry runs its forced command instead;
-        # one without it (made before that entry existed) runs this.
-        self._command = remote_command(config.sentinel_dir)
+        # Loaded here so a bad key fails at start; worker processes load it once each.
+        self._stage = _SSHStage(config)
         # Its workers' names start with this (one prefix per prober, for tests and debugging).
         self.thread_name_prefix = f"ssh-probe-{next(_PROBER_NUMBERS)}"
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=config.max_workers, thread_name_prefix=self.thread_name_prefix
-        )
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        if config.worker_processes == 0:
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=config.max_workers, thread_name_prefix=self.thread_name_prefix
+            )
+        self._workers: list[_WorkerProcess] = []
+        self._workers_lock = asyncio.Lock()
         self._slots = asyncio.Semaphore(config.max_workers)
+        self._connections = asyncio.Semaphore(config.max_connections)
         self._attempts: set[_Attempt] = set()
         self._closed = False
+        self._closing = asyncio.Event()  # set by close(): connects in flight give up
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """The worker processes' pids (empty without worker processes)."""
+        return [worker.pid for worker in self._workers if worker.pid is not None]
 
     async def probe(self, address: str, pinned_public_key: str | None) -> ProbeResult:
         """Probe one VM. Never raises for anything the VM or the network does."""
         if self._closed:
             raise RuntimeError("the prober is closed")
-        pinned: paramiko.PKey | None = None
         if pinned_public_key:
             try:
-                pinned = parse_public_key(pinned_public_key)
+                parse_public_key(pinned_public_key)
             except ValueError as exc:
                 return ProbeResult(
                     address, ProbeOutcome.HOST_KEY_UNKNOWN, detail=f"recorded host key: {exc}"
@@ -260,39 +325,122 @@ class SSHProber:
                 ProbeOutcome.HOST_KEY_UNKNOWN,
                 detail="no host key is recorded for this server and SSH_HOST_KEY_POLICY=pinned",
             )
+        async with self._connections:
+            connect_started = time.monotonic()
+            connected = await self._connect(address)
+            if isinstance(connected, ProbeResult):
+                log.debug("ssh probe %s: %s (%s)", address, connected.outcome, connected.detail)
+                return connected
+            connect_seconds = time.monotonic() - connect_started
+            # The deadline covers the connect and the SSH part, not the wait for a slot.
+            budget = max(self.config.deadline - connect_seconds, 0.001)
+            async with self._slots:
+                result = await self._ssh(address, pinned_public_key or None, connected, budget)
+        return replace(result, elapsed_seconds=result.elapsed_seconds + connect_seconds)
+
+    async def _connect(self, address: str) -> socket.socket | ProbeResult:
+        """The TCP connect on the event loop: a host that never answers holds a socket, not a
+        worker."""
+        cfg = self.config
         loop = asyncio.get_running_loop()
-        await self._slots.acquire()
-        attempt = _Attempt(address, pinned)
-        answer: asyncio.Future[ProbeResult] = loop.create_future()
         started = time.monotonic()
 
-        def settle(done: concurrent.futures.Future[ProbeResult]) -> None:
-            self._slots.release()
-            self._attempts.discard(attempt)
-            if not answer.done():
-                try:
-                    answer.set_result(done.result())
-                except BaseException as exc:  # noqa: BLE001 - handed to the awaiting side
-                    answer.set_exception(exc)
-
-        def on_done(done: concurrent.futures.Future[ProbeResult]) -> None:
-            # RuntimeError: the loop is gone, nobody waits for this answer any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(settle, done)
+        def failed(outcome: ProbeOutcome, detail: str) -> ProbeResult:
+            return ProbeResult(
+                address, outcome, elapsed_seconds=time.monotonic() - started, detail=detail
+            )
 
         try:
-            work = self._pool.submit(self._probe_sync, attempt, started)
-        except BaseException:
-            self._slots.release()
-            raise
-        self._attempts.add(attempt)
-        work.add_done_callback(on_done)
+            infos = await loop.getaddrinfo(
+                address, cfg.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+            )
+        except (socket.gaierror, UnicodeError) as exc:
+            return failed(ProbeOutcome.UNREACHABLE, f"cannot resolve the address: {exc}")
+        family, kind, proto, _, sockaddr = infos[0]
+        sock = _ProbeSocket(family, kind, proto)
+        connecting: asyncio.Future[None] | None = None
         try:
-            async with asyncio.timeout(self.config.deadline):
-                return await asyncio.shield(answer)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setblocking(False)
+            connecting = asyncio.ensure_future(loop.sock_connect(sock, sockaddr))
+            closing = asyncio.ensure_future(self._closing.wait())
+            try:
+                await asyncio.wait(
+                    (connecting, closing),
+                    timeout=min(cfg.connect_timeout, cfg.deadline),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                closing.cancel()
+            if not connecting.done():
+                connecting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await connecting
+                if self._closing.is_set():
+                    sock.close()
+                    return failed(ProbeOutcome.TIMEOUT, "cut off during TCP connect")
+                raise TimeoutError
+            connecting.result()
         except TimeoutError:
-            stage = attempt.stage
-            attempt.abort()
+            sock.close()
+            if cfg.deadline < cfg.connect_timeout:
+                return failed(
+                    ProbeOutcome.TIMEOUT,
+                    f"hard deadline of {cfg.deadline:g}s reached during TCP connect",
+                )
+            return failed(
+                ProbeOutcome.TIMEOUT, f"TCP connect timed out after {cfg.connect_timeout:g}s"
+            )
+        except OSError as exc:
+            sock.close()
+            name = errno.errorcode.get(exc.errno or 0, "error")
+            return failed(ProbeOutcome.UNREACHABLE, f"TCP connect failed: {name} ({exc.strerror})")
+        except BaseException:
+            if connecting is not None:
+                connecting.cancel()
+            sock.close()
+            raise
+        return sock
+
+    async def _ssh(
+        self, address: str, pinned: str | None, sock: socket.socket, budget: float
+    ) -> ProbeResult:
+        """The SSH part on a worker, within what the connect left of the hard deadline. Takes the
+        socket: a worker thread of this process closes it when done (never this side while
+        the thread may still read it); with worker processes each side closes its own copy."""
+        started = time.monotonic()
+        attempt: _Attempt | None = None
+        own_copy = False
+        if self._closed:
+            sock.close()
+            return ProbeResult(address, ProbeOutcome.TIMEOUT, detail="cut off: the prober closed")
+        try:
+            if self._pool is not None:
+                attempt = _Attempt(address, None if pinned is None else parse_public_key(pinned))
+                attempt.attach(sock)
+                submitted = self._pool.submit(self._stage.run, attempt, sock, started)
+
+                def close_if_never_run(done: concurrent.futures.Future[ProbeResult]) -> None:
+                    if done.cancelled():
+                        sock.close()
+
+                submitted.add_done_callback(close_if_never_run)
+                work: asyncio.Future[ProbeResult] = asyncio.wrap_future(submitted)
+                self._attempts.add(attempt)
+                abort = attempt.abort
+            else:
+                own_copy = True
+                worker = await self._worker()
+                work, abort = worker.submit(address, pinned, sock)
+        except BaseException:
+            sock.close()
+            raise
+        try:
+            async with asyncio.timeout(budget):
+                return await asyncio.shield(work)
+        except TimeoutError:
+            stage = attempt.stage if attempt is not None else "the SSH part"
+            abort()
             result = ProbeResult(
                 address,
                 ProbeOutcome.TIMEOUT,
@@ -302,8 +450,35 @@ class SSHProber:
             log.debug("ssh probe %s: %s (%s)", address, result.outcome, result.detail)
             return result
         except asyncio.CancelledError:
-            attempt.abort()
+            abort()
             raise
+        finally:
+            if attempt is not None:
+                self._attempts.discard(attempt)
+            if own_copy:
+                sock.close()
+
+    async def _worker(self) -> _WorkerProcess:
+        """The live worker process with the fewest probes in hand; dead ones are replaced."""
+        async with self._workers_lock:
+            if self._closed:
+                raise RuntimeError("the prober is closed")
+            alive = [worker for worker in self._workers if worker.alive]
+            missing = self.config.worker_processes - len(alive)
+            if missing > 0:
+                loop = asyncio.get_running_loop()
+                started = await asyncio.gather(
+                    *(
+                        loop.run_in_executor(None, _WorkerProcess.start, self.config, loop)
+                        for _ in range(missing)
+                    )
+                )
+                alive += started
+                for worker in self._workers:
+                    if not worker.alive:
+                        worker.stop()
+                self._workers = alive
+            return min(alive, key=lambda worker: len(worker.pending))
 
     async def probe_many(
         self, targets: Iterable[tuple[str, str | None]], concurrency: int | None = None
@@ -324,19 +499,174 @@ class SSHProber:
         return [task.result() for task in tasks]
 
     async def close(self) -> None:
-        """Cut off probes still running and release the pool. Workers still in a TCP connect
-        end at their connect timeout; nothing waits for them."""
+        """Cut off probes still running, release the pool and stop the worker processes."""
         self._closed = True
+        self._closing.set()
         for attempt in list(self._attempts):
             attempt.abort()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        async with self._workers_lock:
+            workers, self._workers = self._workers, []
+        for worker in workers:
+            worker.stop()
 
-    # The worker side: plain blocking paramiko calls, each bounded by its stage's timeout.
 
-    def _probe_sync(self, attempt: _Attempt, started: float) -> ProbeResult:
+class _WorkerProcess:
+    """One worker process and its pipe: probes go out as `(id, address, pinned key)` plus the
+    connected socket's descriptor, plain `ProbeResult`s come back. A reader thread hands
+    the answers to the event loop; when the pipe ends, every probe still in hand ends
+    `unreachable` (never `ok`: nothing about those VMs is known)."""
+
+    def __init__(
+        self,
+        process: multiprocessing.process.BaseProcess,
+        conn: multiprocessing.connection.Connection,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.process = process
+        self.pid = process.pid
+        self.conn = conn
+        self.loop = loop
+        self.alive = True
+        self.pending: dict[int, tuple[asyncio.Future[ProbeResult], socket.socket]] = {}
+        self._ids = itertools.count(1)
+        self._reader = threading.Thread(
+            target=self._read, name=f"ssh-probe-worker-{self.pid}", daemon=True
+        )
+        self._reader.start()
+
+    @classmethod
+    def start(cls, config: SSHProbeConfig, loop: asyncio.AbstractEventLoop) -> _WorkerProcess:
+        """Start one (blocking: run it off the event loop). forkserver, not fork: this
+        process has threads; the fork server imports this module once for all workers."""
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        ours, theirs = context.Pipe(duplex=True)
+        process = context.Process(
+            target=_worker_main, args=(theirs, config), name="ssh-probe-worker", daemon=True
+        )
+        process.start()
+        theirs.close()
+        return cls(process, ours, loop)
+
+    def submit(
+        self, address: str, pinned: str | None, sock: socket.socket
+    ) -> tuple[asyncio.Future[ProbeResult], Callable[[], None]]:
+        answer: asyncio.Future[ProbeResult] = self.loop.create_future()
+        request = next(self._ids)
+
+        def abort() -> None:
+            # The worker holds a copy of this socket: shutting it down ends its probe soon.
+            self.pending.pop(request, None)
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+        if not self.alive:
+            answer.set_result(_worker_gone(address, "the worker process has ended"))
+            return answer, abort
+        self.pending[request] = (answer, sock)
+        try:
+            self.conn.send((request, address, pinned))
+            reduction.send_handle(self.conn, sock.fileno(), self.pid or 0)
+        except (OSError, ValueError) as exc:
+            self.pending.pop(request, None)
+            self._gone(f"cannot reach the worker process: {_describe(exc)}")
+            if not answer.done():
+                answer.set_result(_worker_gone(address, "the worker process has ended"))
+        return answer, abort
+
+    def _read(self) -> None:
+        while True:
+            try:
+                request, result = self.conn.recv()
+            except (EOFError, OSError, ValueError, TypeError):
+                break
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                self.loop.call_soon_threadsafe(self._deliver, request, result)
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self._gone, "the worker process ended")
+
+    def _deliver(self, request: int, result: ProbeResult) -> None:
+        entry = self.pending.pop(request, None)
+        if entry is not None and not entry[0].done():
+            entry[0].set_result(result)
+
+    def _gone(self, why: str) -> None:
+        self.alive = False
+        self.process.join(timeout=0)
+        code = self.process.exitcode
+        detail = why if code is None else f"{why} (exit code {code})"
+        pending, self.pending = self.pending, {}
+        for answer, sock in pending.values():
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            if not answer.done():
+                answer.set_result(_worker_gone("", detail))
+
+    def stop(self) -> None:
+        self.alive = False
+        with contextlib.suppress(OSError):
+            self.conn.close()
+        if self.process.is_alive():
+            self.process.terminate()
+        self.process.join(timeout=0)
+
+
+def _worker_gone(address: str, detail: str) -> ProbeResult:
+    return ProbeResult(address, ProbeOutcome.UNREACHABLE, detail=detail)
+
+
+def _worker_main(conn: multiprocessing.connection.Connection, config: SSHProbeConfig) -> None:
+    """A worker process: probes arrive with their connected socket, each runs on a thread of
+    this process, answers go back as plain data. Ends when the listener closes the pipe."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the listener decides when we stop
+    stage = _SSHStage(config)
+    pool = concurrent.futures.ThreadPoolExecutor(
+        max_workers=config.max_workers, thread_name_prefix="ssh-probe"
+    )
+    sending = threading.Lock()
+
+    def one(request: int, address: str, pinned: str | None, fd: int) -> None:
+        sock = _ProbeSocket(fileno=fd)
+        try:
+            key = None if pinned is None else parse_public_key(pinned)
+            result = stage.run(_Attempt(address, key), sock, time.monotonic())
+        except Exception as exc:  # noqa: BLE001 - answered, never dropped
+            result = ProbeResult(
+                address, ProbeOutcome.PROTOCOL_ERROR, detail=f"worker: {_describe(exc)}"
+            )
+        finally:
+            sock.close()
+        with sending, contextlib.suppress(OSError, ValueError):
+            conn.send((request, result))
+
+    while True:
+        try:
+            request, address, pinned = conn.recv()
+            fd = reduction.recv_handle(conn)
+        except (EOFError, OSError, ValueError):
+            break
+        pool.submit(one, request, address, pinned, fd)
+    pool.shutdown(wait=False, cancel_futures=True)
+    os._exit(0)  # probes still running are cut off with the process
+
+
+class _SSHStage:
+    """The SSH part of a probe on a connected socket: plain blocking paramiko calls, each
+    bounded by its stage's timeout. Runs on a worker thread (of this process or a worker's)."""
+
+    def __init__(self, config: SSHProbeConfig) -> None:
+        self.config = config
+        self._pkey = _load_private_key(config.private_key_path)
+        # A VM whose bootstrap installed the probe's entry runs its forced command instead;
+        # one without it (made before that entry existed) runs this.
+        self._command = remote_command(config.sentinel_dir)
+
+    def run(self, attempt: _Attempt, sock: socket.socket, started: float) -> ProbeResult:
         host_key: str | None = None
         try:
-            report, host_key = self._run(attempt)
+            report, host_key = self._run(attempt, sock)
         except _Failed as failure:
             outcome, detail, host_key = failure.outcome, failure.detail, failure.host_key
             result = ProbeResult(
@@ -382,14 +712,13 @@ class SSHProber:
         )
         return result
 
-    def _run(self, attempt: _Attempt) -> tuple[SentinelReport, str]:
+    def _run(self, attempt: _Attempt, sock: socket.socket) -> tuple[SentinelReport, str]:
         cfg = self.config
-        attempt.enter("TCP connect")
-        sock = self._connect(attempt)
+        sock.settimeout(cfg.banner_timeout)
         transport: paramiko.Transport | None = None
         try:
             attempt.enter("SSH banner")
-            transport = paramiko.Transport(sock)
+            transport = _ProbeTransport(sock)
             attempt.attach(sock, transport)
             transport.set_log_channel(PARAMIKO_LOG_CHANNEL)
             transport.banner_timeout = cfg.banner_timeout
@@ -410,41 +739,6 @@ class SSHProber:
             if transport is not None:
                 transport.close()
             sock.close()
-
-    def _connect(self, attempt: _Attempt) -> socket.socket:
-        cfg = self.config
-        try:
-            infos = socket.getaddrinfo(
-                attempt.address, cfg.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
-            )
-        except (socket.gaierror, UnicodeError) as exc:
-            raise _Failed(ProbeOutcome.UNREACHABLE, f"cannot resolve the address: {exc}") from None
-        family, kind, proto, _, sockaddr = infos[0]
-        sock = _ProbeSocket(family, kind, proto)
-        try:
-            attempt.attach(sock)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.settimeout(cfg.connect_timeout)
-            sock.connect(sockaddr)
-        except _CutOff:
-            sock.close()
-            raise
-        except TimeoutError:
-            sock.close()
-            if attempt.cut_off.is_set():
-                raise _CutOff from None
-            raise _Failed(
-                ProbeOutcome.TIMEOUT, f"TCP connect timed out after {cfg.connect_timeout:g}s"
-            ) from None
-        except OSError as exc:
-            sock.close()
-            if attempt.cut_off.is_set():
-                raise _CutOff from None
-            name = errno.errorcode.get(exc.errno or 0, "error")
-            raise _Failed(
-                ProbeOutcome.UNREACHABLE, f"TCP connect failed: {name} ({exc.strerror})"
-            ) from None
-        return sock
 
     def _handshake(self, attempt: _Attempt, transport: paramiko.Transport) -> paramiko.PKey:
         """Banner, then key exchange, each within banner_timeout; the server's host key."""

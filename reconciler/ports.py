@@ -51,6 +51,9 @@ class RunnerRegistrations(Protocol):
 
 
 class Prober(Protocol):
+    """The reconciler calls `probe` for every VM at once: the prober bounds its own work
+    (`provisioners.ssh.SSHProber`: TCP connects, then SSH sessions)."""
+
     async def probe(self, address: str, pinned_public_key: str | None) -> ProbeResult: ...
 
 

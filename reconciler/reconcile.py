@@ -254,14 +254,18 @@ async def run_once(
 
     # Each VM is acted on as soon as it is decided: the deletes and clean-ups of the quick
     # answers overlap the probes still waiting out their timeouts, so a pass costs about one
-    # probe timeout more than the probing itself, not a second full round.
+    # probe timeout more than the probing itself, not a second full round. The probes are not
+    # behind the gate: the prober bounds its own connections and SSH sessions, and a VM that
+    # never answers the TCP handshake holds a socket, not a slot, so the hung ones all wait
+    # out their timeout at once, from the start, beside the work of the others.
     async def handle(vm: RunnerVM) -> VMRow:
+        probe = await _probe(vm, prober)
         async with gate:
             row = await _examine(
                 vm,
                 by_name,
                 provisioner,
-                prober,
+                probe,
                 (boot_timeout, max_lifetime, failed_retention),
                 now(),
             )
@@ -325,11 +329,19 @@ def runner_name_of(vm: RunnerVM) -> str:
     return (info.runner_name if info else "") or vm.name
 
 
+async def _probe(vm: RunnerVM, prober: Prober | None) -> ProbeResult | None:
+    """The SSH probe of an ACTIVE VM with an address (None: not probed)."""
+    if prober is None or vm.status != "ACTIVE" or not vm.address:
+        return None
+    info = parse_ownership(vm.tags, vm.metadata)
+    return await prober.probe(vm.address, info.host_public_key if info else None)
+
+
 async def _examine(
     vm: RunnerVM,
     by_name: dict[str, RunnerRegistration],
     provisioner: Cloud,
-    prober: Prober | None,
+    probe: ProbeResult | None,
     timers: tuple[timedelta, timedelta | None, timedelta | None],
     now: datetime,
 ) -> VMRow:
@@ -337,9 +349,6 @@ async def _examine(
     runner_name = runner_name_of(vm)
     created_at = (info.created_at if info else None) or vm.created_at
     registration = by_name.get(runner_name)
-    probe: ProbeResult | None = None
-    if prober is not None and vm.status == "ACTIVE" and vm.address:
-        probe = await prober.probe(vm.address, info.host_public_key if info else None)
     console: ConsoleFacts | None = None
     if (probe is None or not probe.reachable) and vm.status in ("ACTIVE", "SHUTOFF"):
         try:

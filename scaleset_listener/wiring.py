@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -254,8 +255,18 @@ def make_prober(settings: Settings) -> SSHProber | None:
             sentinel_dir=settings.sentinel_dir,
             max_workers=min(4096, settings.reconcile_concurrency),
             port=settings.vm_ssh_port,
+            worker_processes=probe_processes(settings),
         )
     )
+
+
+def probe_processes(settings: Settings) -> int:
+    """SSH_PROBE_PROCESSES resolved: "auto" is one worker process per core on a machine with
+    more than one (the handshakes are CPU-bound Python), none on a single core."""
+    if settings.ssh_probe_processes == "auto":
+        cores = os.cpu_count() or 1
+        return cores if cores > 1 else 0
+    return settings.ssh_probe_processes
 
 
 async def reconcile_scale_set(
