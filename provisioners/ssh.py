@@ -43,6 +43,8 @@ import multiprocessing.connection
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -280,6 +282,12 @@ class _ProbeTransport(paramiko.Transport):
         ),
     )
 
+    def _parse_debug(self, m: paramiko.Message) -> None:
+        # OpenSSH sends one SSH_MSG_DEBUG per restriction of the probe key's entry; paramiko
+        # escapes each byte by byte in Python only to log it at DEBUG on a quiet channel.
+        if logging.getLogger(PARAMIKO_LOG_CHANNEL).isEnabledFor(logging.DEBUG):
+            super()._parse_debug(m)  # type: ignore[misc]
+
 
 class SSHProber:
     """Probes VMs over SSH. Create it in the event loop that will use it; `close()` it."""
@@ -467,11 +475,8 @@ class SSHProber:
             missing = self.config.worker_processes - len(alive)
             if missing > 0:
                 loop = asyncio.get_running_loop()
-                started = await asyncio.gather(
-                    *(
-                        loop.run_in_executor(None, _WorkerProcess.start, self.config, loop)
-                        for _ in range(missing)
-                    )
+                started = await loop.run_in_executor(
+                    None, _WorkerProcess.start_many, missing, self.config, loop
                 )
                 alive += started
                 for worker in self._workers:
@@ -520,12 +525,13 @@ class _WorkerProcess:
 
     def __init__(
         self,
-        process: multiprocessing.process.BaseProcess,
+        process: subprocess.Popen[bytes] | None,
+        pid: int,
         conn: multiprocessing.connection.Connection,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
-        self.process = process
-        self.pid = process.pid
+        self.process = process  # the first worker is our child; the others are its
+        self.pid = pid
         self.conn = conn
         self.loop = loop
         self.alive = True
@@ -537,18 +543,47 @@ class _WorkerProcess:
         self._reader.start()
 
     @classmethod
-    def start(cls, config: SSHProbeConfig, loop: asyncio.AbstractEventLoop) -> _WorkerProcess:
-        """Start one (blocking: run it off the event loop). forkserver, not fork: this
-        process has threads; the fork server imports this module once for all workers."""
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__])
-        ours, theirs = context.Pipe(duplex=True)
-        process = context.Process(
-            target=_worker_main, args=(theirs, config), name="ssh-probe-worker", daemon=True
-        )
-        process.start()
-        theirs.close()
-        return cls(process, ours, loop)
+    def start_many(
+        cls, count: int, config: SSHProbeConfig, loop: asyncio.AbstractEventLoop
+    ) -> list[_WorkerProcess]:
+        """Start `count` workers (blocking: run it off the event loop). One fresh interpreter
+        imports this module once and forks the others before it has any thread (this process
+        has threads, so it never forks itself; and a plain interpreter, unlike
+        multiprocessing's, never re-imports the caller's `__main__`)."""
+        pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(count)]
+        theirs = [pair[1].fileno() for pair in pairs]
+        # The interpreter finds this very copy of the package first.
+        root = str(Path(__file__).resolve().parents[1])
+        path = os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))
+        try:
+            process = subprocess.Popen(  # noqa: S603 (this interpreter, our own entry)
+                [sys.executable, "-c", _WORKERS_ENTRY, *map(str, theirs)],
+                pass_fds=theirs,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONPATH": path},
+            )
+        finally:
+            for _, their_end in pairs:
+                their_end.close()
+        conns = [multiprocessing.connection.Connection(ours.detach()) for ours, _ in pairs]
+        workers = []
+        try:
+            for conn in conns:
+                conn.send(config)
+            for conn in conns:
+                if not conn.poll(WORKER_START_TIMEOUT):
+                    raise OSError(f"no worker process ready within {WORKER_START_TIMEOUT:g}s")
+                pid = conn.recv()
+                workers.append(cls(process if pid == process.pid else None, pid, conn, loop))
+        except (OSError, EOFError) as exc:
+            for conn in conns:
+                conn.close()
+            process.kill()
+            process.wait()
+            raise SSHProbeConfigError(
+                f"cannot start the SSH probe's worker processes: {_describe(exc)}"
+            ) from None
+        return workers
 
     def submit(
         self, address: str, pinned: str | None, sock: socket.socket
@@ -568,7 +603,7 @@ class _WorkerProcess:
         self.pending[request] = (answer, sock)
         try:
             self.conn.send((request, address, pinned))
-            reduction.send_handle(self.conn, sock.fileno(), self.pid or 0)
+            reduction.send_handle(self.conn, sock.fileno(), self.pid)
         except (OSError, ValueError) as exc:
             self.pending.pop(request, None)
             self._gone(f"cannot reach the worker process: {_describe(exc)}")
@@ -594,8 +629,7 @@ class _WorkerProcess:
 
     def _gone(self, why: str) -> None:
         self.alive = False
-        self.process.join(timeout=0)
-        code = self.process.exitcode
+        code = self.process.poll() if self.process is not None else None
         detail = why if code is None else f"{why} (exit code {code})"
         pending, self.pending = self.pending, {}
         for answer, sock in pending.values():
@@ -605,27 +639,54 @@ class _WorkerProcess:
                 answer.set_result(_worker_gone("", detail))
 
     def stop(self) -> None:
+        """End the worker: its pipe closes (it exits at once), and SIGTERM for one that hangs."""
         self.alive = False
         with contextlib.suppress(OSError):
             self.conn.close()
-        if self.process.is_alive():
-            self.process.terminate()
-        self.process.join(timeout=0)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGTERM)
+        if self.process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=1)
 
 
 def _worker_gone(address: str, detail: str) -> ProbeResult:
     return ProbeResult(address, ProbeOutcome.UNREACHABLE, detail=detail)
 
 
-def _worker_main(conn: multiprocessing.connection.Connection, config: SSHProbeConfig) -> None:
+WORKER_START_TIMEOUT = 30.0
+_WORKERS_ENTRY = "import sys, provisioners.ssh as m; m._workers_main(sys.argv[1:])"
+
+
+def _workers_main(descriptors: list[str]) -> None:
+    """The worker interpreter: fork one sibling per extra pipe (no thread exists yet), then
+    each serves its own pipe."""
+    fds = [int(fd) for fd in descriptors]
+    mine = fds[0]
+    for fd in fds[1:]:
+        if os.fork() == 0:
+            mine = fd
+            break
+    else:
+        # The first worker is the parent of the others: the kernel reaps them for it.
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    for fd in fds:
+        if fd != mine:
+            os.close(fd)
+    _worker_main(multiprocessing.connection.Connection(mine))
+
+
+def _worker_main(conn: multiprocessing.connection.Connection) -> None:
     """A worker process: probes arrive with their connected socket, each runs on a thread of
     this process, answers go back as plain data. Ends when the listener closes the pipe."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the listener decides when we stop
+    config: SSHProbeConfig = conn.recv()
     stage = _SSHStage(config)
     pool = concurrent.futures.ThreadPoolExecutor(
         max_workers=config.max_workers, thread_name_prefix="ssh-probe"
     )
     sending = threading.Lock()
+    conn.send(os.getpid())
 
     def one(request: int, address: str, pinned: str | None, fd: int) -> None:
         sock = _ProbeSocket(fileno=fd)
@@ -648,7 +709,6 @@ def _worker_main(conn: multiprocessing.connection.Connection, config: SSHProbeCo
         except (EOFError, OSError, ValueError):
             break
         pool.submit(one, request, address, pinned, fd)
-    pool.shutdown(wait=False, cancel_futures=True)
     os._exit(0)  # probes still running are cut off with the process
 
 

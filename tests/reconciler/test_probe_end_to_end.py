@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 
@@ -31,6 +33,7 @@ from tests.reconciler.test_end_to_end import (
     make_busy,
     world_state,
 )
+from tests.ssh.test_worker_processes import wait_in_hand
 from tests.testsupport.ssh_hosts import HostSpec, MappedProber, SSHHost, SSHHostFactory
 
 
@@ -342,3 +345,47 @@ async def test_powered_off_vms_are_cleaned_up_unless_github_still_says_busy(
     servers, runners = world_state(setup)
     assert servers == [("linux-offbusy1", "SHUTOFF")]
     assert [(n, state) for n, state, _ in runners] == [("linux-offbusy1", "busy")]
+
+
+async def test_a_probe_worker_process_that_dies_mid_pass_never_deletes_a_busy_runner(
+    setup: Setup, ssh_host_factory: SSHHostFactory
+) -> None:
+    """The probes' worker process is killed while it holds both VMs' probes (their report
+    command stalls): each VM is decided as unreachable, so GitHub's busy flag and the age
+    rule keep them both, and the pass does not wait out any probe timeout."""
+    f = ssh_host_factory
+    busy_host, young_host = f.start_many(
+        [HostSpec(force_command="sleep 120", label="stall") for _ in range(2)]
+    )
+    busy_name, young_name = "linux-busy0002", "linux-young002"
+    async with admin_client(setup) as client:
+        jit = await client.generate_jit_config(setup.scale_set_id, busy_name)
+        await make_busy(setup, client, jit.encoded_jit_config)
+        await client.generate_jit_config(setup.scale_set_id, young_name)  # offline: booting
+    busy = await create_vm(setup, busy_name, timedelta(hours=3), busy_host.pinned_public_key)
+    young = await create_vm(setup, young_name, timedelta(minutes=1), young_host.pinned_public_key)
+    assert busy.address is not None
+    assert young.address is not None
+    inner = SSHProber(
+        dataclasses.replace(
+            make_prober(f).config, worker_processes=1, command_timeout=60, deadline=120
+        )
+    )
+    prober = MappedProber(inner, {busy.address: busy_host, young.address: young_host})
+
+    async def kill_the_worker_once_it_holds_both() -> None:
+        os.kill(await wait_in_hand(inner, count=2), signal.SIGKILL)
+
+    async with reconciling(setup, prober) as reconcile:
+        killer = asyncio.create_task(kill_the_worker_once_it_holds_both())
+        report = await asyncio.wait_for(reconcile(False), timeout=30)
+        await asyncio.wait_for(killer, timeout=11)
+    rows = {row.runner_name: row for row in report.rows}
+    for row in rows.values():
+        assert row.probe is not None
+        assert row.probe.outcome is ProbeOutcome.UNREACHABLE, row.probe
+        assert row.probe.runner_alive is None
+    assert rows[busy_name].decision.action is Action.ADOPT_BUSY
+    assert rows[young_name].decision.action is Action.ADOPT_BOOTING
+    servers, _ = world_state(setup)
+    assert sorted(name for name, _ in servers) == [busy_name, young_name]
