@@ -12,9 +12,11 @@ Measured: the real reconcile pass (`reconciler.run_once` as `reconcile_scale_set
 openstacksdk against the simulated cloud, the Actions client against the simulated GitHub, the
 SSHProber with host keys pinned from the server metadata, RECONCILE_CONCURRENCY slots, console
 fallback, deletes and deregistrations). Only the address is translated: the cloud reports
-10.0.x.y, the VM's sshd listens on 127.0.x.y (`MappedProber`). Wall time and this process's CPU
-time; the simulators' CPU and the sshd CPU (which in production lands on the VMs, here on the
-same 2 cores) are reported separately.
+10.0.x.y, the VM's sshd listens on 127.0.x.y (`MappedProber`). Wall time and the listener's CPU
+time: this process and the probe's worker processes (`cpu_ms_per_vm`: that per VM examined);
+the simulators' CPU and the sshd CPU (which in production lands on the VMs, here on the same
+2 cores) are reported separately. `floor_s` is what no pass on this machine can beat:
+max(the SSH timeout, the listener's and the VMs' sshd CPU divided by the cores).
 
 Baseline (the Orka approach): one VM after the other, one SSH connection at a time: the same
 pass with concurrency 1 and a one-worker prober, over `--sample` VMs of the same mix (their own

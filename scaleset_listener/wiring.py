@@ -260,13 +260,19 @@ def make_prober(settings: Settings) -> SSHProber | None:
     )
 
 
+# "auto" never starts more workers than this: a container often sees every core of its host.
+AUTO_PROBE_PROCESSES_MAX = 8
+
+
 def probe_processes(settings: Settings) -> int:
-    """SSH_PROBE_PROCESSES resolved: "auto" is one worker process per core on a machine with
-    more than one (the handshakes are CPU-bound Python), none on a single core."""
-    if settings.ssh_probe_processes == "auto":
-        cores = os.cpu_count() or 1
-        return cores if cores > 1 else 0
-    return settings.ssh_probe_processes
+    """SSH_PROBE_PROCESSES resolved: "auto" is one worker process per core this process may run
+    on (the handshakes are CPU-bound Python), at most AUTO_PROBE_PROCESSES_MAX, and none on a
+    single core."""
+    if settings.ssh_probe_processes != "auto":
+        return settings.ssh_probe_processes
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
+    return min(cores, AUTO_PROBE_PROCESSES_MAX) if cores > 1 else 0
 
 
 async def reconcile_scale_set(
