@@ -41,6 +41,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -306,7 +307,7 @@ class SSHProber:
         self._workers: list[_WorkerProcess] = []
         self._workers_lock = asyncio.Lock()
         self._slots = asyncio.Semaphore(config.max_workers)
-        self._connections = asyncio.Semaphore(config.max_connections)
+        self._connections = asyncio.Semaphore(_connection_limit(config))
         self._attempts: set[_Attempt] = set()
         self._closed = False
         self._closing = asyncio.Event()  # set by close(): connects in flight give up
@@ -515,6 +516,16 @@ class SSHProber:
             workers, self._workers = self._workers, []
         for worker in workers:
             worker.stop()
+
+
+def _connection_limit(config: SSHProbeConfig) -> int:
+    """`max_connections`, but at most half the descriptors this process may open (a systemd
+    service gets 1,024 unless told otherwise): a connect that fails for want of a descriptor
+    would read as an unreachable VM."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return config.max_connections
+    return max(1, min(config.max_connections, max(config.max_workers, soft // 2)))
 
 
 class _WorkerProcess:
