@@ -36,6 +36,7 @@ import concurrent.futures
 import contextlib
 import errno
 import hashlib
+import ipaddress
 import itertools
 import logging
 import multiprocessing
@@ -360,13 +361,20 @@ class SSHProber:
             )
 
         try:
-            infos = await loop.getaddrinfo(
-                address, cfg.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
-            )
-        except (socket.gaierror, UnicodeError) as exc:
-            return failed(ProbeOutcome.UNREACHABLE, f"cannot resolve the address: {exc}")
-        family, kind, proto, _, sockaddr = infos[0]
-        sock = _ProbeSocket(family, kind, proto)
+            # A VM's address is an IP literal: no resolver round trip through a thread.
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            try:
+                infos = await loop.getaddrinfo(
+                    address, cfg.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+                )
+            except (socket.gaierror, UnicodeError) as exc:
+                return failed(ProbeOutcome.UNREACHABLE, f"cannot resolve the address: {exc}")
+            family, _, _, _, sockaddr = infos[0]
+        else:
+            family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+            sockaddr = (address, cfg.port)
+        sock = _ProbeSocket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         connecting: asyncio.Future[None] | None = None
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

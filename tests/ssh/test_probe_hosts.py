@@ -122,6 +122,20 @@ async def test_a_refusing_host_is_unreachable_at_once(
     assert_unknown(result)
 
 
+async def test_a_host_name_is_resolved_and_an_unknown_one_is_unreachable(
+    fleet: Fleet, make_prober: ProberFactory
+) -> None:
+    prober = make_prober()
+    # localhost resolves to 127.0.0.1, where no test host listens: refused, so it was reached.
+    named = await prober.probe("localhost", fleet.alive.pinned_public_key)
+    assert named.outcome is ProbeOutcome.UNREACHABLE
+    assert "ECONNREFUSED" in named.detail
+    unknown = await prober.probe("no-such-vm.invalid", fleet.alive.pinned_public_key)
+    assert unknown.outcome is ProbeOutcome.UNREACHABLE
+    assert "cannot resolve" in unknown.detail
+    assert_unknown(unknown)
+
+
 async def test_a_host_that_never_answers_the_tcp_handshake_times_out_at_the_connect_timeout(
     fleet: Fleet, make_prober: ProberFactory
 ) -> None:
