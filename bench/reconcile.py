@@ -229,9 +229,11 @@ def bench_settings(
 
 
 def probe_config(
-    settings: Settings, port: int, workers: int, processes: int | None = None
+    settings: Settings, port: int, workers: int, processes: int | None = None, serial: bool = False
 ) -> SSHProbeConfig:
-    """As `scaleset_listener.wiring.make_prober` builds it, on the test hosts' port."""
+    """As `scaleset_listener.wiring.make_prober` builds it, on the test hosts' port; `serial`:
+    one connection at a time, connects included (the baseline)."""
+    extra: dict[str, Any] = {"max_connections": 1} if serial else {}
     assert settings.vm_ssh_private_key_path is not None
     return SSHProbeConfig.from_timeout(
         settings.ssh_probe_timeout,
@@ -242,6 +244,7 @@ def probe_config(
         max_workers=min(4096, workers),
         port=port,
         worker_processes=probe_processes(settings) if processes is None else processes,
+        **extra,
     )
 
 
@@ -452,7 +455,7 @@ class Measured:
 
 
 async def reconcile(
-    world: World, seeded: Seeded, concurrency: int, processes: int | None = None
+    world: World, seeded: Seeded, concurrency: int, *, serial: bool = False
 ) -> Measured:
     """One non-dry pass over `seeded`, wired as `reconcile_scale_set` wires it, timed."""
     settings = world.settings
@@ -463,7 +466,10 @@ async def reconcile(
     started = time.monotonic()
     async with actions_client(settings) as client:
         provisioner = OpenStackProvisioner(openstack_config(settings))
-        prober = SSHProber(probe_config(settings, world.factory.port, concurrency, processes))
+        config = probe_config(
+            settings, world.factory.port, concurrency, 0 if serial else None, serial=serial
+        )
+        prober = SSHProber(config)
         _helper_ticks(prober)  # the fork server's ticks so far are not this pass's
         helpers = 0
         try:
@@ -652,7 +658,7 @@ async def run_baseline(world: World, args: argparse.Namespace) -> JSON:
         "one after the other, one SSH connection at a time",
         flush=True,
     )
-    measured = await reconcile(world, seeded, 1, processes=0)
+    measured = await reconcile(world, seeded, 1, serial=True)
     problems = check(world, seeded, measured.report)
     if problems:
         fail("the serial baseline did not do what the VMs' states call for", problems)

@@ -55,6 +55,7 @@ from multiprocessing import reduction
 from pathlib import Path
 
 import paramiko
+import paramiko.packet
 
 from provisioners.base import HostKeyPolicy, PermanentProvisionerError, ProbeOutcome, ProbeResult
 from provisioners.sentinels import (
@@ -248,6 +249,15 @@ class _Attempt:
 _PROBER_NUMBERS = itertools.count(1)
 
 
+class _ProbePacketizer(paramiko.packet.Packetizer):
+    """paramiko's packetizer without its key-exchange timer: a thread started (and cancelled)
+    for every handshake, to enforce a limit the probe's own stage timeouts and deadline already
+    enforce sooner."""
+
+    def start_handshake(self, timeout: float) -> None:
+        pass
+
+
 # paramiko's own preference lists (class attributes its type stubs leave out).
 _PARAMIKO_PREFERRED: dict[str, tuple[str, ...]] = {
     name: tuple(vars(paramiko.Transport)[name])
@@ -283,6 +293,10 @@ class _ProbeTransport(paramiko.Transport):
             if m != "hmac-sha2-256-etm@openssh.com"
         ),
     )
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock)
+        self.packetizer.__class__ = _ProbePacketizer
 
     def _parse_debug(self, m: paramiko.Message) -> None:
         # OpenSSH sends one SSH_MSG_DEBUG per restriction of the probe key's entry; paramiko
@@ -801,9 +815,8 @@ class _SSHStage:
             attempt.attach(sock, transport)
             transport.set_log_channel(PARAMIKO_LOG_CHANNEL)
             transport.banner_timeout = cfg.banner_timeout
-            # paramiko's own limit on banner + key exchange (an EOFError when it fires) stays
-            # behind ours, so a stalled key exchange reads as a timeout, not as a closed peer.
-            transport.handshake_timeout = 2 * cfg.banner_timeout + 1
+            # No limit of paramiko's own on the key exchange (_ProbePacketizer): ours end a
+            # stalled one as a timeout, not as a closed peer.
             transport.auth_timeout = cfg.auth_timeout
             transport.channel_timeout = cfg.command_timeout
             if attempt.pinned is not None:
