@@ -330,7 +330,7 @@ class SSHProber:
     @property
     def worker_pids(self) -> list[int]:
         """The worker processes' pids (empty without worker processes)."""
-        return [worker.pid for worker in self._workers if worker.pid is not None]
+        return [worker.pid for worker in self._workers]
 
     async def probe(self, address: str, pinned_public_key: str | None) -> ProbeResult:
         """Probe one VM. Never raises for anything the VM or the network does."""
@@ -442,11 +442,13 @@ class SSHProber:
         started = time.monotonic()
         attempt: _Attempt | None = None
         own_copy = False
+        worker = None if self._pool is not None else await self._worker()
         if self._closed:
             sock.close()
             return ProbeResult(address, ProbeOutcome.TIMEOUT, detail="cut off: the prober closed")
         try:
-            if self._pool is not None:
+            if worker is None:
+                assert self._pool is not None
                 attempt = _Attempt(address, None if pinned is None else parse_public_key(pinned))
                 attempt.attach(sock)
                 submitted = self._pool.submit(self._stage.run, attempt, sock, started)
@@ -461,7 +463,6 @@ class SSHProber:
                 abort = attempt.abort
             else:
                 own_copy = True
-                worker = await self._worker()
                 work, abort = worker.submit(address, pinned, sock)
         except BaseException:
             sock.close()
@@ -489,18 +490,28 @@ class SSHProber:
             if own_copy:
                 sock.close()
 
-    async def _worker(self) -> _WorkerProcess:
-        """The live worker process with the fewest probes in hand; dead ones are replaced."""
+    async def _worker(self) -> _WorkerProcess | None:
+        """The live worker process with the fewest probes in hand; dead ones are replaced.
+        None: the prober is closed, or worker processes cannot start here, and the probes run
+        on threads of this process instead (a pass must not fail for want of them)."""
         async with self._workers_lock:
-            if self._closed:
-                raise RuntimeError("the prober is closed")
+            if self._closed or self._pool is not None:
+                return None
             alive = [worker for worker in self._workers if worker.alive]
             missing = self.config.worker_processes - len(alive)
             if missing > 0:
                 loop = asyncio.get_running_loop()
-                started = await loop.run_in_executor(
-                    None, _WorkerProcess.start_many, missing, self.config, loop
-                )
+                try:
+                    started = await loop.run_in_executor(
+                        None, _WorkerProcess.start_many, missing, self.config, loop
+                    )
+                except SSHProbeConfigError as exc:
+                    log.warning("%s; probing on threads of this process instead", exc)
+                    self._pool = concurrent.futures.ThreadPoolExecutor(
+                        max_workers=self.config.max_workers,
+                        thread_name_prefix=self.thread_name_prefix,
+                    )
+                    return None
                 alive += started
                 for worker in self._workers:
                     if not worker.alive:

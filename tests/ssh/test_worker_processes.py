@@ -142,3 +142,15 @@ async def test_a_worker_that_hangs_ends_its_probes_at_the_deadline_as_unknown(
     assert "hard deadline" in result.detail
     assert_unknown(result)
     assert time.monotonic() - started <= deadline + MARGIN
+
+
+async def test_where_worker_processes_cannot_start_the_probes_run_on_threads(
+    fleet: Fleet, make_prober: ProberFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An interpreter that cannot find its standard library exits at once.
+    monkeypatch.setenv("PYTHONHOME", "/nonexistent")
+    prober = make_prober(worker_processes=2)
+    results = await prober.probe_many([fleet.alive.target, fleet.refused.target])
+    assert [r.outcome for r in results] == [ProbeOutcome.OK, ProbeOutcome.UNREACHABLE]
+    assert results[0].runner_alive is True
+    assert prober.worker_pids == []
