@@ -229,8 +229,8 @@ class Settings(BaseSettings):
     ssh_probe_timeout: Duration = 10.0
     ssh_host_key_policy: Literal["pinned", "accept-new"] = "pinned"
     reconcile_concurrency: int = Field(default=128, ge=1, le=1024)
-    # Worker processes for the probes' SSH handshakes: "auto" is the machine's cores when it
-    # has more than one, else 0 (threads of the listener process).
+    # Worker processes for the probes' SSH handshakes: "auto" is the cores this process may
+    # use, at most 8, and 0 (threads of the listener process) on a single core.
     ssh_probe_processes: Literal["auto"] | Annotated[int, Field(ge=0, le=64)] = "auto"
 
     # OpenStack (auth comes from OS_CLOUD + clouds.yaml or the OS_* variables)
