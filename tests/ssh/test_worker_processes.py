@@ -131,9 +131,10 @@ async def test_a_worker_that_hangs_ends_its_probes_at_the_deadline_as_unknown(
 ) -> None:
     deadline = 2.0
     prober = make_prober(worker_processes=1, command_timeout=30, deadline=deadline)
-    started = time.monotonic()
     probing = asyncio.create_task(prober.probe(*fleet.exec_stall.target))
     pid = await wait_in_hand(prober)
+    # Once a worker holds it (starting the workers is not the VM's time).
+    held = time.monotonic()
     os.kill(pid, signal.SIGSTOP)
     stopped_pids.append(pid)
     result = await asyncio.wait_for(probing, timeout=deadline + 10)
@@ -141,7 +142,7 @@ async def test_a_worker_that_hangs_ends_its_probes_at_the_deadline_as_unknown(
     assert result.outcome is ProbeOutcome.TIMEOUT
     assert "hard deadline" in result.detail
     assert_unknown(result)
-    assert time.monotonic() - started <= deadline + MARGIN
+    assert time.monotonic() - held <= deadline + MARGIN
 
 
 async def test_where_worker_processes_cannot_start_the_probes_run_on_threads(
