@@ -58,6 +58,12 @@ _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _VERSION = re.compile(r"\d+\.\d+\.\d+")
 _USER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# A package name or pin (docker.io, nvidia-container-toolkit=1.17.*): one word, never an option.
+_PACKAGE = re.compile(r"[A-Za-z0-9@_.+][^\s'\"\\]*")
+_PROXY_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"\\]+")
+_PEM_CERTIFICATE = "-----BEGIN CERTIFICATE-----"
+# The runner reads its job hooks from these; the bootstrap owns them.
+_RESERVED_RUNNER_ENV = re.compile(r"ACTIONS_RUNNER_HOOK_JOB_(STARTED|COMPLETED)")
 # `{arch}` is the only placeholder left for the VM; anything else in braces is a typo.
 _LEFTOVER_PLACEHOLDER = re.compile(r"\{(?!arch\})[^}]*\}")
 
@@ -76,6 +82,34 @@ class UserDataTooLarge(BootstrapError):
             f"user_data is {size} bytes base64-encoded; Nova takes at most {limit} "
             "(shrink the template or the extra variables)"
         )
+
+
+@dataclass(frozen=True)
+class JobPolicy:
+    """What jobs a VM accepts, checked by the runner's job-started hook before any step runs.
+
+    Each list holds shell patterns (`*`, `?`, `[...]`; `*` also matches `/`), compared without
+    regard to case; an empty list allows anything. `fork_pull_requests=False` refuses a
+    pull_request* event whose head repository is not the base repository (read from the event
+    payload: a payload that cannot be read refuses the job)."""
+
+    events: tuple[str, ...] = ()
+    repositories: tuple[str, ...] = ()
+    refs: tuple[str, ...] = ()
+    fork_pull_requests: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("events", "repositories", "refs"):
+            for pattern in getattr(self, name):
+                if not pattern or any(c.isspace() for c in pattern):
+                    raise BootstrapError(
+                        f"job_policy.{name}: {pattern!r} is not a pattern (one word, no spaces)"
+                    )
+
+    @property
+    def restricts(self) -> bool:
+        """Whether any job could be refused (an all-open policy installs no check)."""
+        return bool(self.events or self.repositories or self.refs) or not self.fork_pull_requests
 
 
 # The runner builds a Linux VM can take, named as GitHub names them (`uname -m` picks one).
@@ -136,6 +170,20 @@ class BootstrapSpec:
     # the report script; None: no probe access is installed.
     probe_public_key: str | None = None
     probe_user: str = DEFAULT_PROBE_USER
+    # The scale set this VM serves (named in the job policy's refusals).
+    scale_set: str = ""
+    # Bootstrap extras (docs/bootstrap.md#bootstrap-extras), applied before the runner starts:
+    # packages for the image's package manager, a script run as root, the VM's proxies (a URL
+    # may carry credentials: kept out of repr), extra CA certificates (PEM text), and extra
+    # KEY=VALUE lines for the runner's .env.
+    vm_packages: tuple[str, ...] = ()
+    vm_setup_script: str = field(default="", repr=False)
+    vm_http_proxy: str = field(default="", repr=False)
+    vm_https_proxy: str = field(default="", repr=False)
+    vm_no_proxy: str = ""
+    vm_ca_certificates: str = field(default="", repr=False)
+    runner_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    job_policy: JobPolicy | None = None
     # Users may carry credentials (a registry token) in their own variables: kept out of repr.
     extra: Mapping[str, object] = field(default_factory=dict, repr=False)
     root: str = ""
@@ -160,6 +208,7 @@ class BootstrapSpec:
         ):
             if type(seconds) is not int or seconds < 0:
                 raise BootstrapError(f"{name} must be whole seconds >= 0 (0: off), got {seconds!r}")
+        self._check_extras()
         if self.root and not self.root.startswith("/"):
             raise BootstrapError(f"root must be empty or an absolute path, got {self.root!r}")
         builtins = _BUILTIN_VARIABLES
@@ -180,6 +229,32 @@ class BootstrapSpec:
                 authorized_keys_entry(self.probe_public_key, self.sentinel_dir)
             except ValueError as exc:
                 raise BootstrapError(f"probe_public_key: {exc}") from None
+
+    def _check_extras(self) -> None:
+        """The bootstrap extras can be written into a shell script and the runner's .env."""
+        for package in self.vm_packages:
+            if not _PACKAGE.fullmatch(package):
+                raise BootstrapError(f"vm_packages: {package!r} is not a package name")
+        # The URLs are never repeated in an error: they may carry credentials.
+        for name, url in (
+            ("vm_http_proxy", self.vm_http_proxy),
+            ("vm_https_proxy", self.vm_https_proxy),
+        ):
+            if url and not _PROXY_URL.fullmatch(url):
+                raise BootstrapError(f"{name} is not a URL like http://proxy.example:3128")
+        if any(c.isspace() or c in "'\"\\" for c in self.vm_no_proxy):
+            raise BootstrapError("vm_no_proxy: a comma-separated list without spaces or quotes")
+        if self.vm_ca_certificates and _PEM_CERTIFICATE not in self.vm_ca_certificates:
+            raise BootstrapError(
+                "vm_ca_certificates: no PEM certificate (-----BEGIN CERTIFICATE-----)"
+            )
+        for key, value in self.runner_env.items():
+            if not _IDENTIFIER.fullmatch(key):
+                raise BootstrapError(f"runner_env: {key!r} is not a variable name")
+            if _RESERVED_RUNNER_ENV.fullmatch(key):
+                raise BootstrapError(f"runner_env: {key} is the bootstrap's own (job hooks)")
+            if "\n" in value or "\r" in value:
+                raise BootstrapError(f"runner_env: the value of {key} has a line break")
 
     def _check_runner_source(self) -> None:
         """The runner's version, URLs and checksums can work on a VM."""
@@ -257,6 +332,24 @@ class BootstrapSpec:
             # Only with a key: the script costs about 2 KiB of Nova's 64 KiB.
             "probe_script": report_script() if probe_entry else "",
             "probe_script_path": REPORT_SCRIPT_PATH,
+            "scale_set": self.scale_set,
+            "vm_packages": self.vm_packages,
+            "vm_setup_script": self.vm_setup_script,
+            "vm_http_proxy": self.vm_http_proxy,
+            "vm_https_proxy": self.vm_https_proxy,
+            "vm_no_proxy": self.vm_no_proxy,
+            "vm_ca_certificates": self.vm_ca_certificates.strip(),
+            "runner_env": dict(self.runner_env),
+            "job_policy": (
+                {
+                    "events": self.job_policy.events,
+                    "repositories": self.job_policy.repositories,
+                    "refs": self.job_policy.refs,
+                    "fork_pull_requests": self.job_policy.fork_pull_requests,
+                }
+                if self.job_policy is not None and self.job_policy.restricts
+                else None
+            ),
             "extra": dict(self.extra),
             "root": self.root,
             "poweroff_command": self.poweroff_command,
@@ -287,6 +380,15 @@ _BUILTIN_VARIABLES = frozenset(
         "probe_authorized_key",
         "probe_script",
         "probe_script_path",
+        "scale_set",
+        "vm_packages",
+        "vm_setup_script",
+        "vm_http_proxy",
+        "vm_https_proxy",
+        "vm_no_proxy",
+        "vm_ca_certificates",
+        "runner_env",
+        "job_policy",
         "extra",
         "root",
         "poweroff_command",
