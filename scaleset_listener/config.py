@@ -17,15 +17,18 @@ import hashlib
 import ipaddress
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 from dotenv import dotenv_values
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     SecretStr,
     ValidationError,
     field_validator,
@@ -100,6 +103,128 @@ def _split_mapping(value: object) -> object:
 CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_split_list)]
 KeyValues = Annotated[dict[str, str], NoDecode, BeforeValidator(_split_mapping)]
 
+
+@dataclass(frozen=True)
+class TextFile:
+    """A file read once at start (a setup script, a CA bundle): shown by its path only."""
+
+    path: Path
+    text: str
+
+
+def _read_text_file(value: object) -> object:
+    if isinstance(value, TextFile) or value is None:
+        return value
+    if not isinstance(value, str | Path):
+        raise ValueError("expected the path of a file")
+    path = Path(value).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ValueError(f"cannot read {path}: {reason}") from None
+    if not text.strip():
+        raise ValueError(f"{path} is empty")
+    return TextFile(path, text)
+
+
+def _certificates(file: TextFile | None) -> TextFile | None:
+    if file is not None and "-----BEGIN CERTIFICATE-----" not in file.text:
+        raise ValueError(f"{file.path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
+    return file
+
+
+# Read at start; check-config and logs show the path, never the content.
+ScriptFile = Annotated[
+    TextFile | None, BeforeValidator(_read_text_file), PlainSerializer(lambda f: f and str(f.path))
+]
+CertificateFile = Annotated[
+    TextFile | None,
+    BeforeValidator(_read_text_file),
+    AfterValidator(_certificates),
+    PlainSerializer(lambda f: f and str(f.path)),
+]
+_PACKAGE_NAME = re.compile(r"[A-Za-z0-9@_.+][^\s'\"\\]*")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PROXY_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"\\]+")
+_USER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
+
+
+def _packages(value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    for name in value or ():
+        if not _PACKAGE_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not a package name")
+    return value
+
+
+def _runner_env(value: dict[str, str] | None) -> dict[str, str] | None:
+    for key, item in (value or {}).items():
+        if not _ENV_NAME.fullmatch(key):
+            raise ValueError(f"{key!r} is not a variable name")
+        if key.startswith("ACTIONS_RUNNER_HOOK_JOB_"):
+            raise ValueError(f"{key}: the bootstrap sets the job hooks itself")
+        if "\n" in item or "\r" in item:
+            raise ValueError(f"the value of {key} has a line break")
+    return value
+
+
+def _proxy(value: SecretStr | None) -> SecretStr | None:
+    # The URL may carry credentials: the message never repeats it.
+    if value is not None and not _PROXY_URL.fullmatch(value.get_secret_value()):
+        raise ValueError("expected a URL such as http://proxy.example:3128 (the value is hidden)")
+    return value
+
+
+def _no_proxy(value: str | None) -> str | None:
+    if value is not None and any(c.isspace() or c in "'\"\\" for c in value):
+        raise ValueError("a comma-separated list of hosts, domains or CIDRs, without spaces")
+    return value
+
+
+def _runner_user(value: str | None) -> str | None:
+    if value is not None and (not _USER.fullmatch(value) or value == "root"):
+        raise ValueError("a user name other than root (the runner refuses to run as root)")
+    return value
+
+
+def _runner_dir(value: str | None) -> str | None:
+    if value is not None and (not value.startswith("/") or any(c.isspace() for c in value)):
+        raise ValueError("an absolute path without spaces, e.g. /opt/actions-runner")
+    return value
+
+
+Packages = Annotated[
+    tuple[str, ...], NoDecode, BeforeValidator(_split_list), AfterValidator(_packages)
+]
+RunnerEnv = Annotated[
+    dict[str, str], NoDecode, BeforeValidator(_split_mapping), AfterValidator(_runner_env)
+]
+ProxyURL = Annotated[SecretStr | None, AfterValidator(_proxy)]
+NoProxy = Annotated[str | None, AfterValidator(_no_proxy)]
+RunnerUser = Annotated[str | None, AfterValidator(_runner_user)]
+RunnerDir = Annotated[str | None, AfterValidator(_runner_dir)]
+
+
+class JobPolicySpec(BaseModel):
+    """A RUNNERS entry's `job_policy` (docs/bootstrap.md#job-policy): shell patterns, case
+    ignored; a list left out allows anything."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    events: tuple[str, ...] = ()
+    repositories: tuple[str, ...] = ()
+    refs: tuple[str, ...] = ()
+    fork_pull_requests: bool = True
+
+    @field_validator("events", "repositories", "refs")
+    @classmethod
+    def _one_word_each(cls, patterns: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in patterns:
+            if not pattern or any(c.isspace() for c in pattern):
+                raise ValueError(f"{pattern!r} is not a pattern (one word, no spaces)")
+        return patterns
+
+
 # openstacksdk reads these itself (OS_CLOUD with clouds.yaml, or the standard OS_* variables).
 OPENSTACK_ENV_PREFIX = "OS_"
 
@@ -144,6 +269,29 @@ class ScaleSetSpec(BaseModel):
     max_runners: int = Field(default=10, ge=0)
     flavor: str | None = None
     image: str | None = None
+    # Bootstrap extras: each replaces the global setting of the same name (VM_PACKAGES...),
+    # except runner_env, whose keys are added to RUNNER_ENV's (docs/bootstrap.md).
+    vm_packages: tuple[str, ...] | None = None
+    vm_setup_script: ScriptFile = None
+    vm_http_proxy: ProxyURL = None
+    vm_https_proxy: ProxyURL = None
+    vm_no_proxy: NoProxy = None
+    vm_ca_certificates: CertificateFile = None
+    runner_env: dict[str, str] | None = None
+    runner_user: RunnerUser = None
+    runner_dir: RunnerDir = None
+    runner_sudo: bool | None = None
+    job_policy: JobPolicySpec | None = None
+
+    @field_validator("vm_packages")
+    @classmethod
+    def _package_names(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return _packages(value)
+
+    @field_validator("runner_env")
+    @classmethod
+    def _runner_env_names(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        return _runner_env(value)
 
     @field_validator("name")
     @classmethod
@@ -216,6 +364,20 @@ class Settings(BaseSettings):
     runner_version_check_interval: Duration = 86400.0
     cloud_init_template: Path | None = None
     sentinel_dir: str = "/var/lib/scaleset-runner"
+    runner_user: Annotated[str, AfterValidator(_runner_user)] = "runner"
+    runner_dir: Annotated[str, AfterValidator(_runner_dir)] = "/opt/actions-runner"
+    runner_sudo: bool = True
+    # Extra KEY=VALUE lines for the runner's .env, which its jobs see (k=v,k2=v2).
+    runner_env: RunnerEnv = Field(default_factory=dict)
+
+    # Bootstrap extras (docs/bootstrap.md#bootstrap-extras); RUNNERS entries may override each.
+    vm_packages: Packages = ()
+    vm_setup_script: ScriptFile = None
+    # A proxy URL may carry credentials: secret, masked by check-config.
+    vm_http_proxy: ProxyURL = None
+    vm_https_proxy: ProxyURL = None
+    vm_no_proxy: NoProxy = None
+    vm_ca_certificates: CertificateFile = None
 
     # SSH probe of the startup reconciler (docs/ssh-probe.md)
     # The bootstrap creates this user (no sudo) and lets the probe's key run only the report.

@@ -16,11 +16,12 @@ import os
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import structlog
 
 from provisioners.base import Provisioner, ProvisionerError, ServerSpec
-from provisioners.bootstrap import BootstrapSpec, HostKey, render_user_data
+from provisioners.bootstrap import BootstrapSpec, HostKey, JobPolicy, render_user_data
 from provisioners.naming import Ownership, ownership_metadata, runner_name
 from provisioners.openstack import OpenStackConfig
 from provisioners.sentinels import authorized_keys_entry
@@ -191,6 +192,7 @@ def server_spec(
         vm_lifetime_shutdown=math.ceil(settings.vm_lifetime_shutdown),
         probe_public_key=probe_key,
         probe_user=settings.vm_ssh_user,
+        **_bootstrap_extras(settings, scale_set),
     )
     return ServerSpec(
         name=runner_name,
@@ -205,6 +207,48 @@ def server_spec(
         image=scale_set.image,
         flavor=scale_set.flavor,
     )
+
+
+def _bootstrap_extras(settings: Settings, scale_set: ScaleSetSpec) -> dict[str, Any]:
+    """The BootstrapSpec fields of the bootstrap extras and the job policy: a RUNNERS entry's
+    value replaces the global one; runner_env's keys are added to RUNNER_ENV's."""
+
+    def pick(name: str) -> Any:
+        own = getattr(scale_set, name)
+        return own if own is not None else getattr(settings, name)
+
+    def secret(name: str) -> str:
+        value = pick(name)
+        return value.get_secret_value() if value is not None else ""
+
+    def text(name: str) -> str:
+        file = pick(name)
+        return file.text if file is not None else ""
+
+    policy = scale_set.job_policy
+    return {
+        "scale_set": scale_set.name,
+        "runner_user": pick("runner_user"),
+        "runner_dir": pick("runner_dir"),
+        "runner_sudo": pick("runner_sudo"),
+        "runner_env": {**settings.runner_env, **(scale_set.runner_env or {})},
+        "vm_packages": tuple(pick("vm_packages")),
+        "vm_setup_script": text("vm_setup_script"),
+        "vm_http_proxy": secret("vm_http_proxy"),
+        "vm_https_proxy": secret("vm_https_proxy"),
+        "vm_no_proxy": pick("vm_no_proxy") or "",
+        "vm_ca_certificates": text("vm_ca_certificates"),
+        "job_policy": (
+            JobPolicy(
+                events=policy.events,
+                repositories=policy.repositories,
+                refs=policy.refs,
+                fork_pull_requests=policy.fork_pull_requests,
+            )
+            if policy is not None
+            else None
+        ),
+    }
 
 
 # Placeholders `user-data` prints where a VM gets a secret of its own.
