@@ -22,8 +22,11 @@ of the runner's `.env` in its environment; then, around a job, the script named 
 `ACTIONS_RUNNER_HOOK_JOB_STARTED` runs before the job's steps ("Set up runner") and the one named
 by `ACTIONS_RUNNER_HOOK_JOB_COMPLETED` after them, before the job completes ("Complete runner";
 also for a job finished from outside). Each is an absolute path to a `.sh` file run with
-`bash -e` as the runner's user, with its environment plus the job's `GITHUB_*` variables; a hook
-that fails fails the job (a failing started hook skips the steps).
+`bash -e` as the runner's user, with its environment plus the job's `GITHUB_*` variables
+(GITHUB_EVENT_NAME, GITHUB_REPOSITORY, GITHUB_REPOSITORY_OWNER, GITHUB_REF, GITHUB_HEAD_REF,
+GITHUB_BASE_REF, and GITHUB_EVENT_PATH: the event's payload from the service, written under
+`_work/_temp/_github_workflow/` as the real runner does); a hook that fails fails the job (a
+failing started hook skips the steps).
 
 A job may ask for a failure (`runner_behaviour` in the GitHub simulator's job): `crash` (as
 below) or `hang` (the runner never reports; the job stays running, the VM up). Failure
@@ -117,11 +120,29 @@ def load_env_file(root):
             os.environ[key] = value
 
 
-def run_hook(variable, step, root, runner_name, job):
+def event_file(api, work, job):
+    """As the real runner does before a job: the event's webhook payload written to
+    <_work>/_temp/_github_workflow/event.json (GITHUB_EVENT_PATH). None when the service
+    does not give it (the file is then not written)."""
+    path = os.path.join(work, "_temp", "_github_workflow", "event.json")
+    if os.path.exists(path):
+        return path
+    status, payload = api.call("GET", f"/jobs/{job['id']}/event")
+    if status != 200:
+        log(f"the event payload of job {job['id']}: the service answered {status}")
+        return None
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as handle:
+        json.dump(payload, handle)
+    return path
+
+
+def run_hook(variable, step, root, runner_name, job, api):
     """The job hook named by `variable` (ACTIONS_RUNNER_HOOK_JOB_STARTED or _COMPLETED), as the
     real runner runs it: an absolute path to a .sh file, run with `bash -e` (or sh) as this
-    runner's user, with this runner's environment plus the job's GITHUB_* variables. True
-    when there is none or it exits 0; otherwise the job fails, as the real one's does."""
+    runner's user, with this runner's environment plus the job's GITHUB_* variables (its event,
+    repository, refs and the payload's file). True when there is none or it exits 0;
+    otherwise the job fails, as the real one's does."""
     path = os.environ.get(variable, "")
     if not path:
         return True
@@ -131,14 +152,27 @@ def run_hook(variable, step, root, runner_name, job):
     shell = shutil.which("bash") or shutil.which("sh")
     work = os.path.join(root, "_work")
     os.makedirs(work, exist_ok=True)
+    owner, repository = job.get("owner") or "", job.get("repository") or ""
     env = dict(
         os.environ,
         CI="true",
         GITHUB_ACTIONS="true",
         GITHUB_JOB=f"job-{job['id']}",
         GITHUB_RUN_ID=str(job["id"]),
+        GITHUB_EVENT_NAME=job.get("event_name") or "",
+        GITHUB_REPOSITORY=f"{owner}/{repository}",
+        GITHUB_REPOSITORY_OWNER=owner,
+        GITHUB_REF=job.get("ref") or "",
+        GITHUB_REF_NAME=(job.get("ref") or "").rsplit("/", 1)[-1],
+        GITHUB_HEAD_REF=job.get("head_ref") or "",
+        GITHUB_BASE_REF=job.get("base_ref") or "",
+        GITHUB_WORKSPACE=os.path.join(work, repository, repository),
         RUNNER_NAME=runner_name,
+        RUNNER_TEMP=os.path.join(work, "_temp"),
     )
+    event_path = event_file(api, work, job)
+    if event_path is not None:
+        env["GITHUB_EVENT_PATH"] = event_path
     log(f"{step}: running {path}")
     done = subprocess.run([shell, "-e", path], env=env, cwd=work, stdin=subprocess.DEVNULL)
     if done.returncode != 0:
@@ -186,7 +220,7 @@ def main(argv):
         error = runner.get("error") if isinstance(runner, dict) else None
         log(f"An error occurred: {error or f'the service answered {status}'}")
         return 1
-    runner_id, scale_set = runner["id"], runner["scale_set_id"]
+    runner_id, scale_set, name = runner["id"], runner["scale_set_id"], runner["name"]
     log(f"connected as runner {runner['name']} (id {runner_id}, version {VERSION}); "
         "listening for jobs")
     seen = -1
@@ -218,9 +252,9 @@ def main(argv):
             if job is None:
                 continue
             log(f"running job {job['id']} ({job.get('duration')} s)")
-            if not run_hook(STARTED_HOOK, "Set up runner", root, runner["name"], job):
+            if not run_hook(STARTED_HOOK, "Set up runner", root, name, job, api):
                 # The job's steps never run; the post-job hook still does.
-                hook_ok = run_hook(COMPLETED_HOOK, "Complete runner", root, runner["name"], job)
+                hook_ok = run_hook(COMPLETED_HOOK, "Complete runner", root, name, job, api)
                 completed = True
                 api.call("POST", f"/jobs/{job['id']}/finish", {"result": "failed"})
                 continue
@@ -240,7 +274,7 @@ def main(argv):
             if job.get("duration") is not None:
                 time.sleep(float(job["duration"]))
                 # The post-job hook runs at the end of the job, before it completes.
-                hook_ok = run_hook(COMPLETED_HOOK, "Complete runner", root, runner["name"], job)
+                hook_ok = run_hook(COMPLETED_HOOK, "Complete runner", root, name, job, api)
                 completed = True
                 result = job.get("configured_result") or "succeeded"
                 api.call("POST", f"/jobs/{job['id']}/finish",
@@ -249,7 +283,7 @@ def main(argv):
         done = next((j for j in world["jobs"] if j["id"] == job["id"]), None)
         if done is not None and done["state"] == "completed":
             if not completed:  # finished from outside (canceled): post-job steps still run
-                hook_ok = run_hook(COMPLETED_HOOK, "Complete runner", root, runner["name"], job)
+                hook_ok = run_hook(COMPLETED_HOOK, "Complete runner", root, name, job, api)
                 completed = True
             result = done.get("result")
             log(f"job {job['id']} completed: {result}")
@@ -274,17 +308,22 @@ class RunnerTarball:
     sha256: str
 
 
+def runner_files(version: str) -> dict[str, str]:
+    """The stub runner `version`'s files (path in the runner directory -> text, all 0755): what
+    the tarball holds, and what an image with a baked runner has in its runner directory."""
+    if not _VERSION.fullmatch(version):
+        raise ValueError(f"runner version {version!r} is not like 2.331.0")
+    return {"run.sh": RUN_SH, "bin/Runner.Listener": RUNNER_LISTENER.replace("@VERSION@", version)}
+
+
 @functools.lru_cache(maxsize=32)
 def build_runner_tarball(version: str) -> RunnerTarball:
     """The stub of runner `version` (like 2.331.0): a gzipped tarball of `run.sh` and
     `bin/Runner.Listener`, both 0755, owned by root. Same version, same bytes: built once per
     process, whoever serves it (the simulated GitHub, a mirror)."""
-    if not _VERSION.fullmatch(version):
-        raise ValueError(f"runner version {version!r} is not like 2.331.0")
-    listener = RUNNER_LISTENER.replace("@VERSION@", version)
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as archive:
-        for name, text in (("run.sh", RUN_SH), ("bin/Runner.Listener", listener)):
+        for name, text in runner_files(version).items():
             payload = text.encode()
             info = tarfile.TarInfo(name)
             info.size, info.mode, info.mtime = len(payload), 0o755, 1_700_000_000

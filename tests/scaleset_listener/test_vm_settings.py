@@ -46,7 +46,7 @@ def files(tmp_path: Path) -> dict[str, Path]:
 def test_globals_apply_and_a_runners_entry_overrides_them(
     tmp_path: Path, files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    runners = [
+    runners: list[dict[str, Any]] = [
         {"name": "cpu"},
         {
             "name": "gpu",
@@ -130,7 +130,7 @@ def test_check_config_masks_proxies_and_shows_files_by_path(
 def test_user_data_carries_the_entrys_extras_and_policy(
     tmp_path: Path, files: dict[str, Path]
 ) -> None:
-    runners = [
+    runners: list[dict[str, Any]] = [
         {
             "name": "gpu",
             "vm_packages": ["nvidia-container-toolkit"],

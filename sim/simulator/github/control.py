@@ -191,10 +191,21 @@ class SimulatorControl:
         result: str = "succeeded",
         zero_fields: Iterable[str] = (),
         runner_behaviour: str | None = None,
+        ref: str | None = None,
+        head_ref: str | None = None,
+        base_ref: str | None = None,
+        head_repository: str | None = None,
+        event_payload: JSON | None = None,
     ) -> list[int]:
         """Queue `count` jobs; returns their runnerRequestIds (the ids used everywhere here).
         `runner_behaviour` ("crash", "hang") is what the job asks of the runner that takes it;
-        simulator.sandbox's stub runner obeys, and auto_finish leaves a "hang" job running."""
+        simulator.sandbox's stub runner obeys, and auto_finish leaves a "hang" job running.
+
+        The event, as the runner gives it to the job (simulator.github.events): `event_name`
+        on `owner/repository` at `ref` (default: a push to refs/heads/main; a pull request's
+        is refs/pull/<n>/merge), a pull request's `head_ref`/`base_ref` and `head_repository`
+        (owner/name: a fork when not the repository itself); `event_payload` replaces the
+        payload built from those (e.g. a broken one)."""
         body = {
             "labels": list(labels),
             "count": count,
@@ -207,8 +218,18 @@ class SimulatorControl:
             "result": result,
             "zero_fields": list(zero_fields),
             "runner_behaviour": runner_behaviour,
+            "ref": ref,
+            "head_ref": head_ref,
+            "base_ref": base_ref,
+            "head_repository": head_repository,
+            "event_payload": event_payload,
         }
         return [int(i) for i in self._call("POST", "/jobs", body)["ids"]]
+
+    def job_event(self, job_id: int) -> JSON:
+        """The payload the runner writes to GITHUB_EVENT_PATH for job `job_id`."""
+        payload: JSON = self._call("GET", f"/jobs/{job_id}/event")
+        return payload
 
     def finish_job(self, job_id: int, result: str = "succeeded") -> JSON:
         response: JSON = self._call("POST", f"/jobs/{job_id}/finish", {"result": result})

@@ -201,6 +201,12 @@ async def enqueue_jobs(world: World, p: dict[str, str], body: JSON, r: Request) 
     return 201, {"ids": world.jobs.enqueue(body)}
 
 
+@_route("GET", r"/jobs/(?P<job>\d+)/event")
+async def job_event_payload(world: World, p: dict[str, str], body: JSON, r: Request) -> Result:
+    """The webhook payload the runner writes to GITHUB_EVENT_PATH for this job."""
+    return 200, world.jobs.get(int(p["job"])).event_payload
+
+
 @_route("POST", r"/jobs/(?P<job>\d+)/finish")
 async def finish_job(world: World, p: dict[str, str], body: JSON, r: Request) -> Result:
     job = world.jobs.finish(int(p["job"]), str(body.get("result", "succeeded")))

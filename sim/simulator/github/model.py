@@ -137,6 +137,12 @@ class Job:
     # "crash" or "hang": what this job asks of the runner that takes it
     # (world/jobs.py, RUNNER_BEHAVIOURS).
     runner_behaviour: str | None = None
+    # What the runner gives the job about its event (simulator.github.events): GITHUB_REF,
+    # GITHUB_HEAD_REF, GITHUB_BASE_REF and the webhook payload behind GITHUB_EVENT_PATH.
+    ref: str = "refs/heads/main"
+    head_ref: str = ""
+    base_ref: str = ""
+    event_payload: JSON = field(default_factory=dict)
 
     def to_state(self) -> JSON:
         return {
@@ -155,6 +161,10 @@ class Job:
             "parked": self.parked,
             "repository": self.repository,
             "owner": self.owner,
+            "event_name": self.event_name,
+            "ref": self.ref,
+            "head_ref": self.head_ref,
+            "base_ref": self.base_ref,
         }
 
 

@@ -44,7 +44,8 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
@@ -66,7 +67,7 @@ from simulator.fleet import (
 )
 from simulator.github.control import ControlAPIError
 from simulator.openstack.control import ControlApiError
-from simulator.runner_stub import BEHAVIOUR_PATH, RunnerTarball
+from simulator.runner_stub import BEHAVIOUR_PATH, RunnerTarball, runner_files
 from simulator.sandbox.downloads import DownloadServer
 from simulator.sandbox.light_vm import (
     LightVm,
@@ -112,6 +113,11 @@ class SandboxConfig:
     root: where per-VM directories go; None: a temporary directory removed at stop.
     provide_curl: light VMs only: give each VM the simulator's small `curl` (None: only
         where the host has neither curl nor wget, as in the slim container image).
+    image_files: files every VM's image holds (absolute path -> (text, mode)), e.g. a stub
+        package manager in /usr/local/sbin, which comes first on the bootstrap's PATH.
+    baked_runner: a runner version baked into every image at `baked_runner_dir` (the stub
+        runner's files, as an image builder would leave them): the bootstrap then downloads
+        nothing when it is at least the wanted version.
     """
 
     boot_seconds: float = 0.0
@@ -121,6 +127,9 @@ class SandboxConfig:
     ssh_port: int | None = None
     root: Path | None = None
     provide_curl: bool | None = None
+    image_files: Mapping[str, tuple[str, int]] = field(default_factory=dict)
+    baked_runner: str | None = None
+    baked_runner_dir: str = "/opt/actions-runner"
 
     def __post_init__(self) -> None:
         for name in ("boot_seconds", "poll_interval", "request_timeout"):
@@ -681,7 +690,10 @@ class SandboxFleet(GuestFleet[_Vm]):
             key_path.unlink(missing_ok=True)
             key_path.with_suffix(".pub").unlink(missing_ok=True)
             vm.host_key_private, vm.host_key_public = write_key_pair(key_path, vm.name)
-        files: dict[str, tuple[str, int]] = {}
+        files: dict[str, tuple[str, int]] = dict(self.config.image_files)
+        if self.config.baked_runner is not None:
+            for relative, text in runner_files(self.config.baked_runner).items():
+                files[f"{self.config.baked_runner_dir}/{relative}"] = (text, 0o755)
         if behaviour.failure in ("crash", "wedge"):
             files[BEHAVIOUR_PATH] = (
                 f'{{"failure": "{behaviour.failure}", "crash_after": {behaviour.crash_after}}}\n',

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from simulator.github.events import job_event
 from simulator.github.model import JSON, ControlError, Job, Runner, ScaleSet, wire_time
 
 if TYPE_CHECKING:
@@ -51,7 +52,22 @@ class Jobs:
         run_id = self._next_run_id
         self._next_run_id += 1
         ids: list[int] = []
+        event_name = str(spec.get("event_name") or "push")
+        head_repository = spec.get("head_repository")
+        payload = spec.get("event_payload")
+        if payload is not None and not isinstance(payload, dict):
+            raise ControlError(400, "event_payload must be a JSON object")
         for index in range(count):
+            event = job_event(
+                event_name,
+                owner,
+                repository,
+                ref=spec.get("ref") or None,
+                head_ref=spec.get("head_ref") or None,
+                base_ref=spec.get("base_ref") or None,
+                head_repository=str(head_repository) if head_repository else None,
+                number=self._next_request_id,
+            )
             job = Job(
                 runner_request_id=self._next_request_id,
                 job_id=str(uuid.uuid4()),
@@ -62,7 +78,7 @@ class Jobs:
                     spec.get("workflow_ref")
                     or f"{owner}/{repository}/.github/workflows/ci.yml@refs/heads/main"
                 ),
-                event_name=str(spec.get("event_name", "push")),
+                event_name=event_name,
                 display_name=str(spec.get("display_name") or f"build ({index + 1})"),
                 workflow_run_id=run_id,
                 duration=spec.get("duration"),
@@ -70,6 +86,10 @@ class Jobs:
                 zero_fields=zero,
                 queue_time=time.time(),
                 runner_behaviour=runner_behaviour,
+                ref=event.ref,
+                head_ref=event.head_ref,
+                base_ref=event.base_ref,
+                event_payload=payload if payload is not None else event.payload,
             )
             self._next_request_id += 1
             self.by_id[job.runner_request_id] = job
