@@ -1,7 +1,7 @@
 """Sandbox VMs (or light VMs): how fast N of them boot the real bootstrap, what they cost,
 how fast they go.
 
-    .venv/bin/python bench/sandbox_boot.py --vms 20 [--guest sandbox|light]
+    .venv/bin/python bench/sandbox_boot.py --vms 20 [--guest sandbox|light] [--baked-runner]
 
 N servers are created at once through the real OpenStack provisioner, each with the real
 rendered bootstrap and its own JIT config; the sandbox fleet boots one VM per server (namespaces,
@@ -11,6 +11,12 @@ processes once every runner is connected (sum of PSS, so shared pages count once
 time to delete every server and see every VM's processes gone. Sandbox VMs need root and
 namespaces; light VMs do not (their sshd is a thread of this process: not in the PSS). The
 simulators run in this process (threads).
+
+`--baked-runner`: every image holds the wanted runner in /opt/actions-runner (as an image
+built per docs/images.md), so the bootstrap downloads nothing; `runner_downloads` counts the
+VMs' requests to the mirror (N without, 0 with). The stub runner's tarball is a few KiB, so the
+saving measured here is the download's fixed costs (curl, sha256, tar); the real runner's is
+also its ~200 MB transfer and extraction.
 """
 
 from __future__ import annotations
@@ -129,8 +135,9 @@ async def _jit_configs(github_url: str, pat: str, scale_set_id: int, names: list
         ]
 
 
-def run(vms: int, guest: str = "sandbox") -> dict[str, object]:
+def run(vms: int, guest: str = "sandbox", baked_runner: bool = False) -> dict[str, object]:
     kind = LightFleet if guest == "light" else SandboxFleet
+    config = SandboxConfig(baked_runner=RUNNER_VERSION if baked_runner else None)
     with (
         run_github(SimulatorConfig(long_poll_timeout=0.2)) as github,
         run_cloud(
@@ -138,7 +145,7 @@ def run(vms: int, guest: str = "sandbox") -> dict[str, object]:
                 build_delay=0.2, delete_delay=0.2, quotas=Quotas(instances=-1, cores=-1, ram=-1)
             )
         ) as cloud,
-        kind(github.base_url, cloud.base_url, SandboxConfig()) as fleet,
+        kind(github.base_url, cloud.base_url, config) as fleet,
     ):
         scale_set = github.control.create_scale_set(LABEL, labels=[LABEL])
         names = [f"{LABEL}-{k:04d}" for k in range(vms)]
@@ -182,11 +189,14 @@ def run(vms: int, guest: str = "sandbox") -> dict[str, object]:
             timeout=60 + vms,
         )
         gone = all(not fleet.vm_processes(name) for name in names)
+        downloads = len(fleet.downloads)
         teardown = time.monotonic() - deleting
         nova.http.close()
     return {
         "guest": guest,
         "vms": vms,
+        "baked_runner": baked_runner,
+        "runner_downloads": downloads,
         "seconds_to_all_connected": round(all_connected, 2),
         "setup_complete_median_s": round(statistics.median(setup), 2),
         "setup_complete_max_s": round(setup[-1], 2),
@@ -203,12 +213,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--vms", type=int, default=20, help="servers created at once")
     parser.add_argument("--guest", choices=("sandbox", "light"), default="sandbox")
+    parser.add_argument(
+        "--baked-runner", action="store_true", help="the runner baked into every VM's image"
+    )
     args = parser.parse_args(argv)
     problem = sandbox_problem() if args.guest == "sandbox" else light_problem()
     if problem is not None:
         print(f"{args.guest} guests cannot run here: {problem}", file=sys.stderr)
         return 2
-    print(json.dumps(run(args.vms, args.guest)))
+    print(json.dumps(run(args.vms, args.guest, args.baked_runner)))
     return 0
 
 
