@@ -17,7 +17,7 @@ import hashlib
 import ipaddress
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
@@ -109,7 +109,7 @@ class TextFile:
     """A file read once at start (a setup script, a CA bundle): shown by its path only."""
 
     path: Path
-    text: str
+    text: str = field(repr=False)
 
 
 def _read_text_file(value: object) -> object:
