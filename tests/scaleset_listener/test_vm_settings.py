@@ -1,10 +1,14 @@
 """Bootstrap extras and the job policy from settings: validation naming the variable, RUNNERS
 entries overriding the global values, check-config masking proxies, `user-data` showing the
-result; and the listener's own HTTP client honouring the standard proxy variables."""
+result; and the listener's own HTTP client honouring the standard proxy variables and
+SSL_CERT_FILE (httpx's trust_env)."""
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import json
+import ssl
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -13,6 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from scaleset_listener.config import load_settings
 from scaleset_listener.errors import ConfigError, GitHubAPIError
@@ -237,3 +245,97 @@ async def test_the_listeners_http_client_goes_through_http_proxy_unless_no_proxy
         assert forward_proxy == ["http://api.github.invalid/meta"]
     finally:
         await channel.aclose()
+
+
+def _ca_and_server_cert(directory: Path) -> tuple[Path, Path, Path]:
+    """A private CA (its PEM file) and a certificate it signed for 127.0.0.1 (cert, key)."""
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "corp test CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    valid = (now - datetime.timedelta(minutes=1), now + datetime.timedelta(days=1))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(valid[0])
+        .not_valid_after(valid[1])
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    server = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(valid[0])
+        .not_valid_after(valid[1])
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = directory / "ca.pem", directory / "server.pem", directory / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
+
+
+@pytest.mark.timeout(30)
+async def test_the_listeners_http_client_trusts_ssl_cert_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca, cert, key = _ca_and_server_cert(tmp_path)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b'{"tls": "ok"}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    url = f"https://127.0.0.1:{server.server_address[1]}/meta"
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "SSL_CERT_DIR"):
+        monkeypatch.delenv(name, raising=False)
+
+    async def get() -> Any:
+        channel = HttpChannel(RetryPolicy(max_attempts=1, max_wait=0.01))
+        try:
+            answer = await channel.request(
+                "GET", url, expected={200}, service=GitHubAPIError, what="meta", retry=False
+            )
+            return answer.json("meta")
+        finally:
+            await channel.aclose()
+
+    try:
+        monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+        with pytest.raises(Exception, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify"):
+            await get()
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+        assert await get() == {"tls": "ok"}
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
