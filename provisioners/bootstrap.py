@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
+import jinja2.meta
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
@@ -408,6 +409,8 @@ def render_user_data(spec: BootstrapSpec, template_path: Path | None = None) -> 
     path = template_path or DEFAULT_TEMPLATE
     try:
         template = _load_template(path.resolve())
+        if spec.job_policy is not None and spec.job_policy.restricts:
+            _require_variable(path.resolve(), "job_policy")
         text = template.render(spec.variables())
     except jinja2.TemplateNotFound as exc:
         if exc.name == path.name:
@@ -444,6 +447,23 @@ def _environment(directory: Path) -> jinja2.Environment:
     )
     env.filters["shquote"] = shquote
     return env
+
+
+def _require_variable(path: Path, name: str) -> None:
+    """A template that never reads `name` would drop what it asks for silently (a job policy
+    left unenforced): refused instead."""
+    if name not in _template_variables(path, path.stat().st_mtime_ns):
+        raise BootstrapError(
+            f"bootstrap template {path} does not use {name}: this scale set's {name} would not "
+            "be enforced (start from the default template, docs/bootstrap.md)"
+        )
+
+
+@functools.lru_cache(maxsize=16)
+def _template_variables(path: Path, _mtime_ns: int) -> frozenset[str]:
+    environment = _environment(path.parent)
+    source = path.read_text(encoding="utf-8")
+    return frozenset(jinja2.meta.find_undeclared_variables(environment.parse(source)))
 
 
 def _load_template(path: Path) -> jinja2.Template:

@@ -210,3 +210,17 @@ def test_the_policy_runs_before_the_safety_net_and_the_images_own_hook(
     hooks = sandbox.sentinels / "hooks"
     assert oct(hooks.stat().st_mode & 0o777) == "0o755"
     assert os.access(hooks / "job-started.sh", os.X_OK)
+
+
+def test_a_custom_template_that_ignores_the_policy_is_refused(tmp_path: Path) -> None:
+    ignoring = tmp_path / "mine.sh.j2"
+    ignoring.write_text("#!/bin/bash\nrun {{ runner_name | shquote }} {{ jit_config | shquote }}\n")
+    honouring = tmp_path / "policy.sh.j2"
+    honouring.write_text("#!/bin/bash\n{% if job_policy %}check{% endif %}\n")
+
+    with pytest.raises(BootstrapError, match="does not use job_policy"):
+        render_user_data(spec(job_policy=GPU_POLICY), ignoring)
+    assert render_user_data(spec(), ignoring).startswith(b"#!/bin/bash\nrun ")
+    assert render_user_data(spec(job_policy=GPU_POLICY), honouring).startswith(
+        b"#!/bin/bash\ncheck"
+    )
