@@ -148,6 +148,7 @@ async def run_service(
             else:
                 versions = wiring.runner_versions(settings, gh, http)
                 provisioner = OpenStackProvisioner(wiring.openstack_config(settings))
+                provisioner.start()
                 build = scaler_factory_builder or functools.partial(wiring.vm_scalers, settings)
                 make_scaler = build(client, provisioner, versions)
         owner = socket.gethostname()

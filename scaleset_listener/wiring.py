@@ -127,6 +127,9 @@ def openstack_config(settings: Settings) -> OpenStackConfig:
         server_metadata=dict(settings.openstack_server_metadata),
         active_timeout=settings.openstack_server_active_timeout,
         max_workers=settings.provision_concurrency,
+        # Resolved at start (the warm-up), so no scale set's first job pays for the look-ups.
+        images=tuple(spec.image for spec in settings.runners if spec.image),
+        flavors=tuple(spec.flavor for spec in settings.runners if spec.flavor),
     )
 
 
