@@ -374,13 +374,21 @@ class OpenStackProvisioner:
                 self._keep_warm(), name="openstack-warm-up"
             )
 
+    async def wait_warm(self) -> None:
+        """Until the first warm-up has ended (whether or not the cloud answered); at once when
+        `start` was not called."""
+        if self._warmer is not None:
+            waiter = asyncio.ensure_future(self._warmed.wait())
+            await asyncio.wait({waiter, self._warmer}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+
     async def _keep_warm(self) -> None:
         await self._open_connections()
         while True:
             # Failures are the creates' to report (they look up what is missing themselves).
-            with contextlib.suppress(ProvisionerError):
-                await self.check_microversion()
-            await self._refresh_resolved()
+            await asyncio.gather(
+                self.check_microversion(), self._refresh_resolved(), return_exceptions=True
+            )
             self._warmed.set()
             await asyncio.sleep(self._config.refresh_interval)
 
@@ -411,30 +419,23 @@ class OpenStackProvisioner:
             *([("network", config.network)] if config.network else []),
         ]
 
-        def resolve_all(conn: openstack.connection.Connection) -> dict[tuple[str, str], str]:
-            found: dict[tuple[str, str], str] = {}
-            for kind, ref in wanted:
-                with contextlib.suppress(openstack.exceptions.SDKException):
-                    found[(kind, ref)] = str(_FINDERS[kind](conn, ref).id)
-            return found
+        def resolve(kind: str, ref: str, conn: openstack.connection.Connection) -> str:
+            return str(_FINDERS[kind](conn, ref).id)
 
-        try:
-            found = await self._call("look up images, flavors and network", resolve_all)
-        except ProvisionerError:
-            return
+        answers = await asyncio.gather(
+            *(
+                self._call(f"look up {kind} {ref!r}", functools.partial(resolve, kind, ref))
+                for kind, ref in wanted
+            ),
+            return_exceptions=True,
+        )
         with self._resolved_lock:
-            for key in wanted:
-                if key in found:
-                    self._resolved[key] = found[key]
-                else:
+            for key, answer in zip(wanted, answers, strict=True):
+                if isinstance(answer, str):
+                    self._resolved[key] = answer
+                elif isinstance(answer, ServerNotFound | PermanentProvisionerError):
+                    # Gone (404 is translated to ServerNotFound): the create looks it up again.
                     self._resolved.pop(key, None)
-
-    async def _await_warm_up(self) -> None:
-        """A create that comes during the first warm-up waits for it rather than repeat it."""
-        if self._warmer is not None and not self._warmer.done() and not self._warmed.is_set():
-            waiter = asyncio.ensure_future(self._warmed.wait())
-            await asyncio.wait({waiter, self._warmer}, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
 
     # Checks --------------------------------------------------------------------------------
 
@@ -554,7 +555,8 @@ class OpenStackProvisioner:
 
     async def submit(self, spec: ServerSpec) -> str:
         """Send the create request; the server id. The boot itself is `finish_create`'s."""
-        await self._await_warm_up()
+        # A create during the first warm-up waits for it rather than repeat its look-ups.
+        await self.wait_warm()
         await self.check_microversion()
         encoded = base64.b64encode(spec.user_data)
         if len(encoded) > USER_DATA_LIMIT:
