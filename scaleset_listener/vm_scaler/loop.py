@@ -43,7 +43,7 @@ from scaleset_listener.vm_scaler.ledger import (
     TrackedRunner,
     adoptions,
 )
-from scaleset_listener.vm_scaler.plan import Lifecycle, Observation, plan
+from scaleset_listener.vm_scaler.plan import Lifecycle, Observation, next_deadline, plan
 from scaleset_listener.wire import JobCompleted, JobStarted, RunnerReference, Statistics
 
 Clock = Callable[[], float]
@@ -236,7 +236,7 @@ class VMScaler:
                 try:
                     await asyncio.wait(
                         {waker, stopper},
-                        timeout=self._lifecycle.tick,
+                        timeout=self._until_next_pass(),
                         return_when=asyncio.FIRST_COMPLETED,
                     )
                 finally:
@@ -244,6 +244,15 @@ class VMScaler:
         finally:
             stopper.cancel()
             await self._executor.drain()
+
+    def _until_next_pass(self) -> float:
+        """The tick, or less when a runner's deadline (a boot timeout...) is due sooner."""
+        now = self._clock()
+        due = next_deadline(list(self.ledger.runners.values()), self._lifecycle, now)
+        if due is None:
+            return self._lifecycle.tick
+        # A hair past the deadline, so that the pass then sees it run out.
+        return min(self._lifecycle.tick, due - now + 0.001)
 
     async def _converge_safely(self) -> None:
         try:
