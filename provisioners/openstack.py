@@ -10,9 +10,9 @@
   authenticated keystoneauth adapter and read the answer as plain dicts: openstacksdk's Resource
   machinery costs about 1 ms of CPU per server read, which made a listing of 500 booting servers
   cost half a second (bench/README.md, scale_up). They pin compute microversion 2.52.
-* One shared observer per tag filter watches booting servers: a listing filtered by our tags once
-  per `poll_interval` wakes every waiter, however many servers boot; a waiter's ACTIVE deadline is
-  its own timer, not a poll's.
+* One shared observer per tag filter watches booting servers: a listing filtered by our tags
+  (FIRST_LOOK after the newest server, then backing off to `poll_interval`) wakes every waiter,
+  however many servers boot; a waiter's ACTIVE deadline is its own timer, not a poll's.
 * `start()` warms up before the first job: every worker thread's Connection authenticates, the
   microversion is checked, image/flavor/network ids are resolved; they are resolved again every
   `refresh_interval`, and at once after a create the cloud refuses with 400.
@@ -66,6 +66,9 @@ TAGS_MICROVERSION = (2, 52)
 # What the raw server calls ask for: tags in views, filters and create requests (2.52), and no
 # later change of the server view they read.
 COMPUTE_MICROVERSION = "2.52"
+# How soon the shared observer first lists a newly created server (then less often, up to
+# OpenStackConfig.poll_interval).
+FIRST_LOOK = 0.25
 # Nova's API schema caps `user_data` at 65535 characters of the base64 text it is sent as, not of
 # the decoded bytes (tests/real_openstack/README.md: 65536 refused with 400, 65532 accepted).
 USER_DATA_LIMIT = 65535
@@ -87,7 +90,8 @@ class OpenStackConfig:
     active_timeout: float = 600.0
     delete_timeout: float = 300.0
     api_timeout: float = 60.0
-    # How often the shared observer lists booting servers (and a delete polls for gone).
+    # The longest gap between the shared observer's listings of booting servers (and between a
+    # delete's looks for gone).
     poll_interval: float = 1.0
     max_workers: int = 8
     # Every image and flavor a create may name (RUNNERS overrides), resolved by `start()`.
@@ -318,6 +322,7 @@ class OpenStackProvisioner:
         self._waiters: dict[tuple[str, ...], dict[str, _Waiter]] = {}
         self._observers: dict[tuple[str, ...], asyncio.Task[None]] = {}
         self._observer_errors: dict[tuple[str, ...], ProvisionerError] = {}
+        self._arrivals: dict[tuple[str, ...], asyncio.Event] = {}
         self._warmer: asyncio.Task[None] | None = None
         self._warmed = asyncio.Event()
 
@@ -659,6 +664,7 @@ class OpenStackProvisioner:
         else:
             waiter = _Waiter(time.monotonic(), asyncio.get_running_loop().create_future())
             self._waiters.setdefault(tags, {})[server_id] = waiter
+            self._arrivals.setdefault(tags, asyncio.Event()).set()
             self._ensure_observer(tags)
             try:
                 vm = await asyncio.wait_for(asyncio.shield(waiter.found), timeout)
@@ -687,14 +693,31 @@ class OpenStackProvisioner:
             )
 
     async def _observe(self, tags: tuple[str, ...]) -> None:
-        """While servers with `tags` wait: one listing per poll_interval, each waiter woken when
-        its server has left BUILD or is gone. The listing's cost is one request and a dict per
-        server, however many boot."""
+        """While servers with `tags` wait: one listing at a time, each waiter woken when its
+        server has left BUILD or is gone. The listing's cost is one request and a dict per
+        server, however many boot.
+
+        Listings follow the newest waiter: FIRST_LOOK after a server arrives (a fast cloud is
+        ACTIVE within a second, and a runner that starts its job before we have seen its
+        server ACTIVE skips `booting`), then twice as far apart up to `poll_interval`. In a
+        burst that is one listing per FIRST_LOOK, never one per server."""
         waiting = self._waiters.setdefault(tags, {})
+        arrived = self._arrivals.setdefault(tags, asyncio.Event())
+        first_look = min(FIRST_LOOK, self._config.poll_interval)
+        gap = first_look
+        listed_at = time.monotonic()
         while waiting:
-            # A server is not ACTIVE the moment it is created: look one interval later.
-            await asyncio.sleep(self._config.poll_interval)
-            started = time.monotonic()
+            if arrived.is_set():
+                arrived.clear()
+                gap = first_look
+            left = listed_at + gap - time.monotonic()
+            if left > 0:
+                # Woken early by a new waiter (its first look may be due sooner), or at time.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(arrived.wait(), left)
+                continue
+            started = listed_at = time.monotonic()
+            gap = min(gap * 2, self._config.poll_interval)
             try:
                 servers = await self._call(
                     "list booting servers", functools.partial(_list_servers, tags=tags)
