@@ -36,6 +36,7 @@ import dataclasses
 import functools
 import threading
 import time
+import weakref
 from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -250,8 +251,13 @@ def _compute(
 ) -> Any:
     """One compute API call at COMPUTE_MICROVERSION, its JSON answer (None when empty); an error
     answer raises openstacksdk's HttpException subclass, as its own calls do."""
+    base = _compute_endpoints.get(conn)
+    if base is None:
+        base = _compute_endpoints[conn] = str(conn.compute.get_endpoint()).rstrip("/")
     response = conn.compute.request(
-        path,
+        # Absolute: keystoneauth then skips its service catalog look-up, which deep-copies the
+        # catalog on every request (a quarter of a create's CPU).
+        base + path,
         method,
         params=dict(params or {}),
         json=body,
@@ -260,6 +266,13 @@ def _compute(
     )
     openstack.exceptions.raise_from_response(response)
     return response.json() if response.content else None
+
+
+# Each Connection's compute endpoint, looked up on its first call (a Connection belongs to one
+# worker thread; the endpoint does not change while the token lives).
+_compute_endpoints: weakref.WeakKeyDictionary[openstack.connection.Connection, str] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _list_servers(
