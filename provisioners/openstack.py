@@ -67,9 +67,11 @@ TAGS_MICROVERSION = (2, 52)
 # What the raw server calls ask for: tags in views, filters and create requests (2.52), and no
 # later change of the server view they read.
 COMPUTE_MICROVERSION = "2.52"
-# How soon the shared observer first lists a newly created server (then less often, up to
-# OpenStackConfig.poll_interval).
-FIRST_LOOK = 0.25
+# How soon the shared observer first lists a newly created server (then twice as far apart, up
+# to OpenStackConfig.poll_interval): 0.1 s, and 1 ms more per server waiting, since each listing
+# reads them all (500 booting servers: half a second).
+FIRST_LOOK = 0.1
+FIRST_LOOK_PER_WAITER = 0.001
 # Nova's API schema caps `user_data` at 65535 characters of the base64 text it is sent as, not of
 # the decoded bytes (tests/real_openstack/README.md: 65536 refused with 400, 65532 accepted).
 USER_DATA_LIMIT = 65535
@@ -710,19 +712,24 @@ class OpenStackProvisioner:
         server has left BUILD or is gone. The listing's cost is one request and a dict per
         server, however many boot.
 
-        Listings follow the newest waiter: FIRST_LOOK after a server arrives (a fast cloud is
+        Listings follow the newest waiter: its first look soon after it arrives (a fast cloud is
         ACTIVE within a second, and a runner that starts its job before we have seen its
         server ACTIVE skips `booting`), then twice as far apart up to `poll_interval`. In a
-        burst that is one listing per FIRST_LOOK, never one per server."""
+        burst that is one listing per first look, never one per server, and the first look
+        moves out as the waiters grow: each listing reads every server of the burst."""
         waiting = self._waiters.setdefault(tags, {})
         arrived = self._arrivals.setdefault(tags, asyncio.Event())
-        first_look = min(FIRST_LOOK, self._config.poll_interval)
-        gap = first_look
+
+        def first_look() -> float:
+            soon = FIRST_LOOK + FIRST_LOOK_PER_WAITER * len(waiting)
+            return min(soon, self._config.poll_interval)
+
+        gap = first_look()
         listed_at = time.monotonic()
         while waiting:
             if arrived.is_set():
                 arrived.clear()
-                gap = first_look
+                gap = first_look()
             left = listed_at + gap - time.monotonic()
             if left > 0:
                 # Woken early by a new waiter (its first look may be due sooner), or at time.
