@@ -124,8 +124,11 @@ class Provisioner(Protocol):
         PermanentProvisionerError."""
         ...
 
-    async def capacity(self) -> int | None:
-        """How many more servers the cloud can take now; None when not limited by us."""
+    async def capacity(self, flavor: str | None = None, owner: tuple[str, ...] = ()) -> int | None:
+        """How many more servers of `flavor` (None: the provisioner's default) the cloud can take
+        now; None when nothing limits them. The creates in flight of `owner` (servers carrying
+        exactly these ownership tags) count as not having taken theirs yet: the caller counts
+        its own creates in flight (scaleset_listener/demand.py)."""
         ...
 
     async def release_floating_ips(self, server_id: str) -> None:

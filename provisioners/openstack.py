@@ -19,6 +19,10 @@
 * Server tags need compute microversion 2.52; the adapter checks what the cloud offers once and
   says clearly when it is older (listing by tag is how inventory finds our servers, and Nova
   silently ignores metadata filters, so there is no safe fallback).
+* `capacity` is the least of the free pool addresses and the project's quota headroom for the
+  flavor (provisioners/headroom.py: Nova's GET /limits every `capacity_refresh_interval`, and
+  soon after a create was refused for quota, adjusted between reads by this process's own creates
+  and deletes, shared by every scale set it serves).
 * `preflight` looks everything up that a create will need (read-only: it creates nothing) and
   reports each finding as a CloudCheck instead of raising, so that one run shows every problem.
 * Errors are translated once, here: quota -> QuotaExceeded, 404 -> ServerNotFound, 400 and
@@ -34,6 +38,8 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
+import logging
+import math
 import threading
 import time
 import weakref
@@ -60,8 +66,11 @@ from provisioners.base import (
     ServerSpec,
     TemporaryProvisionerError,
 )
+from provisioners.headroom import ComputeLimits, FlavorSize, ProjectHeadroom
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 TAGS_MICROVERSION = (2, 52)
 # What the raw server calls ask for: tags in views, filters and create requests (2.52), and no
@@ -101,6 +110,11 @@ class OpenStackConfig:
     images: tuple[str, ...] = ()
     flavors: tuple[str, ...] = ()
     refresh_interval: float = 600.0
+    # How often Nova's /limits (the quota headroom behind `capacity`) is read again.
+    capacity_refresh_interval: float = 60.0
+    # After Nova refused a create for quota the limits are read again at the next `capacity`,
+    # but no sooner than this after the last read: a burst of refusals is one read, not a storm.
+    quota_recheck_interval: float = 5.0
     # The clouds.yaml entry; None lets openstacksdk read OS_CLOUD or the OS_* variables.
     cloud: str | None = None
 
@@ -118,24 +132,6 @@ class CloudCheck:
     ref: str
     ok: bool | None
     detail: str
-
-
-@dataclass(frozen=True)
-class FlavorSize:
-    vcpus: int
-    ram_mb: int
-
-
-@dataclass(frozen=True)
-class ComputeLimits:
-    """Nova's absolute limits of the project (GET /limits); -1 is unlimited."""
-
-    max_instances: int
-    max_cores: int
-    max_ram_mb: int
-    used_instances: int
-    used_cores: int
-    used_ram_mb: int
 
 
 def quota_shortfalls(
@@ -340,6 +336,13 @@ class OpenStackProvisioner:
         self._arrivals: dict[tuple[str, ...], asyncio.Event] = {}
         self._warmer: asyncio.Task[None] | None = None
         self._warmed = asyncio.Event()
+        # The project's quota as this process sees it; one view for every scale set.
+        self._headroom = ProjectHeadroom()
+        self._limits_lock = asyncio.Lock()
+        self._limits_read_at = -math.inf
+        self._limits_recheck = False
+        self._flavor_sizes: dict[str, FlavorSize] = {}
+        self._flavor_misses: dict[str, float] = {}
 
     def __repr__(self) -> str:
         return f"OpenStackProvisioner(cloud={self._config.cloud!r})"
@@ -565,10 +568,23 @@ class OpenStackProvisioner:
 
     # Provisioner protocol ------------------------------------------------------------------
 
-    async def capacity(self) -> int | None:
-        if not self._config.floating_ips:
-            return None
-        return len(await self._free_floating_ips())
+    async def capacity(self, flavor: str | None = None, owner: tuple[str, ...] = ()) -> int | None:
+        """How many more servers of `flavor` (default: the configured one) the cloud takes now:
+        the least of the free pool addresses (with a pool) and the servers the project's quota
+        headroom holds (instances, cores and RAM); None when nothing limits them. The creates in
+        flight of `owner` (their ownership tags) are counted as not having taken theirs yet, as
+        the caller counts them itself (scaleset_listener/demand.py)."""
+        limits: list[int] = []
+        if self._config.floating_ips:
+            limits.append(len(await self._free_floating_ips()))
+        await self._read_limits_when_due()
+        # A flavor that cannot be looked up now limits by instances only (its create will fail
+        # and say why).
+        size = await self._flavor_size(flavor or self._config.flavor) or FlavorSize(0, 0)
+        quota = self._headroom.free_servers(size, owner)
+        if quota is not None:
+            limits.append(quota)
+        return min(limits) if limits else None
 
     async def create(self, spec: ServerSpec) -> RunnerVM:
         return await self.finish_create(await self.submit(spec), spec.name, spec.tags)
@@ -584,9 +600,18 @@ class OpenStackProvisioner:
                 f"user_data of {spec.name} is {len(encoded)} bytes base64-encoded; "
                 f"Nova takes at most {USER_DATA_LIMIT}"
             )
-        return await self._call(
-            f"create server {spec.name}", functools.partial(self._create_server, spec, encoded)
-        )
+        claim = await self._claim(spec)
+        try:
+            server_id = await self._call(
+                f"create server {spec.name}", functools.partial(self._create_server, spec, encoded)
+            )
+        except BaseException as exc:
+            self._headroom.refused(claim)
+            if isinstance(exc, QuotaExceeded):
+                self._quota_refused()
+            raise
+        self._headroom.accepted(claim, server_id)
+        return server_id
 
     async def finish_create(
         self, server_id: str, name: str, tags: tuple[str, ...] = ()
@@ -604,6 +629,8 @@ class OpenStackProvisioner:
             # Never leak a half-made server: whatever went wrong, take it away again.
             await asyncio.shield(self._delete_quietly(server_id))
             raise
+        finally:
+            self._headroom.settled(server_id)
         return vm
 
     def _create_server(
@@ -806,6 +833,7 @@ class OpenStackProvisioner:
                 )
             await asyncio.sleep(interval)
             interval = min(interval * 2, self._config.poll_interval)
+        self._headroom.released(server_id)
 
     async def get(self, server_id: str) -> RunnerVM | None:
         return await self._call(
@@ -846,6 +874,70 @@ class OpenStackProvisioner:
             return str(answer.get("output", "")) if isinstance(answer, dict) else str(answer)
 
         return await self._call(f"console output of {server_id}", console)
+
+    # Quota headroom ------------------------------------------------------------------------
+
+    async def _read_limits_when_due(self) -> None:
+        """Read Nova's /limits when the last read is CAPACITY_REFRESH_INTERVAL old, or when a
+        create was refused for quota since (but not within `quota_recheck_interval` of the last
+        read). One read at a time: concurrent callers take its answer. A failed read
+        keeps the last answer (and waits for the next turn, not the next caller)."""
+        async with self._limits_lock:
+            interval = self._config.capacity_refresh_interval
+            age = time.monotonic() - self._limits_read_at
+            recheck = self._limits_recheck and age >= min(
+                self._config.quota_recheck_interval, interval
+            )
+            if age < interval and not recheck:
+                return
+            self._limits_read_at = time.monotonic()
+            self._limits_recheck = False
+            began = self._headroom.begin_read()
+            try:
+                limits = await self._call("read compute limits", _compute_limits)
+            except ProvisionerError as exc:
+                log.warning("compute limits unreadable, keeping the last: %s", exc)
+                return
+            self._headroom.apply(limits, began)
+
+    def _quota_refused(self) -> None:
+        """Nova refused a create for quota: no room until /limits is read again, soon."""
+        self._headroom.exhausted()
+        self._limits_recheck = True
+
+    async def _flavor_size(self, ref: str) -> FlavorSize | None:
+        """The flavor's vCPUs and RAM (flavors never change size); None while it cannot be looked
+        up, tried again once per CAPACITY_REFRESH_INTERVAL."""
+        known = self._flavor_sizes.get(ref)
+        if known is not None or not ref:
+            return known
+        missed = self._flavor_misses.get(ref)
+        retry_after = self._config.capacity_refresh_interval
+        if missed is not None and time.monotonic() - missed < retry_after:
+            return None
+        try:
+            size, _ = await self._call(
+                f"look up flavor {ref!r}", functools.partial(_find_flavor, ref)
+            )
+        except ProvisionerError:
+            self._flavor_misses[ref] = time.monotonic()
+            return None
+        self._flavor_sizes[ref] = size
+        return size
+
+    async def _claim(self, spec: ServerSpec) -> int:
+        """The create's share of the quota headroom, taken before its request is sent; refused
+        here (Nova is not asked) when the headroom is gone, e.g. another scale set of this
+        process took the last of it."""
+        size = await self._flavor_size(spec.flavor or self._config.flavor) or FlavorSize(0, 0)
+        claim = self._headroom.claim(size, spec.tags)
+        if claim is None:
+            raise QuotaExceeded(
+                f"create server {spec.name}: no quota headroom left in the project for another "
+                f"{size.vcpus}-vCPU, {size.ram_mb} MiB server (Nova's last limits less the "
+                "servers created since; not sent)"
+            )
+        return claim
 
     # Floating IPs --------------------------------------------------------------------------
 

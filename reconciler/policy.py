@@ -142,37 +142,56 @@ class VMFacts:
         return self.probe_outcome == "ok"
 
 
+# Every `Decision.rule`: a fixed set, so a metric labelled by it stays bounded.
+RULES = frozenset(
+    {
+        "booting", "boot_timeout", "busy_without_vm", "creating", "error", "failed_retention",
+        "idle_again", "kept_failed", "lifetime", "no_registration", "no_registration_once",
+        "no_vm", "powered_off", "powered_off_busy", "run_complete", "runner_alive",
+        "runner_crashed", "runner_not_visible", "setup_failed", "tracked", "unreachable_busy",
+        "untracked",
+    }
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Decision:
     action: Action
-    reason: str
+    reason: str  # for people: the row, with this VM's figures
+    # The row that decided, a short fixed name (`lifetime`, `boot_timeout`, ...): what metrics
+    # count by (docs/monitoring.md), where `reason` would make a series per VM age.
+    rule: str
 
 
 def _age(facts: VMFacts, now: datetime) -> timedelta | None:
     return None if facts.created_at is None else now - facts.created_at
 
 
-def _adopt_running(runner: GitHubRunnerFacts, why: str) -> Decision:
+def _adopt_running(runner: GitHubRunnerFacts, why: str, rule: str) -> Decision:
     if runner.busy:
-        return Decision(Action.ADOPT_BUSY, f"{why}; GitHub reports the runner busy")
-    return Decision(Action.ADOPT_IDLE, f"{why}; GitHub reports the runner idle")
+        return Decision(Action.ADOPT_BUSY, f"{why}; GitHub reports the runner busy", rule)
+    return Decision(Action.ADOPT_IDLE, f"{why}; GitHub reports the runner idle", rule)
 
 
 def _by_age(facts: VMFacts, now: datetime, boot_timeout: timedelta, what: str) -> Decision:
     age = _age(facts, now)
     if age is None:
         # No creation time to keep a deadline with: the boot deadline restarts now.
-        return Decision(Action.ADOPT_BOOTING, f"{what}; creation time unknown, deadline restarts")
+        return Decision(
+            Action.ADOPT_BOOTING, f"{what}; creation time unknown, deadline restarts", "booting"
+        )
     if age < boot_timeout:
         return Decision(
             Action.ADOPT_BOOTING,
             f"{what}; {int(age.total_seconds())}s old, younger than BOOT_TIMEOUT "
             f"({int(boot_timeout.total_seconds())}s)",
+            "booting",
         )
     return Decision(
         Action.DELETE,
         f"{what}; {int(age.total_seconds())}s old, past BOOT_TIMEOUT "
         f"({int(boot_timeout.total_seconds())}s)",
+        "boot_timeout",
     )
 
 
@@ -184,18 +203,22 @@ def _kept_failed(
 ) -> Decision:
     since = failed_at or created_at
     if retention is None or since is None:
-        return Decision(Action.SKIP, "failed VM kept for debugging (KEEP_FAILED_VMS)")
+        return Decision(
+            Action.SKIP, "failed VM kept for debugging (KEEP_FAILED_VMS)", "kept_failed"
+        )
     left = retention - (now - since)
     if left <= timedelta(0):
         return Decision(
             Action.DELETE,
             f"failed VM kept for debugging, past FAILED_VM_RETENTION "
             f"({retention.total_seconds() / 3600:g}h)",
+            "failed_retention",
         )
     return Decision(
         Action.SKIP,
         f"failed VM kept for debugging (KEEP_FAILED_VMS), deleted in "
         f"{left.total_seconds() / 3600:.1f}h (FAILED_VM_RETENTION)",
+        "kept_failed",
     )
 
 
@@ -210,6 +233,7 @@ def _past_lifetime(
     return Decision(
         Action.DELETE,
         f"{hours:.1f}h old, past MAX_RUNNER_LIFETIME ({max_lifetime.total_seconds() / 3600:g}h)",
+        "lifetime",
     )
 
 
@@ -227,14 +251,16 @@ def decide(
     if expired is not None:
         return expired
     if facts.status == "ERROR":
-        return Decision(Action.DELETE, "server status ERROR")
+        return Decision(Action.DELETE, "server status ERROR", "error")
     console = facts.console or ConsoleFacts()
     if facts.probe_ok and facts.run_complete_exit_code is not None:
         return Decision(
-            Action.CLEAN_UP, f"run-complete present (exit {facts.run_complete_exit_code})"
+            Action.CLEAN_UP,
+            f"run-complete present (exit {facts.run_complete_exit_code})",
+            "run_complete",
         )
     if not facts.probe_ok and console.run_complete:
-        return Decision(Action.CLEAN_UP, "run-complete marker on the console")
+        return Decision(Action.CLEAN_UP, "run-complete marker on the console", "run_complete")
     if facts.status == "SHUTOFF":
         if facts.runner is not None and facts.runner.busy:
             # Off, so nothing runs on it; but the deletion rule waits for GitHub to let go
@@ -243,11 +269,12 @@ def decide(
                 Action.ADOPT_BUSY,
                 "powered off without run-complete, but GitHub says busy "
                 "(the scaler deletes it once GitHub lets go)",
+                "powered_off_busy",
             )
-        return Decision(Action.CLEAN_UP, "powered off after a run")
+        return Decision(Action.CLEAN_UP, "powered off after a run", "powered_off")
     runner = facts.runner
     if runner is None:
-        return Decision(Action.DELETE, "no GitHub runner and no run-complete")
+        return Decision(Action.DELETE, "no GitHub runner and no run-complete", "no_registration")
     if facts.probe_ok:
         return _decide_reachable(facts, runner, now, boot_timeout)
     return _decide_unreachable(facts, runner, console, now, boot_timeout)
@@ -258,16 +285,20 @@ def _decide_reachable(
 ) -> Decision:
     """The probe answered: its facts decide, GitHub only for idle or busy."""
     if facts.setup_failed:
-        return Decision(Action.DELETE, "setup-failed sentinel present")
+        return Decision(Action.DELETE, "setup-failed sentinel present", "setup_failed")
     if facts.setup_complete:
         if facts.runner_alive is True:
-            return _adopt_running(runner, "setup complete, runner process alive")
+            return _adopt_running(runner, "setup complete, runner process alive", "runner_alive")
         if facts.runner_alive is False:
             return Decision(
-                Action.DELETE, "setup complete, no runner process, no run-complete (crashed)"
+                Action.DELETE,
+                "setup complete, no runner process, no run-complete (crashed)",
+                "runner_crashed",
             )
         if runner.busy or runner.online:
-            return _adopt_running(runner, "setup complete, runner process not visible")
+            return _adopt_running(
+                runner, "setup complete, runner process not visible", "runner_not_visible"
+            )
         return _by_age(
             facts, now, boot_timeout, "setup complete, runner process not visible, offline"
         )
@@ -287,9 +318,10 @@ def _decide_unreachable(
             Action.ADOPT_BUSY,
             f"probe {facts.probe_outcome or 'not made'}, GitHub says busy "
             "(never kill a busy runner on a failed probe)",
+            "unreachable_busy",
         )
     if console.setup_failed:
-        return Decision(Action.DELETE, "setup-failed marker on the console")
+        return Decision(Action.DELETE, "setup-failed marker on the console", "setup_failed")
     what = f"probe {facts.probe_outcome or 'not made'}, not busy"
     if console.setup_complete:
         what += " (setup-complete marker on the console)"
@@ -321,7 +353,7 @@ def decide_sweep(
 ) -> Decision:
     """The periodic pass's action for one owned VM, with the reason its table gives."""
     if facts.known is Known.CREATING:
-        return Decision(Action.KEEP, "its create call is in flight")
+        return Decision(Action.KEEP, "its create call is in flight", "creating")
     if facts.kept_failed:
         return _kept_failed(facts.failed_at, facts.created_at, now, failed_retention)
     expired = _past_lifetime(facts.created_at, now, max_lifetime)
@@ -330,35 +362,47 @@ def decide_sweep(
     runner = facts.runner
     busy = runner is not None and runner.busy
     if facts.status == "ERROR" and not busy:
-        return Decision(Action.DELETE, "server ERROR")
+        return Decision(Action.DELETE, "server ERROR", "error")
     if facts.status == "SHUTOFF" and not busy:
-        return Decision(Action.CLEAN_UP, "VM powered off")
+        return Decision(Action.CLEAN_UP, "VM powered off", "powered_off")
     if runner is None:
         age = None if facts.created_at is None else now - facts.created_at
         # A VM without a creation time cannot be timed: it is given the boot window.
         if facts.known is Known.BOOTING or age is None or age < boot_timeout:
-            return Decision(Action.KEEP, "booting, not registered yet")
+            return Decision(Action.KEEP, "booting, not registered yet", "booting")
         if facts.missing_before:
-            return Decision(Action.DELETE, "runner missing from GitHub on two sweeps")
+            return Decision(
+                Action.DELETE, "runner missing from GitHub on two sweeps", "no_registration"
+            )
         return Decision(
-            Action.WATCH, "runner missing from GitHub; deleted if still missing next sweep"
+            Action.WATCH,
+            "runner missing from GitHub; deleted if still missing next sweep",
+            "no_registration_once",
         )
     if facts.known is None:
         if runner.busy:
-            return Decision(Action.ADOPT_BUSY, "not tracked; GitHub reports the runner busy")
+            return Decision(
+                Action.ADOPT_BUSY, "not tracked; GitHub reports the runner busy", "untracked"
+            )
         if runner.online:
-            return Decision(Action.ADOPT_IDLE, "not tracked; GitHub reports the runner idle")
-        return Decision(Action.ADOPT_BOOTING, "not tracked; GitHub reports the runner offline")
+            return Decision(
+                Action.ADOPT_IDLE, "not tracked; GitHub reports the runner idle", "untracked"
+            )
+        return Decision(
+            Action.ADOPT_BOOTING, "not tracked; GitHub reports the runner offline", "untracked"
+        )
     if facts.known is Known.BUSY and runner.online and not runner.busy:
         # A refused retirement, or a JobStarted that never came: idle again, so retirable.
-        return Decision(Action.MARK_IDLE, "tracked busy, GitHub reports it idle")
-    return Decision(Action.KEEP, "tracked, GitHub knows the runner")
+        return Decision(Action.MARK_IDLE, "tracked busy, GitHub reports it idle", "idle_again")
+    return Decision(Action.KEEP, "tracked, GitHub knows the runner", "tracked")
 
 
 def decide_registration(runner: GitHubRunnerFacts, known: Known | None) -> Decision:
     """A runner registered in the scale set with no VM of ours behind it."""
     if known is Known.CREATING:
-        return Decision(Action.KEEP, "its VM is being created")
+        return Decision(Action.KEEP, "its VM is being created", "creating")
     if runner.busy:
-        return Decision(Action.KEEP, "registered with no VM, GitHub reports it busy")
-    return Decision(Action.REMOVE_REGISTRATION, "registered in the scale set with no VM")
+        return Decision(
+            Action.KEEP, "registered with no VM, GitHub reports it busy", "busy_without_vm"
+        )
+    return Decision(Action.REMOVE_REGISTRATION, "registered in the scale set with no VM", "no_vm")

@@ -1,6 +1,6 @@
 """The `scaleset-listener` command: `run` the service, `reconcile` once, `check-config` (offline,
 or `--online`: the pre-flight, preflight.py), `user-data` (print a VM's rendered bootstrap),
-`demo`.
+`usage` (the per-job usage log grouped), `demo`.
 
 Exit codes: 0 success, 1 the service failed while running, 2 the configuration is wrong (for
 `demo`: the simulator it needs is not installed).
@@ -14,6 +14,7 @@ import importlib.util
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -23,13 +24,16 @@ from provisioners.openstack import OpenStackProvisioner
 from reconciler.reconcile import ReconcileReport
 from scaleset_listener import __version__
 from scaleset_listener.auth import load_app_private_key
-from scaleset_listener.config import Settings, load_settings
+from scaleset_listener.config import Settings, load_settings, parse_duration
 from scaleset_listener.errors import ConfigError
 from scaleset_listener.http import HttpChannel
 from scaleset_listener.logs import configure
 from scaleset_listener.preflight import run_preflight
 from scaleset_listener.runner_versions import parse_version
 from scaleset_listener.service import run_service
+from scaleset_listener.usage import GroupBy, read_records, summarize, utc_now
+from scaleset_listener.usage import as_json as usage_json
+from scaleset_listener.usage import table as usage_table
 from scaleset_listener.wiring import (
     acting_on,
     github,
@@ -67,6 +71,23 @@ def _parser() -> argparse.ArgumentParser:
         help="run the listener against the built-in simulator (see `demo --help`)",
         add_help=False,
     )
+    usage = commands.add_parser(
+        "usage",
+        help="VM-hours, jobs and median queue wait per group, from a USAGE_LOG_PATH file",
+    )
+    usage.add_argument("file", type=Path, metavar="FILE", help="the JSON Lines usage log")
+    usage.add_argument(
+        "--since",
+        metavar="DURATION",
+        help="only jobs whose VM was deleted within this long (e.g. 7d, 12h)",
+    )
+    usage.add_argument(
+        "--by",
+        choices=[group.value for group in GroupBy],
+        default=GroupBy.REPOSITORY.value,
+        help="group by repository (default), workflow or flavor",
+    )
+    usage.add_argument("--json", action="store_true", help="print JSON instead of a table")
     reconcile = commands.add_parser(
         "reconcile",
         parents=[env_file],
@@ -170,6 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if arguments[:1] == ["demo"]:
         return run_demo(arguments[1:])
     args = _parser().parse_args(arguments)
+    if args.command == "usage":
+        return usage_report(args.file, args.since, GroupBy(args.by), as_json=args.json)
     try:
         settings = load_settings(args.env_file)
         validate_deeply(settings)
@@ -197,6 +220,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"scaleset-listener: configuration error: {exc}", file=sys.stderr)
             return EXIT_CONFIG
     return asyncio.run(run_service(settings))
+
+
+def usage_report(path: Path, since: str | None, by: GroupBy, *, as_json: bool) -> int:
+    """`scaleset-listener usage`: the usage log grouped; lines that are not records are
+    reported on stderr and skipped."""
+    cutoff = None
+    if since is not None:
+        try:
+            cutoff = utc_now() - timedelta(seconds=parse_duration(since))
+        except ValueError as exc:
+            print(f"scaleset-listener: --since: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+    try:
+        records, unreadable = read_records(path)
+    except OSError as exc:
+        print(f"scaleset-listener: cannot read {path}: {exc.strerror}", file=sys.stderr)
+        return EXIT_CONFIG
+    for line in unreadable:
+        print(
+            f"scaleset-listener: {path}:{line.line_number}: skipped: {line.problem}",
+            file=sys.stderr,
+        )
+    rows = summarize(records, by, cutoff)
+    if as_json:
+        print(usage_json(rows, by))
+    else:
+        for row in usage_table(rows, by):
+            print(row)
+    return EXIT_OK
 
 
 def render_preview(settings: Settings, scale_set: str | None, runner_version: str | None) -> bytes:

@@ -41,10 +41,11 @@ from pydantic_settings import (
 )
 
 from scaleset_listener.errors import ConfigError, InvalidConfigURL
-from scaleset_listener.github_urls import GitHubTarget, parse_github_url
+from scaleset_listener.github_urls import GitHubTarget, Scope, parse_github_url
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|d|h|m|s)")
+# Go's units plus days (`7d`), which a month of operation wants.
+_DURATION_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
 
 def parse_duration(value: object) -> float:
@@ -240,6 +241,10 @@ class Settings(BaseSettings):
     openstack_floating_ips: CommaList = ()
     openstack_server_metadata: KeyValues = Field(default_factory=dict)
     openstack_server_active_timeout: Duration = 600.0
+    # How often the project's quota headroom (Nova's /limits) is read again: the capacity counts
+    # this process's own creates and deletes between reads, so this catches only changes from
+    # outside (other deployments in the project, a new quota) (docs/architecture.md#capacity).
+    capacity_refresh_interval: Duration = 60.0
     # Creates in flight at once (JIT config + create request) and OpenStack worker threads. 32
     # lets a burst of 500 jobs reach the cloud within 5 s at 100 ms per API call (8: 15-20 s),
     # and more gains nothing there (bench/README.md, scale_up); Nova's API takes it easily.
@@ -265,8 +270,10 @@ class Settings(BaseSettings):
 
     # Observability
     enable_metrics: bool = False
-    # host:port of the health endpoints (/healthz, /readyz); ":8080" means every interface.
+    # host:port of /healthz, /readyz and /metrics; ":8080" means every interface.
     metrics_addr: str = ":8080"
+    # Append one JSON line per job (its usage record) here; the directory must exist.
+    usage_log_path: Path | None = None
     log_level: LogLevel = LogLevel.INFO
     log_format: LogFormat = LogFormat.TEXT
 
@@ -317,6 +324,15 @@ class Settings(BaseSettings):
             raise ValueError("expected one OpenSSH public key line: `<type> <base64> [comment]`")
         return value
 
+    @field_validator("usage_log_path")
+    @classmethod
+    def _usage_log_directory_exists(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.parent.is_dir():
+            raise ValueError(f"the directory {path.parent} does not exist")
+        if path is not None and path.is_dir():
+            raise ValueError(f"{path} is a directory; name the file to append to")
+        return path
+
     @field_validator("metrics_addr")
     @classmethod
     def _addr_has_a_port(cls, value: str) -> str:
@@ -353,6 +369,13 @@ class Settings(BaseSettings):
     def _check_interval_is_positive(cls, value: float) -> float:
         if value < 1:
             raise ValueError("must be at least 1s (default 24h)")
+        return value
+
+    @field_validator("capacity_refresh_interval")
+    @classmethod
+    def _capacity_refresh_is_positive(cls, value: float) -> float:
+        if value < 1:
+            raise ValueError("must be at least 1s (default 60s)")
         return value
 
     @model_validator(mode="after")
@@ -479,6 +502,13 @@ class Settings(BaseSettings):
             parse_github_url(self.github_url, self.github_api_url or None)
         except InvalidConfigURL as exc:
             raise ValueError(f"GITHUB_URL: {exc}") from None
+        if self.uses_github_app and self.github_target.scope is Scope.ENTERPRISE:
+            # GitHub refuses an App at the enterprise scope (docs/deploy.md, credentials).
+            raise ValueError(
+                "GITHUB_APP_ID: a GitHub App cannot manage enterprise-level runners; for an "
+                "enterprise GITHUB_URL set GITHUB_TOKEN (a classic PAT with "
+                "manage_runners:enterprise) instead"
+            )
         return self
 
 

@@ -13,7 +13,11 @@ UNLIMITED = 2**31 - 1
 
 def cloud_capacity(owned: int, in_flight: int, free: int | None) -> int:
     """How many runners the cloud could run now (UNLIMITED when it sets no limit): the owned
-    ones, plus what `free` still starts; creates in flight take theirs from `free` too."""
+    ones, plus what `free` still starts; creates in flight take theirs from `free` too.
+
+    `free` is the provisioner's figure for this set (free pool addresses, quota headroom at its
+    flavor: docs/architecture.md#capacity), in which this set's creates in flight have not yet
+    taken theirs; `in_flight` must be counted in the same instant."""
     if free is None:
         return UNLIMITED
     return max(0, owned - in_flight + free)

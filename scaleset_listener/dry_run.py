@@ -85,8 +85,8 @@ class DryRunProvisioner:
     async def release_floating_ips(self, server_id: str) -> None:
         log.info("dry_run_would_release_floating_ips", server_id=server_id)
 
-    async def capacity(self) -> int | None:
-        free = await self._cloud.capacity()
+    async def capacity(self, flavor: str | None = None, owner: tuple[str, ...] = ()) -> int | None:
+        free = await self._cloud.capacity(flavor, owner)
         return None if free is None else max(0, free - len(self._would_exist))
 
     async def close(self) -> None:

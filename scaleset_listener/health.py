@@ -1,4 +1,5 @@
-"""Health endpoints for orchestrators: `/healthz` (the process is up) and `/readyz`.
+"""The HTTP endpoints on METRICS_ADDR: `/healthz` (the process is up), `/readyz`, and
+`/metrics` (Prometheus text format, docs/monitoring.md).
 
 Ready means: every scale set's listener got an answer from the message queue recently (within
 two long polls: the broker holds a poll for about 50 s), no scaler is stuck on a configuration
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 POLL_STALE_AFTER = 120.0
@@ -32,6 +33,8 @@ class ScaleSetHealth:
 
 
 Problem = Callable[[], str | None]
+# The metrics in Prometheus' text format, and its content type.
+Exposition = tuple[Callable[[], bytes], str]
 
 
 def readiness(
@@ -52,7 +55,9 @@ def readiness(
 
 
 def health_app(
-    sets: Sequence[ScaleSetHealth], service_problems: Sequence[Problem] = ()
+    sets: Sequence[ScaleSetHealth],
+    service_problems: Sequence[Problem] = (),
+    metrics: Exposition | None = None,
 ) -> Starlette:
     async def healthz(_: Request) -> PlainTextResponse:
         return PlainTextResponse("ok\n")
@@ -63,7 +68,15 @@ def health_app(
             {"ready": not reasons, "reasons": reasons}, status_code=503 if reasons else 200
         )
 
-    return Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz)])
+    routes = [Route("/healthz", healthz), Route("/readyz", readyz)]
+    if metrics is not None:
+        render, content_type = metrics
+
+        async def exposition(_: Request) -> Response:
+            return Response(render(), media_type=content_type)
+
+        routes.append(Route("/metrics", exposition))
+    return Starlette(routes=routes)
 
 
 class HealthServer:
@@ -71,9 +84,13 @@ class HealthServer:
     handling to the service, and a busy event loop never delays a probe."""
 
     def __init__(
-        self, sets: Sequence[ScaleSetHealth], addr: str, service_problems: Sequence[Problem] = ()
+        self,
+        sets: Sequence[ScaleSetHealth],
+        addr: str,
+        service_problems: Sequence[Problem] = (),
+        metrics: Exposition | None = None,
     ) -> None:
-        self._server = _uvicorn_server(health_app(sets, service_problems), addr)
+        self._server = _uvicorn_server(health_app(sets, service_problems, metrics), addr)
         self._thread = threading.Thread(
             target=asyncio.run, args=(self._server.serve(),), name="health", daemon=True
         )

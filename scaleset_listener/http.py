@@ -86,11 +86,21 @@ def _error_text(body: bytes, content_type: str) -> tuple[str, str]:
     return "", text[:MAX_ERROR_BODY]
 
 
+# Told of every attempt: method, URL path, status (None: no answer) and seconds taken.
+RequestObserver = Callable[[str, str, int | None, float], None]
+
+
 class HttpChannel:
     """An httpx client plus the policies every GitHub-facing request shares."""
 
-    def __init__(self, policy: RetryPolicy, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        client: httpx.AsyncClient | None = None,
+        observe: RequestObserver | None = None,
+    ) -> None:
         self.policy = policy
+        self.observe = observe
         self._client = client or httpx.AsyncClient(
             timeout=DEFAULT_TIMEOUT, headers={"User-Agent": USER_AGENT}, follow_redirects=False
         )
@@ -145,12 +155,17 @@ class HttpChannel:
         if params:
             # Merge, never replace: the message queue URL carries a query of its own.
             target = target.copy_merge_params(dict(params))
+        started = time.monotonic()
         try:
             response = await self._client.request(
                 method, target, headers=request_headers, content=content
             )
         except httpx.TransportError as exc:
+            if self.observe is not None:
+                self.observe(method, target.path, None, time.monotonic() - started)
             raise TransportFailure(method, url, type(exc).__name__ + _detail(exc)) from exc
+        if self.observe is not None:
+            self.observe(method, target.path, response.status_code, time.monotonic() - started)
         body = response.content.removeprefix(BOM)
         if response.status_code in expected:
             return Answer(response.status_code, body, response.headers)

@@ -47,6 +47,7 @@ from scaleset_listener.errors import (
     SessionNotFound,
 )
 from scaleset_listener.http import HttpChannel
+from scaleset_listener.metrics import JobFacts, Metrics, ScaleSetMetrics
 from scaleset_listener.retrying import RetryPolicy, is_transient
 from scaleset_listener.scaler_port import Scaler
 from scaleset_listener.session import MessageSession
@@ -106,6 +107,19 @@ def log_statistics(logger: structlog.typing.FilteringBoundLogger, stats: Statist
         )
 
 
+def job_facts(job: JobStarted | JobCompleted) -> JobFacts:
+    return JobFacts(
+        owner_name=job.owner_name,
+        repository_name=job.repository_name,
+        job_display_name=job.job_display_name,
+        event_name=job.event_name,
+        scale_set_assign_time=job.scale_set_assign_time,
+        runner_assign_time=job.runner_assign_time,
+        finish_time=job.finish_time,
+        result=job.result if isinstance(job, JobCompleted) else "",
+    )
+
+
 def _recoverable_at_start(exc: BaseException) -> bool:
     return is_transient(exc) or isinstance(
         exc, ProtocolError | SessionNotFound | QueueTokenExpired | ScaleSetNotFound
@@ -122,6 +136,7 @@ class Listener:
         scaler: Scaler,
         options: ListenerOptions,
         policy: RetryPolicy,
+        metrics: ScaleSetMetrics | None = None,
     ) -> None:
         self._client = client
         self._http = http
@@ -129,6 +144,10 @@ class Listener:
         self._options = options
         self._policy = policy
         self._spec = options.spec
+        spec = options.spec
+        self._metrics = metrics or Metrics().scale_set(
+            spec.name, spec.min_runners, spec.max_runners
+        )
         self._log = structlog.get_logger(__name__).bind(scale_set=self._spec.name)
         self._stop = asyncio.Event()
         self._established = False
@@ -341,6 +360,7 @@ class Listener:
             else:
                 self._latest_statistics = initial
                 log_statistics(self._log.bind(message_id=0), initial)
+                self._record(initial)
                 if initial.total_available_jobs > 0:
                     await self._acquire_leftover_jobs(session, why="session_start")
                 await self._hand_on_demand(initial)
@@ -374,6 +394,15 @@ class Listener:
                 why=why,
             )
 
+    def _record(self, stats: Statistics) -> None:
+        self._metrics.statistics(
+            assigned=stats.total_assigned_jobs,
+            running=stats.total_running_jobs,
+            registered=stats.total_registered_runners,
+            busy=stats.total_busy_runners,
+            idle=stats.total_idle_runners,
+        )
+
     def _capacity(self) -> int:
         return runner_ceiling(self._spec.max_runners, self._scaler.cloud_capacity())
 
@@ -395,12 +424,14 @@ class Listener:
             return None
         envelope = poll.result()
         self.last_poll_at = time.monotonic()
+        self._metrics.polled()
         return envelope
 
     async def _hand_on_demand(self, stats: Statistics) -> None:
         desired = desired_runner_count(
             stats.total_assigned_jobs, self._spec.min_runners, self._capacity()
         )
+        self._metrics.desired(desired)
         await self._scaler.handle_desired_runner_count(desired, stats)
 
     def _read(
@@ -449,6 +480,7 @@ class Listener:
         if stats is not None:
             self._latest_statistics = stats
             log_statistics(log, stats)
+            self._record(stats)
         elif not envelope.unreadable("statistics"):
             log.warning("message_without_statistics")
         jobs, unreadable = self._read(log, envelope)
@@ -471,9 +503,11 @@ class Listener:
                 log.warning("unknown_job_message", message_type=job.message_type)
         for job in jobs:
             if isinstance(job, JobStarted):
+                self._metrics.job_started(job_facts(job))
                 await self._scaler.handle_job_started(job)
         for job in jobs:
             if isinstance(job, JobCompleted):
+                self._metrics.job_completed(job_facts(job))
                 await self._scaler.handle_job_completed(job)
         if unreadable:
             # An unreadable part may have offered a job (JobAvailable): find it the other way.

@@ -21,7 +21,7 @@ _STATISTICS_FIELDS = (
     ("acquired", "Acquired"),
     ("assigned", "Assigned"),
     ("running", "Running"),
-    ("registered", "Registered"),
+    ("registered", "Registered Runners"),
     ("busy", "Busy"),
     ("idle", "Idle"),
 )

@@ -53,6 +53,9 @@ GITHUB_RELEASE_URL = (
 # GitHub refuses a release this many days after a newer one; we warn a few days before.
 GITHUB_CUTOFF_DAYS = 30
 STALE_AFTER_DAYS = 25
+# One page of GitHub's release list (its maximum page size): all the pre-flight and the
+# staleness clock look at.
+RELEASES_LISTED = 100
 DAY = 86400.0
 
 _LINUX_TARBALL = re.compile(r"actions-runner-linux-(x64|arm64|arm)-(\d+\.\d+\.\d+)\.tar\.gz$")
@@ -210,7 +213,9 @@ class GitHubReleaseSource:
 
     async def releases(self) -> list[PublishedRelease] | None:
         data = await self._get(
-            "/repos/actions/runner/releases?per_page=100", "runner releases", {200, 404}
+            f"/repos/actions/runner/releases?per_page={RELEASES_LISTED}",
+            "runner releases",
+            {200, 404},
         )
         return None if data is None else releases_from_listing(data)
 
@@ -249,6 +254,16 @@ class RunnerVersions:
             raise RunnerVersionUnavailable("the runner release has not been resolved yet")
         return self._release
 
+    @property
+    def version(self) -> str | None:
+        """The release in use (None until resolved)."""
+        return None if self._release is None else self._release.version
+
+    @property
+    def stale(self) -> bool:
+        """Superseded long enough that GitHub will soon refuse it (or already does)."""
+        return self._stale is not None
+
     def problem(self) -> str | None:
         """Why no VM can be created yet, or why the runner in use may soon get no jobs (a
         `/readyz` reason); None when all is well."""
@@ -273,7 +288,17 @@ class RunnerVersions:
             if mine is not None and wanted is not None and mine < wanted:
                 return release, f"older than {offered}, the version GitHub Enterprise Server offers"
             return release, None
-        if mine not in {published.version for published in releases}:
+        listed = {published.version for published in releases}
+        if mine is not None and len(listed) >= RELEASES_LISTED and mine < min(listed):
+            # Older than the oldest of a full page of releases: not listed, and long past
+            # GitHub's cutoff whether it exists or not.
+            oldest = ".".join(map(str, min(listed)))
+            raise RunnerVersionUnavailable(
+                f"GITHUB_RUNNER_VERSION={release.version} is older than {oldest}, the oldest of "
+                f"GitHub's newest 100 runner releases; GitHub refuses runners "
+                f"{GITHUB_CUTOFF_DAYS} days after a newer release: pin a current one"
+            )
+        if mine not in listed:
             raise RunnerVersionUnavailable(
                 f"GITHUB_RUNNER_VERSION={release.version}: GitHub lists no such runner release "
                 "among its newest 100"

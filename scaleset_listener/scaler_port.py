@@ -5,6 +5,7 @@ scaleset_listener/vm_scaler/."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Protocol
 
 import structlog
@@ -24,6 +25,10 @@ class Scaler(Protocol):
 
     def cloud_capacity(self) -> int:
         """How many runners the cloud could run now (UNLIMITED when unknown)."""
+        ...
+
+    def phase_counts(self) -> Mapping[str, int]:
+        """How many runners it tracks, by phase (the `scaleset_listener_runners` metric)."""
         ...
 
     async def prepare(self, scale_set_id: int) -> None:
@@ -59,6 +64,9 @@ class LoggingScaler:
 
     def cloud_capacity(self) -> int:
         return UNLIMITED
+
+    def phase_counts(self) -> Mapping[str, int]:
+        return {}
 
     async def prepare(self, scale_set_id: int) -> None:
         return None

@@ -21,17 +21,19 @@ from provisioners.base import Provisioner
 from provisioners.openstack import OpenStackProvisioner
 from scaleset_listener import wiring
 from scaleset_listener.actions_client import ActionsClient
-from scaleset_listener.config import Settings
+from scaleset_listener.config import ScaleSetSpec, Settings
+from scaleset_listener.demand import runner_ceiling
 from scaleset_listener.errors import ConfigError
 from scaleset_listener.health import HealthServer
 from scaleset_listener.http import HttpChannel
 from scaleset_listener.listener import Listener, ListenerOptions
+from scaleset_listener.metrics import CONTENT_TYPE, Metrics, RunnerVersionView, ScaleSetView
 from scaleset_listener.retrying import RetryPolicy
 from scaleset_listener.runner_versions import (
     RunnerVersions,
     RunnerVersionUnavailable,
 )
-from scaleset_listener.scaler_port import LoggingScaler
+from scaleset_listener.scaler_port import LoggingScaler, Scaler
 from scaleset_listener.supervisor import ScaleSetSupervisor
 from scaleset_listener.wiring import ScalerFactory
 
@@ -62,19 +64,35 @@ def _start_health(
     settings: Settings,
     supervisors: list[ScaleSetSupervisor],
     runner_versions: RunnerVersions | None,
+    metrics: Metrics,
 ) -> HealthServer | None:
-    """The health endpoints, when ENABLE_METRICS is on (before the runner is resolved, so a
-    probe sees why the service is not ready yet)."""
+    """The health and metrics endpoints, when ENABLE_METRICS is on (before the runner is
+    resolved, so a probe sees why the service is not ready yet)."""
     if not settings.enable_metrics:
         return None
+    if runner_versions is not None:
+        versions = runner_versions
+        metrics.watch_runner_version(
+            RunnerVersionView(version=lambda: versions.version, stale=lambda: versions.stale)
+        )
     health = HealthServer(
         [supervisor.health() for supervisor in supervisors],
         settings.metrics_addr,
         [runner_versions.problem] if runner_versions is not None else [],
+        (metrics.exposition, CONTENT_TYPE),
     )
     health.start()
-    log.info("health_endpoints", addr=settings.metrics_addr, paths=["/healthz", "/readyz"])
+    log.info(
+        "health_endpoints", addr=settings.metrics_addr, paths=["/healthz", "/readyz", "/metrics"]
+    )
     return health
+
+
+def _announced_capacity(spec: ScaleSetSpec, scaler: Scaler) -> Callable[[], int | None]:
+    def announced() -> int | None:
+        return runner_ceiling(spec.max_runners, scaler.cloud_capacity())
+
+    return announced
 
 
 async def _resolve_runner(
@@ -130,13 +148,15 @@ async def run_service(
     if handle_signals and current is not None:
         _install_signal_handlers(stop, current)
     policy = wiring.retry_policy(settings)
-    http = HttpChannel(policy)
+    metrics = Metrics(namespace=settings.effective_listener_instance_id)
+    http = HttpChannel(policy, observe=metrics.github_request)
     provisioner: OpenStackProvisioner | None = None
     health: HealthServer | None = None
     versions: RunnerVersions | None = None
     try:
         gh = wiring.github(settings, http)
         target, client = gh.target, gh.client
+        metrics.target = target
         log.info(
             "service_starting",
             github_url=target.config_url,
@@ -162,12 +182,17 @@ async def run_service(
                 versions = wiring.runner_versions(settings, gh, http)
                 provisioner = OpenStackProvisioner(wiring.openstack_config(settings))
                 provisioner.start()
-                build = scaler_factory_builder or functools.partial(wiring.vm_scalers, settings)
+                build = scaler_factory_builder or functools.partial(
+                    wiring.vm_scalers, settings, metrics=metrics
+                )
                 make_scaler = build(client, provisioner, versions)
         owner = socket.gethostname()
         supervisors = []
         for spec in settings.runners:
             scaler = make_scaler(spec)
+            metrics.watch_scale_set(
+                ScaleSetView(spec.name, scaler.phase_counts, _announced_capacity(spec, scaler))
+            )
             listener = Listener(
                 client,
                 http,
@@ -180,6 +205,7 @@ async def run_service(
                     shutdown_timeout=settings.shutdown_timeout,
                 ),
                 policy,
+                metrics.scale_set(spec.name, spec.min_runners, spec.max_runners),
             )
             supervisors.append(
                 ScaleSetSupervisor(
@@ -188,7 +214,7 @@ async def run_service(
                     backoff=policy.recovery_backoff(),
                 )
             )
-        health = _start_health(settings, supervisors, versions)
+        health = _start_health(settings, supervisors, versions, metrics)
         # No VM before the runner release is known (the scalers ask for it at each create).
         if versions is not None and not await _resolve_runner(versions, settings, policy, stop):
             log.info("service_stopped", failed_scale_sets=0)

@@ -39,6 +39,7 @@ from scaleset_listener.dry_run import DryRunProvisioner, DryRunRegistry
 from scaleset_listener.errors import ConfigError, ListenerError, ScaleSetNotFound
 from scaleset_listener.github_urls import GitHubTarget
 from scaleset_listener.http import HttpChannel
+from scaleset_listener.metrics import Metrics
 from scaleset_listener.retrying import RetryPolicy
 from scaleset_listener.runner_versions import (
     GitHubReleaseSource,
@@ -47,9 +48,10 @@ from scaleset_listener.runner_versions import (
     pinned_release,
 )
 from scaleset_listener.scaler_port import Scaler
-from scaleset_listener.vm_scaler.execute import RunnerRegistry
+from scaleset_listener.usage import UsageLog
+from scaleset_listener.vm_scaler.execute import Accounting, RunnerRegistry
 from scaleset_listener.vm_scaler.ledger import Adoption, adoptions
-from scaleset_listener.vm_scaler.loop import VMScaler
+from scaleset_listener.vm_scaler.loop import VMScaler, record_decisions
 from scaleset_listener.vm_scaler.plan import Lifecycle
 
 log = structlog.get_logger(__name__)
@@ -127,6 +129,7 @@ def openstack_config(settings: Settings) -> OpenStackConfig:
         server_metadata=dict(settings.openstack_server_metadata),
         active_timeout=settings.openstack_server_active_timeout,
         max_workers=settings.provision_concurrency,
+        capacity_refresh_interval=settings.capacity_refresh_interval,
         # Resolved at start (the warm-up), so no scale set's first job pays for the look-ups.
         images=tuple(spec.image for spec in settings.runners if spec.image),
         flavors=tuple(spec.flavor for spec in settings.runners if spec.flavor),
@@ -364,9 +367,12 @@ def vm_scalers(
     client: ActionsClient,
     provisioner: Provisioner,
     runner_versions: RunnerVersions,
+    metrics: Metrics | None = None,
 ) -> Callable[[ScaleSetSpec], VMScaler]:
     """One VMScaler per scale set, all sharing the provisioning slots; each new VM gets the
     runner release current at its creation."""
+    service_metrics = metrics or Metrics()
+    usage_log = UsageLog(settings.usage_log_path) if settings.usage_log_path else None
     provisioner, registry = acting_on(provisioner, client, dry_run=settings.dry_run)
     slots = asyncio.Semaphore(settings.provision_concurrency)
     probe_key = probe_public_key(settings)
@@ -374,6 +380,13 @@ def vm_scalers(
     deleted_sets_gate = asyncio.Lock()
 
     def make(spec: ScaleSetSpec) -> VMScaler:
+        accounting = Accounting(
+            spec.name,
+            spec.flavor or settings.openstack_flavor,
+            service_metrics.scale_set(spec.name, spec.min_runners, spec.max_runners),
+            usage_log,
+        )
+
         async def reconcile(scale_set_id: int) -> list[Adoption]:
             async with deleted_sets_gate:
                 try:
@@ -386,6 +399,10 @@ def vm_scalers(
                         "reconcile_deleted_scale_sets_failed", scale_set=spec.name, error=str(exc)
                     )
             report = await reconcile_scale_set(settings, registry, provisioner, scale_set_id)
+            record_decisions(accounting.metrics, "startup", report.rows, report.orphans)
+            for row in report.rows:
+                if row.probe is not None:
+                    accounting.metrics.probe(row.probe.outcome.value, row.probe.elapsed_seconds)
             return adoptions(report.rows)
 
         def server_spec_for(
@@ -412,6 +429,7 @@ def vm_scalers(
             lifecycle(settings),
             slots,
             reconcile=reconcile if settings.enable_reconciliation else None,
+            accounting=accounting,
         )
 
     return make

@@ -55,7 +55,7 @@ def scanned_sources() -> list[str]:
     return [
         name
         for name in repository_files()
-        if name.endswith((".py", ".md")) and name not in NOT_SCANNED
+        if name.endswith((".py", ".md", ".yml")) and name not in NOT_SCANNED
     ]
 
 

@@ -21,9 +21,11 @@ from typing import Protocol
 import structlog
 
 from provisioners.base import (
+    ActiveTimeout,
     PermanentProvisionerError,
     Provisioner,
     ProvisionerError,
+    QuotaExceeded,
     ServerFailed,
     ServerSpec,
 )
@@ -31,10 +33,13 @@ from provisioners.bootstrap import HostKey, generate_host_key
 from provisioners.naming import FAILED_TAG, Ownership, failed_metadata, runner_name
 from reconciler.ports import RunnerRegistrations
 from scaleset_listener.errors import JobStillRunning, ListenerError
+from scaleset_listener.metrics import Metrics, ScaleSetMetrics
 from scaleset_listener.retrying import RecoveryBackoff
+from scaleset_listener.usage import UsageLog, UsageRecord
 from scaleset_listener.vm_scaler.ledger import Ledger, Phase, TrackedRunner
 from scaleset_listener.vm_scaler.plan import (
     CreateRunners,
+    DeleteReason,
     DeleteRunner,
     DiscardAbandoned,
     EndLifetime,
@@ -45,7 +50,7 @@ from scaleset_listener.vm_scaler.plan import (
     Step,
     WarnStillBusy,
 )
-from scaleset_listener.wire import JitConfig, RunnerReference
+from scaleset_listener.wire import JitConfig, JobCompleted, RunnerReference
 
 
 class RunnerRegistry(RunnerRegistrations, Protocol):
@@ -63,6 +68,86 @@ class RunnerRegistry(RunnerRegistrations, Protocol):
 
 ServerSpecFactory = Callable[[Ownership, str, str, HostKey, datetime], ServerSpec]
 
+# `scaleset_listener_vms_deleted_total{reason}`: why the scaler deleted a VM.
+_DELETED_BECAUSE = {
+    DeleteReason.JOB_DONE_DEREGISTERED: "job_done",
+    DeleteReason.JOB_DONE_POWERED_OFF: "job_done",
+    DeleteReason.DEREGISTRATION_TIMEOUT: "deregistration_timeout",
+}
+
+
+def error_kind(exc: BaseException) -> str:
+    """`scaleset_listener_cloud_errors_total{kind}` of a provisioner error."""
+    if isinstance(exc, QuotaExceeded):
+        return "quota"
+    if isinstance(exc, ActiveTimeout):
+        return "timeout"
+    if isinstance(exc, ServerFailed):
+        return "server_failed"
+    if isinstance(exc, PermanentProvisionerError):
+        return "permanent"
+    return "temporary"
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """A wire timestamp without an offset is UTC (the service writes them so)."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+class Accounting:
+    """What the scaler reports of each VM besides its log: metrics, and the job's usage record
+    once the VM is gone (a `job_usage` event, and a line in USAGE_LOG_PATH)."""
+
+    def __init__(
+        self,
+        scale_set_name: str,
+        flavor: str,
+        metrics: ScaleSetMetrics | None = None,
+        usage_log: UsageLog | None = None,
+    ) -> None:
+        self.scale_set_name = scale_set_name
+        self.flavor = flavor
+        self.metrics = metrics or Metrics().scale_set(scale_set_name, 0, 0)
+        self.usage_log = usage_log
+        self._log = structlog.get_logger(__name__).bind(scale_set=scale_set_name)
+
+    def vm_gone(self, runner: TrackedRunner, reason: str, lived: float, deleting: float) -> None:
+        self.metrics.vm_deleted(reason, deleting)
+        self.metrics.vm_gone(lived)
+        job = runner.job
+        if job is None:
+            return  # no job ran on it (retired idle, failed boot): its cost is in the metrics
+        record = UsageRecord(
+            repository=f"{job.owner_name}/{job.repository_name}",
+            workflow_ref=job.job_workflow_ref,
+            job_name=job.job_display_name,
+            event=job.event_name,
+            result=job.result if isinstance(job, JobCompleted) else "",
+            scale_set=self.scale_set_name,
+            runner=runner.name,
+            server_id=runner.server_id or "",
+            flavor=self.flavor,
+            assigned_at=_utc(job.scale_set_assign_time),
+            vm_requested_at=runner.times.get("vm_requested"),
+            vm_active_at=runner.times.get("vm_active"),
+            runner_online_at=runner.times.get("runner_online"),
+            job_started_at=_utc(job.runner_assign_time),
+            job_finished_at=_utc(job.finish_time),
+            vm_deleted_at=datetime.now(UTC),
+            vm_seconds=round(lived, 3),
+        )
+        self._log.info("job_usage", **record.log_fields())
+        if self.usage_log is not None:
+            try:
+                self.usage_log.append(record)
+            except OSError as exc:
+                # The record is in the log line above; the file is for the `usage` report.
+                self._log.warning(
+                    "usage_log_write_failed", path=str(self.usage_log.path), error=str(exc)
+                )
+
 
 class Executor:
     """Takes one scale set's steps; owns the create tasks and the create backoff."""
@@ -78,8 +163,10 @@ class Executor:
         provision_slots: asyncio.Semaphore,
         clock: Callable[[], float],
         wake: Callable[[], None],
+        accounting: Accounting | None = None,
     ) -> None:
         self._scale_set_name = scale_set_name
+        self._accounting = accounting or Accounting(scale_set_name, "")
         self._ledger = ledger
         self._registry = registry
         self._provisioner = provisioner
@@ -115,6 +202,8 @@ class Executor:
             try:
                 await self._take(step)
             except (ListenerError, ProvisionerError) as exc:
+                if isinstance(exc, ProvisionerError) and not isinstance(step, CreateRunners):
+                    self._accounting.metrics.cloud_error("delete", error_kind(exc))
                 self._log.error(
                     "step_failed",
                     step=type(step).__name__,
@@ -132,7 +221,7 @@ class Executor:
             case RetireIdle(name):
                 await self._retire_idle(self._ledger.runners[name])
             case DeleteRunner(name, reason):
-                await self._delete_runner(self._ledger.runners[name], reason.value)
+                await self._delete_runner(self._ledger.runners[name], reason)
             case EndLifetime(name):
                 await self._end_lifetime(self._ledger.runners[name])
             case FailBoot(name, keep_vm):
@@ -177,6 +266,9 @@ class Executor:
             await self._creation_failed(runner, exc)
             return
         runner.server_id = vm.id
+        runner.active_at = self._clock()
+        runner.times["vm_active"] = datetime.now(UTC)
+        self._accounting.metrics.vm_created(max(0.0, runner.active_at - runner.created_at))
         self._ledger.counters.created += 1
         self._create_backoff.reset()
         self.permanent_error = None
@@ -186,6 +278,8 @@ class Executor:
 
     async def _creation_failed(self, runner: TrackedRunner, exc: Exception) -> None:
         self._ledger.counters.create_failures += 1
+        if isinstance(exc, ProvisionerError):
+            self._accounting.metrics.cloud_error("create", error_kind(exc))
         permanent = isinstance(exc, PermanentProvisionerError)
         now = self._clock()
         if permanent:
@@ -236,12 +330,12 @@ class Executor:
                 return
             self._ledger.counters.registrations_removed += 1
         self._ledger.counters.retired_idle += 1
-        await self._delete_vm(runner)
+        await self._delete_vm(runner, "idle")
         self._finish(runner, "idle beyond demand")
 
-    async def _delete_runner(self, runner: TrackedRunner, reason: str) -> None:
-        await self._remove(runner)
-        self._finish(runner, reason)
+    async def _delete_runner(self, runner: TrackedRunner, reason: DeleteReason) -> None:
+        await self._remove(runner, _DELETED_BECAUSE[reason])
+        self._finish(runner, reason.value)
 
     async def _end_lifetime(self, runner: TrackedRunner) -> None:
         self._ledger.counters.lifetime_exceeded += 1
@@ -251,7 +345,7 @@ class Executor:
             max_runner_lifetime=self._lifecycle.max_runner_lifetime,
             phase=runner.phase.value,
         )
-        await self._remove(runner)
+        await self._remove(runner, "lifetime")
         self._finish(runner, "max runner lifetime exceeded")
 
     async def _fail_boot(self, runner: TrackedRunner, keep_vm: bool) -> None:
@@ -262,6 +356,7 @@ class Executor:
             boot_timeout=self._lifecycle.boot_timeout,
         )
         self._ledger.transition(runner, Phase.FAILED, reason="boot_timeout")
+        self._accounting.metrics.cloud_error("boot", "timeout")
         if keep_vm and runner.server_id is not None:
             self.kept_failed += 1
             await self._provisioner.add_tag(runner.server_id, FAILED_TAG)
@@ -273,28 +368,31 @@ class Executor:
             await self._remove_registration(runner)
             self._log.warning("failed_vm_kept", runner_name=runner.name, server_id=runner.server_id)
         else:
-            await self._remove(runner)
+            await self._remove(runner, "boot_failed")
             self._ledger.counters.deleted += 1
             self._log.info("runner_deleted", runner_name=runner.name, reason="boot_timeout")
         self._ledger.forget(runner.name)
 
     async def _discard_abandoned(self, runner: TrackedRunner) -> None:
-        await self._delete_vm(runner)
+        await self._delete_vm(runner, "abandoned")
         self._ledger.counters.deleted += 1
         self._log.info(
             "runner_deleted", runner_name=runner.name, reason="its scale set was deleted at GitHub"
         )
         self._ledger.abandoned.pop(runner.name, None)
 
-    async def _remove(self, runner: TrackedRunner) -> None:
+    async def _remove(self, runner: TrackedRunner, reason: str) -> None:
         """The VM first, then the registration: GitHub never assigns a job to a runner whose VM
         is going."""
-        await self._delete_vm(runner)
+        await self._delete_vm(runner, reason)
         await self._remove_registration(runner)
 
-    async def _delete_vm(self, runner: TrackedRunner) -> None:
+    async def _delete_vm(self, runner: TrackedRunner, reason: str) -> None:
         if runner.server_id is not None:
+            started = self._clock()
             await self._provisioner.delete(runner.server_id)
+            now = self._clock()
+            self._accounting.vm_gone(runner, reason, now - runner.created_at, now - started)
 
     async def _remove_registration(self, runner: TrackedRunner) -> None:
         """After its VM is gone (or never came): GitHub refuses while it reports the runner

@@ -13,11 +13,14 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import structlog
 
 from reconciler.policy import Action, Decision, Known
+from scaleset_listener.metrics import ScaleSetMetrics
+from scaleset_listener.wire import JobCompleted, JobStarted
 
 Clock = Callable[[], float]
 
@@ -49,6 +52,12 @@ class TrackedRunner:
     durations: dict[str, float] = field(default_factory=dict)
     # Its scale set was deleted at GitHub and re-created: its VM is to be deleted.
     abandoned: bool = False
+    # When its VM reached ACTIVE (the clock's time): the boot duration counts from there.
+    active_at: float | None = None
+    # Wall-clock times of its steps (`vm_requested`, `vm_active`, `runner_online`) and the
+    # latest message about its job: its usage record, once its VM is gone.
+    times: dict[str, datetime] = field(default_factory=dict)
+    job: JobStarted | JobCompleted | None = None
 
 
 @dataclass(frozen=True)
@@ -131,8 +140,11 @@ class ScalerCounters:
 class Ledger:
     """The runners of one scale set, by name; abandoned ones apart."""
 
-    def __init__(self, scale_set_name: str, clock: Clock) -> None:
+    def __init__(
+        self, scale_set_name: str, clock: Clock, metrics: ScaleSetMetrics | None = None
+    ) -> None:
         self._clock = clock
+        self._metrics = metrics
         self._log = structlog.get_logger(__name__).bind(scale_set=scale_set_name)
         self.runners: dict[str, TrackedRunner] = {}
         # Runners of a scale set that GitHub deleted (the listener re-created it): VMs to delete.
@@ -160,6 +172,7 @@ class Ledger:
     def new_runner(self, name: str) -> TrackedRunner:
         now = self._clock()
         runner = TrackedRunner(name=name, phase=Phase.CREATING, created_at=now, phase_since=now)
+        runner.times["vm_requested"] = datetime.now(UTC)
         self.runners[name] = runner
         self._log.info("runner_state", runner_name=name, state=Phase.CREATING.value)
         return runner
@@ -201,6 +214,11 @@ class Ledger:
             seconds_in_previous=round(spent, 3),
             **details,
         )
+        if phase in (Phase.IDLE, Phase.BUSY) and runner.phase in (Phase.CREATING, Phase.BOOTING):
+            # Online on GitHub for the first time: its boot is over.
+            runner.times["runner_online"] = datetime.now(UTC)
+            if self._metrics is not None and runner.active_at is not None:
+                self._metrics.runner_online(max(0.0, now - runner.active_at))
         runner.phase = phase
         runner.phase_since = now
 

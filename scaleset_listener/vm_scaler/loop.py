@@ -22,19 +22,26 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import timedelta
+from typing import Protocol
 
 import structlog
 
 from provisioners.base import Provisioner, ProvisionerError, RunnerVM
 from provisioners.naming import Ownership
-from reconciler.policy import Action
+from reconciler.policy import Action, Decision
 from reconciler.sweep import Sweeper, SweepReport
 from scaleset_listener.config import ScaleSetSpec
 from scaleset_listener.demand import UNLIMITED, cloud_capacity
 from scaleset_listener.errors import ListenerError
-from scaleset_listener.vm_scaler.execute import Executor, RunnerRegistry, ServerSpecFactory
+from scaleset_listener.metrics import ScaleSetMetrics
+from scaleset_listener.vm_scaler.execute import (
+    Accounting,
+    Executor,
+    RunnerRegistry,
+    ServerSpecFactory,
+)
 from scaleset_listener.vm_scaler.ledger import (
     Adoption,
     Ledger,
@@ -52,6 +59,24 @@ Clock = Callable[[], float]
 Reconcile = Callable[[int], Awaitable[Sequence[Adoption]]]
 
 
+class _Decided(Protocol):
+    @property
+    def decision(self) -> Decision: ...
+
+
+def record_decisions(
+    metrics: ScaleSetMetrics,
+    reconcile_pass: str,
+    rows: Iterable[_Decided],
+    orphans: Iterable[_Decided] = (),
+) -> None:
+    """Count a reconciler pass's decisions, by action and rule; `keep` (nothing to change,
+    every tracked VM on every sweep) is not counted."""
+    for row in [*rows, *orphans]:
+        if row.decision.action is not Action.KEEP:
+            metrics.reconcile_decision(reconcile_pass, row.decision.action.value, row.decision.rule)
+
+
 class VMScaler:
     """One scale set's runners: the Scaler the listener talks to, plus a loop that converges."""
 
@@ -67,8 +92,10 @@ class VMScaler:
         *,
         clock: Clock = time.monotonic,
         reconcile: Reconcile | None = None,
+        accounting: Accounting | None = None,
     ) -> None:
         self.spec = spec
+        self._accounting = accounting or Accounting(spec.name, spec.flavor or "")
         self._registry = registry
         self._provisioner = provisioner
         self._listener_instance = listener_instance
@@ -80,7 +107,7 @@ class VMScaler:
         self._scale_set_id = 0
         self._desired = 0
         self._capacity = UNLIMITED
-        self.ledger = Ledger(spec.name, clock)
+        self.ledger = Ledger(spec.name, clock, self._accounting.metrics)
         self._executor = Executor(
             spec.name,
             self.ledger,
@@ -91,6 +118,7 @@ class VMScaler:
             provision_slots,
             clock,
             self._wake.set,
+            self._accounting,
         )
         self._sweeper = Sweeper(
             provisioner,
@@ -131,6 +159,13 @@ class VMScaler:
 
     def cloud_capacity(self) -> int:
         return self._capacity
+
+    def phase_counts(self) -> dict[str, int]:
+        counts = dict.fromkeys((phase.value for phase in Phase if phase is not Phase.DELETED), 0)
+        for runner in self.ledger.runners.values():
+            if runner.phase is not Phase.DELETED:
+                counts[runner.phase.value] += 1
+        return counts
 
     def _ownership(self) -> Ownership:
         return Ownership(self._listener_instance, self._scale_set_id)
@@ -189,6 +224,7 @@ class VMScaler:
         if runner is None:
             self._log.info("job_started_on_unknown_runner", runner_name=job.runner_name)
             return
+        runner.job = job
         if runner.phase in (Phase.CREATING, Phase.BOOTING, Phase.IDLE):
             self.ledger.transition(runner, Phase.BUSY, job_id=job.job_id)
 
@@ -201,6 +237,7 @@ class VMScaler:
         if runner is None:
             self._log.info("job_completed_on_unknown_runner", runner_name=job.runner_name)
             return
+        runner.job = job
         if runner.phase in (Phase.CREATING, Phase.BOOTING, Phase.IDLE, Phase.BUSY):
             runner.job_completed_at = self._clock()
             self.ledger.transition(runner, Phase.FINISHED, result=job.result)
@@ -268,8 +305,13 @@ class VMScaler:
 
     async def refresh_capacity(self) -> None:
         """Learn what the cloud can run before the first poll announces it to GitHub."""
-        free = await self._provisioner.capacity()
+        free = await self._cloud_free()
         self._capacity = cloud_capacity(len(self.owned()), self._executor.in_flight, free)
+
+    async def _cloud_free(self) -> int | None:
+        """More servers of this set's flavor the cloud takes (free pool addresses, the project's
+        quota headroom), this set's creates in flight not counted as taken."""
+        return await self._provisioner.capacity(self.spec.flavor, self._ownership().tags())
 
     async def converge(self) -> None:
         """One pass: observe, plan, execute."""
@@ -279,7 +321,10 @@ class VMScaler:
 
     async def _observe(self) -> Observation:
         """What this pass's plan reads; GitHub and the cloud are asked only what it needs."""
-        free = await self._provisioner.capacity()
+        free = await self._cloud_free()
+        # Counted in the same instant as `free`, which hands back this set's creates in flight:
+        # one that finished in between would otherwise be counted as free and as not in flight.
+        in_flight = self._executor.in_flight
         runners = list(self.ledger.runners.values())
         waiting = [r for r in runners if r.phase in (Phase.BOOTING, Phase.FINISHED)]
         registrations: dict[str, RunnerReference] = {}
@@ -310,7 +355,7 @@ class VMScaler:
             abandoned_registrations=abandoned_registrations,
             finished_vms=finished_vms,
             free=free,
-            in_flight=self._executor.in_flight,
+            in_flight=in_flight,
             create_allowed=self._executor.create_allowed(),
             kept_failed=self._executor.kept_failed,
         )
@@ -324,6 +369,7 @@ class VMScaler:
     def apply(self, report: SweepReport) -> None:
         """Take over what a sweep decided: removed VMs leave the ledger, found ones join it,
         a runner thought busy that GitHub reports idle is idle again (and so retirable)."""
+        record_decisions(self._accounting.metrics, "sweep", report.rows, report.orphans)
         for row in report.removed:
             self.ledger.counters.sweep_deleted += 1
             self.ledger.forget(row.runner_name)

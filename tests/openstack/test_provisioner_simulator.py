@@ -7,6 +7,7 @@ real tier) and the floating IP pool (no L3 agent in the real tier).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -172,9 +173,10 @@ async def test_floating_ips_come_from_the_pool_in_order_and_go_back_on_delete(
         await adapter.close()
 
 
-async def test_without_a_pool_capacity_is_not_limited_by_us(
-    provisioner: OpenStackProvisioner,
+async def test_without_a_pool_and_with_an_unlimited_quota_capacity_is_not_limited(
+    provisioner: OpenStackProvisioner, control: CloudControl
 ) -> None:
+    control.set_quotas(instances=-1, cores=-1, ram=-1)
     assert await provisioner.capacity() is None
 
 
@@ -203,3 +205,53 @@ async def test_the_user_data_and_ownership_reach_nova_as_sent(
         assert server.metadata == dict(spec.metadata)
     finally:
         await provisioner.delete(vm.id)
+
+
+async def test_capacity_is_the_scarcest_quota_at_each_flavor(
+    provisioner: OpenStackProvisioner, control: CloudControl
+) -> None:
+    # Nova's default quota (10 instances, 20 cores, 51200 MiB): m1.small (1 vCPU, 2048 MiB) is
+    # held by instances, m1.large (4, 8192) by cores, g1.gpu (8, 32768) by RAM.
+    assert await provisioner.capacity() == 10
+    assert await provisioner.capacity("m1.large") == 5
+    assert await provisioner.capacity("g1.gpu") == 1
+    # An unknown flavor limits by instances only (its create fails and says why).
+    assert await provisioner.capacity("no-such-flavor") == 10
+    assert len(control.requests("compute.limits")) == 1
+
+
+async def test_capacity_is_the_least_of_the_pool_and_the_quota(
+    cloud: CloudTarget, control: CloudControl
+) -> None:
+    control.set_quotas(instances=1)
+    adapter = OpenStackProvisioner(
+        config_for(cloud, poll_interval=0.05, floating_ips=cloud.floating_ip_pool[:2])
+    )
+    try:
+        assert await adapter.capacity() == 1
+    finally:
+        await adapter.close()
+
+
+async def test_unreadable_limits_leave_the_capacity_unlimited_by_quota_and_are_read_again(
+    cloud: CloudTarget, control: CloudControl
+) -> None:
+    control.set_quotas(instances=3)
+    control.fail_requests("compute.limits", status=500, times=None)
+    adapter = OpenStackProvisioner(
+        config_for(cloud, poll_interval=0.05, capacity_refresh_interval=1.0)
+    )
+    try:
+        assert await adapter.capacity() is None
+        failed_reads = len(control.requests("compute.limits"))
+        # Not once per look-up: the next read waits for its turn.
+        assert await adapter.capacity() is None
+        assert len(control.requests("compute.limits")) == failed_reads
+        control.clear_faults()
+        deadline = asyncio.get_running_loop().time() + 10
+        while await adapter.capacity() is None:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+        assert await adapter.capacity() == 3
+    finally:
+        await adapter.close()

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from provisioners.base import RunnerVM, ServerSpec
-from provisioners.naming import FAILED_TAG, Ownership, ownership_metadata
+from provisioners.naming import FAILED_TAG, Ownership, failed_metadata, ownership_metadata
 from provisioners.openstack import OpenStackProvisioner
 from scaleset_listener.actions_client import ActionsClient
 from scaleset_listener.auth import ActionsAdminAuth, PersonalAccessToken
@@ -105,7 +105,7 @@ async def create_vm(
 
 async def leftovers(setup: Setup) -> dict[str, str]:
     """What an earlier listener process left behind; the name -> the expected action."""
-    hour, minute = timedelta(hours=1), timedelta(minutes=1)
+    day, hour, minute = timedelta(days=1), timedelta(hours=1), timedelta(minutes=1)
     async with admin_client(setup) as client:
         jit = {}
         for name in (
@@ -140,7 +140,10 @@ async def leftovers(setup: Setup) -> dict[str, str]:
     setup.control.append_console(
         kept_id, "SCALESET-RUNNER run-complete runner=linux-kept0001 exit=1"
     )
-    await tag_server(setup, kept_id, FAILED_TAG)
+    await tag_server(setup, kept_id, FAILED_TAG, failed_metadata(datetime.now(UTC) - hour))
+    # Kept as long ago as FAILED_VM_RETENTION (24 h) and more: its time is up.
+    expired_id = (await create_vm(setup, "linux-kold001", 2 * day)).id
+    await tag_server(setup, expired_id, FAILED_TAG, failed_metadata(datetime.now(UTC) - 25 * hour))
     # Powered itself off after its run; its registration is still there.
     off_id = (await create_vm(setup, "linux-off00001", hour)).id
     setup.control.set_server_status(off_id, "SHUTOFF")
@@ -152,15 +155,20 @@ async def leftovers(setup: Setup) -> dict[str, str]:
         "linux-noreg001": "delete",
         "linux-sfail001": "delete",
         "linux-kept0001": "skip",
+        "linux-kold001": "delete",
         "linux-off00001": "clean_up",
         "linux-novm0001": "remove_registration",
     }
 
 
-async def tag_server(setup: Setup, server_id: str, tag: str) -> None:
+async def tag_server(
+    setup: Setup, server_id: str, tag: str, metadata: dict[str, str] | None = None
+) -> None:
     provisioner = OpenStackProvisioner(openstack_config(setup.settings))
     try:
         await provisioner.add_tag(server_id, tag)
+        if metadata:
+            await provisioner.set_metadata(server_id, metadata)
     finally:
         await provisioner.close()
 
@@ -191,7 +199,13 @@ async def test_a_dry_run_prints_every_decision_and_leaves_cloud_and_github_untou
     assert await reconcile_once(setup.settings, dry_run=True, out=lines.append) == 0
     assert world_state(setup) == before
     assert actions_in("\n".join(lines).splitlines()) == expected
-    assert "younger than BOOT_TIMEOUT" in "\n".join(lines)
+    table = "\n".join(lines)
+    assert "younger than BOOT_TIMEOUT" in table
+    # Failed VMs kept for debugging are listed with the time they have left.
+    (kept,) = [line for line in table.splitlines() if line.startswith("linux-kept0001")]
+    assert "deleted in 23.0h (FAILED_VM_RETENTION)" in kept
+    (expired,) = [line for line in table.splitlines() if line.startswith("linux-kold001")]
+    assert "past FAILED_VM_RETENTION" in expired
 
 
 async def test_a_pass_deletes_and_cleans_up_per_the_table_and_keeps_the_adopted(

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from reconciler.policy import (
+    RULES,
     Action,
     ConsoleFacts,
     GitHubRunnerFacts,
@@ -267,3 +268,17 @@ def test_a_kept_failed_vm_is_deleted_once_past_its_retention_by_both_passes(
     ]
     assert [d.action for d in decisions] == [action, action]
     assert all(d.reason for d in decisions)
+
+
+def test_every_row_names_its_rule_from_the_fixed_set() -> None:
+    decisions = [decide(facts, NOW, BOOT_TIMEOUT) for _, facts, _ in ROWS]
+    decisions += [decide_sweep(facts, NOW, BOOT_TIMEOUT) for _, facts, _ in SWEEP_ROWS]
+    decisions += [decide_registration(runner, known) for _, runner, known, _ in REGISTRATION_ROWS]
+    decisions.append(decide(VMFacts("ACTIVE", ANCIENT, BUSY), NOW, BOOT_TIMEOUT, LIFETIME))
+    assert {decision.rule for decision in decisions} <= RULES
+    # Ages and figures stay in the reason; the rule is the same for every VM of a row.
+    young, old = (decide(ok("ACTIVE", when, OFFLINE), NOW, BOOT_TIMEOUT) for when in (YOUNG, OLD))
+    assert young.reason != old.reason
+    assert (young.rule, old.rule) == ("booting", "boot_timeout")
+    expired = decide(VMFacts("ACTIVE", ANCIENT, BUSY), NOW, BOOT_TIMEOUT, LIFETIME)
+    assert expired.rule == "lifetime"

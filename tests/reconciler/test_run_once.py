@@ -90,7 +90,7 @@ class Cloud:
         vm = self.vms[server_id]
         self.vms[server_id] = dataclasses.replace(vm, tags=(*vm.tags, tag))
 
-    async def capacity(self) -> int | None:
+    async def capacity(self, flavor: str | None = None, owner: tuple[str, ...] = ()) -> int | None:
         return None
 
     async def release_floating_ips(self, server_id: str) -> None:

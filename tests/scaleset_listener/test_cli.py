@@ -130,7 +130,10 @@ def test_sigterm_deletes_the_session_and_exits_0(
     state = sim.control.state()
     assert live_session_count(state) == 0
     assert state["counters"]["sessions_deleted"] == 1
-    assert "Runner Set Statistics - Available: 0, Acquired: 0, Assigned: 0" in stderr
+    assert (
+        "Runner Set Statistics - Available: 0, Acquired: 0, Assigned: 0, Running: 0, "
+        "Registered Runners: 0, Busy: 0, Idle: 0"
+    ) in stderr
     assert sim.pat not in stderr
     # No cloud in this env file: `run` says which settings are missing, and only logs.
     assert "no_cloud_configured" in stderr

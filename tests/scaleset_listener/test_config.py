@@ -223,3 +223,19 @@ def test_the_vm_safety_nets_default_to_multiples_of_the_listener_timers(
     settings = load_settings(write_env(tmp_path, MINIMAL + lines))
     assert settings.effective_vm_idle_shutdown == idle
     assert settings.vm_lifetime_shutdown == lifetime
+
+
+def test_a_github_app_for_an_enterprise_fails_naming_the_app(tmp_path: Path) -> None:
+    from scaleset_listener.errors import ConfigError
+
+    key = tmp_path / "app.pem"
+    key.write_text("-----BEGIN PRIVATE KEY-----\n")
+    app = f"GITHUB_APP_ID=123\nGITHUB_APP_INSTALLATION_ID=7\nGITHUB_APP_PRIVATE_KEY_PATH={key}\n"
+    organization = MINIMAL.replace("GITHUB_TOKEN=ghp_secret123\n", "") + app
+    assert load_settings(write_env(tmp_path, organization)).uses_github_app
+    enterprise = [
+        "GITHUB_URL=https://github.com/enterprises/big" if line.startswith("GITHUB_URL=") else line
+        for line in organization.splitlines()
+    ]
+    with pytest.raises(ConfigError, match="GITHUB_APP_ID: a GitHub App cannot manage enterprise"):
+        load_settings(write_env(tmp_path, "\n".join(enterprise) + "\n"))

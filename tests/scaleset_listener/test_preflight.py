@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from scaleset_listener.preflight import Check, exit_code, preflight
 from simulator.github.config import DEFAULT_PAT
@@ -127,6 +129,47 @@ async def test_a_token_without_the_runner_admin_scope_says_what_is_missing(world
     assert by_setting(checks)["OPENSTACK_IMAGE"].status == "ok"
 
 
+@pytest.mark.parametrize(
+    ("path", "granted", "missing"),
+    [
+        (
+            "acme",
+            {"organization_self_hosted_runners": "read"},
+            "the GitHub App lacks the organization permission 'Self-hosted runners: read and",
+        ),
+        (
+            "acme/app",
+            {"organization_self_hosted_runners": "write"},
+            "the GitHub App lacks the repository permission 'Administration: read and write'",
+        ),
+    ],
+)
+async def test_an_app_without_the_runner_permission_says_which_one(
+    world: World, path: str, granted: dict[str, str], missing: str
+) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    world.github.control.add_app(4242, 77, public_pem.decode(), permissions=granted)
+    checks = await run(
+        world,
+        github_url=f"{world.github.base_url}/{path}",
+        github_token="",
+        github_app_id="4242",
+        github_app_installation_id=77,
+        github_app_private_key=private_pem,
+    )
+    problem = failed(checks)["GITHUB_APP_ID"]
+    assert missing in problem
+    assert "403" in problem
+    assert "PRIVATE KEY" not in "\n".join(check.line() for check in checks)
+    assert by_setting(checks)["RUNNERS[linux]"].status == "skip"
+
+
 async def test_an_unknown_runner_group_fails(world: World) -> None:
     checks = await run(world, runners=[{"name": "linux", "runner_group": "nope"}])
     assert "no runner group named 'nope'" in failed(checks)["RUNNERS[linux].runner_group"]
@@ -134,6 +177,19 @@ async def test_an_unknown_runner_group_fails(world: World) -> None:
 
 async def test_an_unknown_pinned_runner_version_fails(world: World) -> None:
     checks = await run(world, github_runner_version="2.300.0")
+    assert "no such runner release" in failed(checks)["GITHUB_RUNNER_VERSION"]
+
+
+async def test_a_pin_older_than_a_full_page_of_releases_is_called_too_old(world: World) -> None:
+    # GitHub lists a page of 100: a pin older than all of them may exist, but is long refused.
+    for minor in range(400, 500):
+        world.github.control.announce_runner_release(f"2.{minor}.0", age_days=(500 - minor) * 7)
+    checks = await run(world, github_runner_version="2.320.0")
+    problem = failed(checks)["GITHUB_RUNNER_VERSION"]
+    assert "is older than 2.400.0, the oldest of GitHub's newest 100 runner releases" in problem
+    assert "GitHub refuses runners 30 days after a newer release" in problem
+    # Within the page, a version GitHub does not list is still "no such release".
+    checks = await run(world, github_runner_version="2.450.1")
     assert "no such runner release" in failed(checks)["GITHUB_RUNNER_VERSION"]
 
 

@@ -29,6 +29,7 @@ from scaleset_listener.health import POLL_STALE_AFTER, ScaleSetHealth, readiness
 from scaleset_listener.http import HttpChannel
 from scaleset_listener.retrying import RetryPolicy
 from scaleset_listener.service import run_service
+from scaleset_listener.usage import read_records
 from scaleset_listener.vm_scaler.ledger import Phase
 from scaleset_listener.vm_scaler.loop import VMScaler
 from scaleset_listener.wiring import openstack_config
@@ -65,6 +66,54 @@ async def test_a_burst_gets_exactly_the_needed_vms_never_above_max_and_all_go_aw
     # One VM per job: five jobs, five servers, none left over, no registration left.
     assert world.fleet.counters.seen == 5
     assert world.github.control.state()["runners"] == []
+
+
+async def test_each_job_leaves_one_usage_record_in_order_once_its_vm_is_gone(
+    world: World, tmp_path: Path
+) -> None:
+    usage = tmp_path / "usage.jsonl"
+    with capture_logs() as logs:
+        async with serving(world, world.settings(usage_log_path=usage)):
+            await world.wait_github(lambda s: any(not x["ghost"] for x in s["sessions"]))
+            world.github.control.enqueue_jobs(["linux"], count=3, duration=0.3)
+            state = await world.wait_github(lambda s: all_done(s, 3), timeout=40)
+            await world.wait_no_servers()
+    records, unreadable = read_records(usage)
+    assert unreadable == []
+    assert sorted(r.runner for r in records) == sorted(j["runner_name"] for j in state["jobs"])
+    deleted = {
+        request.path.rstrip("/").rsplit("/", 1)[-1]
+        for request in world.control.requests(endpoint="compute.servers.delete")
+    }
+    assert len({record.server_id for record in records}) == len(records)
+    for record in records:
+        assert (record.repository, record.scale_set, record.result) == (
+            "acme/app",
+            "linux",
+            "succeeded",
+        )
+        assert record.flavor == world.cloud.flavor
+        assert record.server_id in deleted
+        requested, active = record.vm_requested_at, record.vm_active_at
+        online, deleted_at = record.runner_online_at, record.vm_deleted_at
+        assigned, started = record.assigned_at, record.job_started_at
+        finished = record.job_finished_at
+        assert requested is not None
+        assert active is not None
+        assert online is not None
+        assert assigned is not None
+        assert started is not None
+        assert finished is not None
+        # Our clock's steps (the runner may be seen online before the VM is seen ACTIVE)...
+        assert requested <= active <= deleted_at
+        assert requested <= online <= deleted_at
+        # ...and GitHub's, before the VM went.
+        assert assigned <= started <= finished <= deleted_at
+        lived = (deleted_at - requested).total_seconds()
+        assert abs(record.vm_seconds - lived) < 1.0
+    # The same records as log events (the job's event name under `event_name`).
+    logged = [entry for entry in logs if entry["event"] == "job_usage"]
+    assert sorted(e["runner"] for e in logged) == sorted(r.runner for r in records)
 
 
 async def test_min_runners_keeps_a_warm_idle_vm(world: World) -> None:
@@ -515,3 +564,67 @@ async def test_a_refused_retirement_keeps_the_runner_until_github_says_it_is_idl
         events = [entry["event"] for entry in logs]
         assert "retire_skipped_runner_took_a_job" in events
         assert world.github.control.state()["runners"] == []
+
+
+async def test_the_instance_quota_caps_the_runners_and_the_header_without_a_quota_error(
+    world: World,
+) -> None:
+    """Quota 2, max_runners 4, 4 jobs: two VMs at a time, GitHub told 2, Nova never refuses,
+    and each VM that goes makes room for the next job (docs/architecture.md#capacity)."""
+    world.control.set_quotas(instances=2)
+    # No timed read during the test: the capacity between reads is the listener's own count.
+    settings = world.settings(
+        runners=[{"name": "linux", "max_runners": 4}], capacity_refresh_interval=3600.0
+    )
+    with capture_logs() as logs:
+        async with serving(world, settings):
+            await world.wait_github(lambda s: any(not x["ghost"] for x in s["sessions"]))
+            world.github.control.enqueue_jobs(["linux"], count=4, duration=0.5)
+            state = await world.wait_github(lambda s: all_done(s, 4), timeout=60)
+            await world.wait_no_servers()
+    assert {job["result"] for job in state["jobs"]} == {"succeeded"}
+    assert world.fleet.counters.seen == 4
+    assert world.max_concurrent_servers() == 2
+    history = world.github.control.state()["scale_sets"][0]["max_capacity_history"]
+    # 2 from the first poll on, never more; less while finished VMs still hold the quota.
+    assert history[0] == 2
+    assert max(history) == 2
+    creates = world.control.requests("compute.servers.create")
+    assert [request.status for request in creates] == [202] * 4
+    # One look at Nova's limits (before the first poll) for the whole run.
+    assert len(world.control.requests("compute.limits")) == 1
+    assert not [entry for entry in logs if entry["event"] == "runner_create_failed"]
+
+
+async def test_two_scale_sets_share_the_projects_headroom_and_nova_never_refuses(
+    world: World,
+) -> None:
+    """Quota 3 for two sets of max_runners 3: never more than 3 VMs in all, every job served,
+    and every create Nova saw accepted (a set that lost the last slot to the other was refused
+    before sending; docs/architecture.md#capacity)."""
+    world.control.set_quotas(instances=3)
+    settings = world.settings(
+        runners=[
+            {"name": "linux", "max_runners": 3},
+            {"name": "gpu", "max_runners": 3, "flavor": "m1.large"},
+        ],
+        capacity_refresh_interval=3600.0,
+    )
+    with capture_logs() as logs:
+        async with serving(world, settings):
+            await world.wait_github(
+                lambda s: sum(not x["ghost"] for x in s["sessions"]) == 2, timeout=20
+            )
+            world.github.control.enqueue_jobs(["linux"], count=3, duration=0.4)
+            world.github.control.enqueue_jobs(["gpu"], count=3, duration=0.4)
+            state = await world.wait_github(lambda s: all_done(s, 6), timeout=60)
+            await world.wait_no_servers()
+    assert {job["result"] for job in state["jobs"]} == {"succeeded"}
+    assert world.max_concurrent_servers() <= 3
+    creates = world.control.requests("compute.servers.create")
+    assert [request.status for request in creates] == [202] * 6
+    for scale_set in world.github.control.state()["scale_sets"]:
+        assert max(scale_set["max_capacity_history"]) <= 3
+    # Creates that lost the race for the last slot were refused here, never sent.
+    failures = [entry for entry in logs if entry["event"] == "runner_create_failed"]
+    assert all("not sent" in entry["error"] for entry in failures)

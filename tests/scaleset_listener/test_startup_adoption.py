@@ -35,7 +35,7 @@ class Clock:
 class UnlimitedCloud:
     """All `prepare` asks of a provisioner: how many more servers fit (None: no limit)."""
 
-    async def capacity(self) -> None:
+    async def capacity(self, flavor: str | None = None, owner: tuple[str, ...] = ()) -> None:
         return None
 
 

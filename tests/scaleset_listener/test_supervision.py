@@ -40,12 +40,12 @@ class CrashingProvisioner:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    async def capacity(self) -> int | None:
+    async def capacity(self, flavor: str | None = None, owner: tuple[str, ...] = ()) -> int | None:
         if self.armed:
             self.armed = False
             self.crashed.set()
             raise RuntimeError("injected: the capacity lookup exploded")
-        return await self._inner.capacity()
+        return await self._inner.capacity(flavor, owner)
 
 
 @pytest.fixture

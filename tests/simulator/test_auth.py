@@ -143,6 +143,50 @@ def test_app_jwt_by_client_id_or_app_id_gets_an_installation_token(
     assert registration.status_code == 201
 
 
+@pytest.mark.parametrize(
+    ("path", "granted", "needed"),
+    [
+        ("orgs/acme/actions", {"administration": "write"}, "organization_self_hosted_runners"),
+        (
+            "orgs/acme/actions",
+            {"organization_self_hosted_runners": "read"},
+            "organization_self_hosted_runners",
+        ),
+        ("repos/acme/app/actions", {"organization_self_hosted_runners": "write"}, "administration"),
+    ],
+)
+def test_an_app_without_the_runner_permission_is_refused_as_an_integration(
+    github_sim: GitHubSim,
+    app_keys: tuple[str, str],
+    path: str,
+    granted: dict[str, str],
+    needed: str,
+) -> None:
+    github_sim.control.add_app(APP_ID, INSTALLATION, app_keys[1], permissions=granted)
+    minted = _access_token(github_sim, _app_jwt(app_keys[0], iss=str(APP_ID)))
+    assert minted.status_code == 201
+    assert minted.json()["permissions"] == granted
+    registration = httpx.post(
+        f"{github_sim.api_url}/{path}/runners/registration-token",
+        headers={"Authorization": f"Bearer {minted.json()['token']}"},
+    )
+    assert registration.status_code == 403
+    assert registration.json()["message"] == "Resource not accessible by integration"
+    assert registration.headers["X-Accepted-GitHub-Permissions"] == f"{needed}=write"
+
+
+def test_an_app_is_refused_enterprise_runners(
+    app_sim: GitHubSim, app_keys: tuple[str, str]
+) -> None:
+    token = _access_token(app_sim, _app_jwt(app_keys[0])).json()["token"]
+    registration = httpx.post(
+        f"{app_sim.api_url}/enterprises/big/actions/runners/registration-token",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert registration.status_code == 403
+    assert registration.json()["message"] == "Resource not accessible by integration"
+
+
 # Claims as offsets from the moment the test runs (not when it is collected: a long suite
 # would otherwise age "issued in the future" into the allowed clock skew).
 @pytest.mark.parametrize(

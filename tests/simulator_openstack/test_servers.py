@@ -326,6 +326,45 @@ def test_limits_and_keypairs(conn: connection.Connection, ids: Ids) -> None:
         conn.compute.get_keypair("extra-key")
 
 
+# GET /limits' absolute keys as Nova 34 answers them (tests/real_openstack/README.md).
+NOVA_LIMITS_KEYS = {
+    "maxServerMeta", "maxServerGroups", "maxServerGroupMembers", "maxTotalCores",
+    "maxTotalInstances", "maxTotalKeypairs", "maxTotalRAMSize", "totalCoresUsed",
+    "totalInstancesUsed", "totalRAMUsed", "totalServerGroupsUsed",
+}  # fmt: skip
+NOVA_LIMITS_KEYS_BELOW_2_57 = NOVA_LIMITS_KEYS | {"maxPersonality", "maxPersonalitySize"}
+NOVA_LIMITS_KEYS_BELOW_2_39 = NOVA_LIMITS_KEYS_BELOW_2_57 | {"maxImageMeta"}
+NOVA_LIMITS_KEYS_BELOW_2_36 = NOVA_LIMITS_KEYS_BELOW_2_39 | {
+    "maxSecurityGroupRules", "maxSecurityGroups", "maxTotalFloatingIps",
+    "totalFloatingIpsUsed", "totalSecurityGroupsUsed",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("microversion", "keys"),
+    [
+        ("2.100", NOVA_LIMITS_KEYS),
+        ("2.57", NOVA_LIMITS_KEYS),
+        ("2.39", NOVA_LIMITS_KEYS_BELOW_2_57),
+        ("2.36", NOVA_LIMITS_KEYS_BELOW_2_39),
+        ("2.1", NOVA_LIMITS_KEYS_BELOW_2_36),
+    ],
+)
+def test_limits_have_novas_keys_and_minus_one_for_unlimited(
+    conn: connection.Connection, control: CloudControl, microversion: str, keys: set[str]
+) -> None:
+    control.set_quotas(instances=-1, ram=-1)
+    status, body = raw(conn, "GET", "/limits", microversion=microversion)
+    absolute = body["limits"]["absolute"]
+    assert status == 200
+    assert set(absolute) == keys
+    assert (absolute["maxTotalInstances"], absolute["maxTotalRAMSize"]) == (-1, -1)
+    assert absolute["maxTotalCores"] == 20
+    if "maxTotalFloatingIps" in absolute:
+        # nova-network's quotas, unlimited now that Neutron owns them.
+        assert absolute["maxTotalFloatingIps"] == absolute["maxSecurityGroups"] == -1
+
+
 def test_changes_during_build_are_refused_as_measured_on_nova(
     conn: connection.Connection, ids: Ids, control: CloudControl
 ) -> None:

@@ -63,6 +63,9 @@ class RecordingScaler:
     def cloud_capacity(self) -> int:
         return self.capacity
 
+    def phase_counts(self) -> dict[str, int]:
+        return {}
+
     async def prepare(self, scale_set_id: int) -> None:
         self.prepared.append(scale_set_id)
 

@@ -31,7 +31,7 @@ from simulator.github.model import (
     ci_get,
     type_name,
 )
-from simulator.github.tokens import App, AppJwtError, verify_app_jwt
+from simulator.github.tokens import RUNNER_ADMIN_PERMISSION, App, AppJwtError, verify_app_jwt
 from simulator.github.world import World
 from simulator.serving import Receive, Scope, Send, drop_connection
 
@@ -172,7 +172,7 @@ async def access_tokens(sim: SimulatorApp, ctx: Ctx) -> Reply:
         {
             "token": token.token,
             "expires_at": _now_iso(sim.world.config.installation_token_ttl),
-            "permissions": {"organization_self_hosted_runners": "write"},
+            "permissions": dict(ctx.app.permissions),
             "repository_selection": "all",
         },
     )
@@ -187,19 +187,38 @@ _RUNNER_ADMIN_SCOPES = {
 
 
 def _runner_admin_refused(sim: SimulatorApp, ctx: Ctx, kind: str) -> Reply | None:
-    """GitHub's answer to a classic PAT without the runner-administration scope: 403 with its
-    (repository-worded, whatever the scope) message and the scope it would have accepted."""
-    if ctx.token not in sim.world.config.pats_without_runner_admin:
+    """GitHub's answer to a credential that may not administer runners at this scope: a classic
+    PAT without the scope (403, its repository-worded message whatever the scope, and the scope
+    it would have accepted) or an App installation without the permission (403 "Resource not
+    accessible by integration" and the permission it would have accepted)."""
+    if ctx.token in sim.world.config.pats_without_runner_admin:
+        reply = Reply.json(
+            403,
+            {
+                "message": "Must have admin rights to Repository.",
+                "documentation_url": "https://docs.github.com/rest/actions/self-hosted-runners",
+            },
+        )
+        reply.headers["X-Accepted-OAuth-Scopes"] = _RUNNER_ADMIN_SCOPES[kind]
+        reply.headers["X-OAuth-Scopes"] = "read:org"
+        return reply
+    app = sim.world.credentials.installation_app(ctx.token)
+    if app is None:
+        return None
+    # Enterprise runners are not an App's to manage: GitHub takes a classic PAT there.
+    needed = RUNNER_ADMIN_PERMISSION.get(kind)
+    if needed is not None and app.permissions.get(needed) == "write":
         return None
     reply = Reply.json(
         403,
         {
-            "message": "Must have admin rights to Repository.",
+            "message": "Resource not accessible by integration",
             "documentation_url": "https://docs.github.com/rest/actions/self-hosted-runners",
+            "status": "403",
         },
     )
-    reply.headers["X-Accepted-OAuth-Scopes"] = _RUNNER_ADMIN_SCOPES[kind]
-    reply.headers["X-OAuth-Scopes"] = "read:org"
+    if needed is not None:
+        reply.headers["X-Accepted-GitHub-Permissions"] = f"{needed}=write"
     return reply
 
 

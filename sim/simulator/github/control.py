@@ -83,7 +83,11 @@ class SimulatorControl:
         installation_id: int,
         public_key_pem: str,
         client_id: str | None = None,
+        permissions: dict[str, str] | None = None,
     ) -> None:
+        """Register an App installed as `installation_id`; `permissions` (GitHub's names, e.g.
+        {"organization_self_hosted_runners": "read"}) default to what runner administration
+        needs."""
         self._call(
             "POST",
             "/apps",
@@ -92,6 +96,7 @@ class SimulatorControl:
                 "installation_id": installation_id,
                 "public_key_pem": public_key_pem,
                 "client_id": client_id,
+                "permissions": permissions,
             },
         )
 

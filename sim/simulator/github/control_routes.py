@@ -107,11 +107,18 @@ async def add_app(world: World, p: dict[str, str], body: JSON, r: Request) -> Re
     if body.get("installation_id") is not None:
         installations.append(body["installation_id"])
     client_id = body.get("client_id")
+    permissions = body.get("permissions")
+    if permissions is not None and not (
+        isinstance(permissions, dict)
+        and all(isinstance(k, str) and v in ("read", "write") for k, v in permissions.items())
+    ):
+        raise ControlError(400, "permissions maps permission names to 'read' or 'write'")
     world.credentials.apps[app_id] = App(
         app_id=app_id,
         client_id=str(client_id) if client_id else None,
         installation_ids=frozenset(int(i) for i in installations),
         public_key_pem=pem,
+        **({} if permissions is None else {"permissions": dict(permissions)}),
     )
     return 201, {"app_id": app_id, "installation_ids": sorted(int(i) for i in installations)}
 

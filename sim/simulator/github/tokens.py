@@ -10,13 +10,19 @@ from __future__ import annotations
 import secrets
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
 
 ADMIN = "admin"
 QUEUE = "queue"
+
+# The permission runner administration needs, per kind of scope, as GitHub names it in an
+# installation's permissions and in X-Accepted-GitHub-Permissions.
+RUNNER_ADMIN_PERMISSION = {"org": "organization_self_hosted_runners", "repo": "administration"}
+DEFAULT_APP_PERMISSIONS = {"organization_self_hosted_runners": "write", "administration": "write"}
 
 
 @dataclass(frozen=True)
@@ -25,6 +31,9 @@ class App:
     client_id: str | None
     installation_ids: frozenset[int]
     public_key_pem: str
+    # What the App was granted, in the names GitHub's API uses (an installation token's
+    # `permissions`). By default what a runner scale set needs at either scope.
+    permissions: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_APP_PERMISSIONS))
 
 
 class AppJwtError(Exception):

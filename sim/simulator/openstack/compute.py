@@ -1263,10 +1263,11 @@ def availability_zones(ctx: Ctx) -> Reply:
 
 
 def limits(ctx: Ctx) -> Reply:
+    # As Nova 34 answers (tests/real_openstack/README.md): -1 is unlimited, usage counts every
+    # server of the project from its create request until it is gone.
     quotas = ctx.cloud.config.quotas
     usage = ctx.cloud.usage()
     absolute: JSON = {
-        "maxImageMeta": 128,
         "maxServerMeta": quotas.metadata_items,
         "maxServerGroupMembers": 10,
         "maxServerGroups": 10,
@@ -1281,12 +1282,15 @@ def limits(ctx: Ctx) -> Reply:
     }
     if not ctx.at_least(2, 57):
         absolute.update({"maxPersonality": 5, "maxPersonalitySize": 10240})
+    if not ctx.at_least(2, 39):
+        absolute["maxImageMeta"] = 128
     if not ctx.at_least(2, 36):
+        # The nova-network quotas, unlimited since Neutron owns them.
         absolute.update(
             {
-                "maxSecurityGroupRules": 20,
-                "maxSecurityGroups": 10,
-                "maxTotalFloatingIps": 10,
+                "maxSecurityGroupRules": -1,
+                "maxSecurityGroups": -1,
+                "maxTotalFloatingIps": -1,
                 "totalFloatingIpsUsed": 0,
                 "totalSecurityGroupsUsed": 0,
             }

@@ -64,6 +64,16 @@ class Credentials:
         self._ledger.event("installation_token_issued", installation_id=installation_id)
         return token
 
+    def installation_app(self, token: str) -> App | None:
+        """The App whose installation `token` was issued for (None: not an installation token)."""
+        issued = self.installation_tokens.get(token)
+        if issued is None:
+            return None
+        for app in self.apps.values():
+            if issued.installation_id in app.installation_ids:
+                return app
+        return None
+
     def issue_admin_token(self, scope_path: str) -> str:
         token, _ = self._world.issuer.issue(
             "admin", self._world.config.admin_token_ttl, epoch=self.admin_epoch, scope=scope_path
