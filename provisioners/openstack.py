@@ -409,8 +409,14 @@ class OpenStackProvisioner:
         await self._open_connections()
         while True:
             # Failures are the creates' to report (they look up what is missing themselves).
+            config = self._config
+            flavors = dict.fromkeys(ref for ref in (config.flavor, *config.flavors) if ref)
             await asyncio.gather(
-                self.check_microversion(), self._refresh_resolved(), return_exceptions=True
+                self.check_microversion(),
+                self._refresh_resolved(),
+                # The sizes the quota headroom claims by (flavors never change size).
+                *(self._flavor_size(flavor) for flavor in flavors),
+                return_exceptions=True,
             )
             self._warmed.set()
             await asyncio.sleep(self._config.refresh_interval)

@@ -185,6 +185,9 @@ class VMScaler:
             # unless forced, and forcing cancels their jobs).
             self.ledger.abandon_all(f"scale set {self._scale_set_id} was deleted at GitHub")
             self._sweeper.forget_missing()
+            # The old set's demand is not the new set's: nothing is created for it until the new
+            # set's own statistics say how many (else a pass in between creates the old count).
+            self._desired = 0
         self._scale_set_id = scale_set_id
         self._executor.ownership = self._ownership()
         self._scale_set_bound.set()
