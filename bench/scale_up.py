@@ -12,6 +12,11 @@ once), the time to the first and to the N-th server create request reaching the 
   (first poll 7.5 s after the burst). It runs a sample of `--baseline-jobs` and the N-th create
   is extrapolated linearly from that sample (said so in the output).
 
+For scaleset-listener it also measures the listener's CPU: `cpu_ms_per_vm` is the process CPU
+time (less the bench's own watching) from the burst until every VM has been seen ACTIVE, divided
+by the VMs created (`process_cpu_with_start_s` adds the start: imports, session, warm-up).
+`--concurrency` defaults to PROVISION_CONCURRENCY's default; the JSON says which.
+
 `python bench/scale_up.py --jobs 500 --latency 0.1` prints progress and, on its last line, one
 JSON object with the figures.
 """
@@ -29,18 +34,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from provisioners.base import ServerSpec
+from provisioners.base import Provisioner, ServerSpec
 from provisioners.naming import Ownership, ownership_metadata
 from provisioners.openstack import OpenStackProvisioner
-from scaleset_listener.config import LogFormat, LogLevel, Settings
+from scaleset_listener.actions_client import ActionsClient
+from scaleset_listener.config import LogFormat, LogLevel, ScaleSetSpec, Settings
 from scaleset_listener.logs import configure
+from scaleset_listener.runner_versions import RunnerVersions
 from scaleset_listener.service import run_service
-from scaleset_listener.wiring import openstack_config
+from scaleset_listener.vm_scaler.loop import VMScaler
+from scaleset_listener.wiring import openstack_config, vm_scalers
 from simulator.github.config import DEFAULT_PAT
 from simulator.github.control import SimulatorControl
 from simulator.openstack.control import CloudControl
@@ -96,18 +104,39 @@ def slow_cloud(directory: Path, latency: float, jobs: int) -> Iterator[str]:
         yield url
 
 
-def create_count(control: CloudControl) -> int:
-    return len(control.requests(endpoint="compute.servers.create"))
+class CreateCounter:
+    """Counts the create requests the cloud has seen, reading only the log's new entries; keeps
+    the CPU time it spends, which is the bench's and not the listener's."""
+
+    def __init__(self, control: CloudControl) -> None:
+        self._control = control
+        self._seen = 0
+        self.count = 0
+        self.cpu_seconds = 0.0
+
+    def __call__(self) -> int:
+        began = time.thread_time()
+        new = self._control.requests(since=self._seen)
+        if new:
+            self._seen = new[-1].id
+            self.count += sum(1 for r in new if r.endpoint == "compute.servers.create")
+        self.cpu_seconds += time.thread_time() - began
+        return self.count
 
 
 async def watch_creates(
-    control: CloudControl, target: int, started: float, timeout: float
+    control: CloudControl,
+    target: int,
+    started: float,
+    timeout: float,
+    counter: CreateCounter | None = None,
 ) -> tuple[float | None, float | None]:
     """Seconds from `started` to the first and to the `target`-th create request."""
+    counter = counter or CreateCounter(control)
     first = last = None
     deadline = started + timeout
     while time.monotonic() < deadline:
-        count = await asyncio.to_thread(create_count, control)
+        count = await asyncio.to_thread(counter)
         now = time.monotonic() - started
         if count >= 1 and first is None:
             first = now
@@ -118,23 +147,25 @@ async def watch_creates(
     return first, last
 
 
-def listener_settings(github_url: str, jobs: int, concurrency: int) -> Settings:
-    return Settings(
+def listener_settings(github_url: str, jobs: int, concurrency: int | None) -> Settings:
+    settings = Settings(
         github_url=f"{github_url}/bench-org",
         github_token=DEFAULT_PAT,
         runners=[{"name": LABEL, "max_runners": jobs}],
         openstack_image=IMAGE_NAME,
         openstack_flavor=FLAVOR_NAMES[0],
         openstack_network=NETWORK_NAME,
-        provision_concurrency=concurrency,
         enable_reconciliation=False,
         boot_timeout=600,
         vm_tracker_interval=3600,
         log_level="warning",
     )
+    if concurrency is None:
+        return settings
+    return settings.model_copy(update={"provision_concurrency": concurrency})
 
 
-async def run_listener(jobs: int, latency: float, concurrency: int, timeout: float) -> JSON:
+async def run_listener(jobs: int, latency: float, concurrency: int | None, timeout: float) -> JSON:
     with (
         tempfile.TemporaryDirectory() as scratch,
         peer("simulator.github", "--long-poll-timeout", "50") as github_url,
@@ -144,17 +175,56 @@ async def run_listener(jobs: int, latency: float, concurrency: int, timeout: flo
     ):
         stop = asyncio.Event()
         settings = listener_settings(github_url, jobs, concurrency)
-        service = asyncio.create_task(run_service(settings, stop, handle_signals=False))
+        scalers: list[VMScaler] = []
+
+        def keeping_scalers(
+            client: ActionsClient, provisioner: Provisioner, versions: RunnerVersions
+        ) -> Callable[[ScaleSetSpec], VMScaler]:
+            make = vm_scalers(settings, client, provisioner, versions)
+
+            def made(spec: ScaleSetSpec) -> VMScaler:
+                scalers.append(make(spec))
+                return scalers[-1]
+
+            return made
+
+        service = asyncio.create_task(
+            run_service(
+                settings, stop, handle_signals=False, scaler_factory_builder=keeping_scalers
+            )
+        )
         await asyncio.to_thread(
             github.wait_for_state, lambda s: any(not x["ghost"] for x in s["sessions"]), 60
         )
+        counter = CreateCounter(control)
+        cpu_before = time.process_time()
         started = time.monotonic()
         github.enqueue_jobs([LABEL], count=jobs)
-        first, last = await watch_creates(control, jobs, started, timeout)
-        cpu = time.process_time()
+        first, last = await watch_creates(control, jobs, started, timeout, counter)
+        cpu_at_last_create = time.process_time() - counter.cpu_seconds - cpu_before
+        # Every VM through ACTIVE (the scaler's count), then the CPU the listener spent on them.
+        deadline = started + timeout
+        # A bench reading the scalers' counters: there is no event to wait for.
+        while sum(s.counters.created for s in scalers) < jobs:
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        active_s = time.monotonic() - started
+        created = sum(s.counters.created for s in scalers)
+        cpu_total = time.process_time() - counter.cpu_seconds
+        cpu = cpu_total - cpu_before
         stop.set()
         await asyncio.wait_for(service, 120)
-        return {"first_create_s": first, "last_create_s": last, "process_cpu_s": round(cpu, 1)}
+        return {
+            "first_create_s": first,
+            "last_create_s": last,
+            "all_active_s": round(active_s, 2),
+            "vms_created": created,
+            "process_cpu_s": round(cpu, 2),
+            "process_cpu_with_start_s": round(cpu_total, 2),
+            "process_cpu_at_last_create_s": round(cpu_at_last_create, 2),
+            "cpu_ms_per_vm": round(cpu * 1000 / max(1, created), 2),
+        }
 
 
 async def run_baseline(jobs: int, sample: int, latency: float, poll: float, timeout: float) -> JSON:
@@ -212,51 +282,60 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--latency", type=float, default=0.1, help="seconds per cloud API call")
-    parser.add_argument("--concurrency", type=int, default=8, help="PROVISION_CONCURRENCY")
-    parser.add_argument("--baseline-jobs", type=int, default=100)
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="PROVISION_CONCURRENCY (default: the setting's default)",
+    )
+    parser.add_argument("--baseline-jobs", type=int, default=100, help="0: no baseline")
     parser.add_argument("--poll", type=float, default=15.0, help="baseline poll interval")
     parser.add_argument("--timeout", type=float, default=600.0)
     args = parser.parse_args()
     configure(LogLevel.WARNING, LogFormat.TEXT)
+    concurrency = args.concurrency or Settings.model_fields["provision_concurrency"].default
 
     print(
         f"scaleset-listener: {args.jobs} jobs, {args.latency * 1000:.0f} ms per cloud call, "
-        f"PROVISION_CONCURRENCY={args.concurrency}",
+        f"PROVISION_CONCURRENCY={concurrency}",
         flush=True,
     )
-    ours = asyncio.run(run_listener(args.jobs, args.latency, args.concurrency, args.timeout))
+    ours = asyncio.run(run_listener(args.jobs, args.latency, concurrency, args.timeout))
     print(
         f"  first create after {ours['first_create_s']:.2f} s, "
-        f"{args.jobs}th after {ours['last_create_s']:.2f} s",
+        f"{args.jobs}th after {ours['last_create_s']:.2f} s; all ACTIVE after "
+        f"{ours['all_active_s']:.2f} s, {ours['cpu_ms_per_vm']:.1f} ms of listener CPU per VM",
         flush=True,
     )
-    print(
-        f"baseline: {args.poll:.0f} s REST polling, serial creates, sample of "
-        f"{args.baseline_jobs} jobs extrapolated to {args.jobs}",
-        flush=True,
-    )
-    base = asyncio.run(
-        run_baseline(args.jobs, args.baseline_jobs, args.latency, args.poll, args.timeout)
-    )
-    print(
-        f"  first create after {base['baseline_first_create_s']:.2f} s, "
-        f"{args.jobs}th after ~{base['baseline_last_create_s_extrapolated']:.1f} s "
-        "(extrapolated)",
-        flush=True,
-    )
+    base: JSON = {}
+    if args.baseline_jobs > 0:
+        print(
+            f"baseline: {args.poll:.0f} s REST polling, serial creates, sample of "
+            f"{args.baseline_jobs} jobs extrapolated to {args.jobs}",
+            flush=True,
+        )
+        base = asyncio.run(
+            run_baseline(args.jobs, args.baseline_jobs, args.latency, args.poll, args.timeout)
+        )
+        print(
+            f"  first create after {base['baseline_first_create_s']:.2f} s, "
+            f"{args.jobs}th after ~{base['baseline_last_create_s_extrapolated']:.1f} s "
+            "(extrapolated)",
+            flush=True,
+        )
     result = {
         "bench": "scale_up",
         "jobs": args.jobs,
         "latency_s": args.latency,
-        "provision_concurrency": args.concurrency,
+        "provision_concurrency": concurrency,
         **ours,
         **base,
     }
     last = ours["last_create_s"]
-    base_last = base["baseline_last_create_s_extrapolated"]
+    base_last = base.get("baseline_last_create_s_extrapolated")
     if last and base_last:
         result["speedup_to_last_create"] = round(base_last / last, 1)
-    if ours["first_create_s"] and base["baseline_first_create_s"]:
+    if ours["first_create_s"] and base.get("baseline_first_create_s"):
         result["speedup_to_first_create"] = round(
             base["baseline_first_create_s"] / ours["first_create_s"], 1
         )

@@ -6,6 +6,16 @@
   this adapter's own bounded ThreadPoolExecutor and every worker thread holds one long-lived
   Connection of its own. HTTP calls carry the SDK's `api_timeout`; waits (ACTIVE, gone) poll
   from the event loop, so a slow boot does not pin a worker thread.
+* The hot paths of a burst (create, get and list servers) send Nova's JSON through the same
+  authenticated keystoneauth adapter and read the answer as plain dicts: openstacksdk's Resource
+  machinery costs about 1 ms of CPU per server read, which made a listing of 500 booting servers
+  cost half a second (bench/README.md, scale_up). They pin compute microversion 2.52.
+* One shared observer per tag filter watches booting servers: a listing filtered by our tags
+  (FIRST_LOOK after the newest server, then backing off to `poll_interval`) wakes every waiter,
+  however many servers boot; a waiter's ACTIVE deadline is its own timer, not a poll's.
+* `start()` warms up before the first job: every worker thread's Connection authenticates, the
+  microversion is checked, image/flavor/network ids are resolved; they are resolved again every
+  `refresh_interval`, and at once after a create the cloud refuses with 400.
 * Server tags need compute microversion 2.52; the adapter checks what the cloud offers once and
   says clearly when it is older (listing by tag is how inventory finds our servers, and Nova
   silently ignores metadata filters, so there is no safe fallback).
@@ -32,6 +42,7 @@ import logging
 import math
 import threading
 import time
+import weakref
 from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -62,6 +73,14 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 TAGS_MICROVERSION = (2, 52)
+# What the raw server calls ask for: tags in views, filters and create requests (2.52), and no
+# later change of the server view they read.
+COMPUTE_MICROVERSION = "2.52"
+# How soon the shared observer first lists a newly created server (then twice as far apart, up
+# to OpenStackConfig.poll_interval): 0.1 s, and 1 ms more per server waiting, since each listing
+# reads them all (500 booting servers: half a second).
+FIRST_LOOK = 0.1
+FIRST_LOOK_PER_WAITER = 0.001
 # Nova's API schema caps `user_data` at 65535 characters of the base64 text it is sent as, not of
 # the decoded bytes (tests/real_openstack/README.md: 65536 refused with 400, 65532 accepted).
 USER_DATA_LIMIT = 65535
@@ -83,8 +102,14 @@ class OpenStackConfig:
     active_timeout: float = 600.0
     delete_timeout: float = 300.0
     api_timeout: float = 60.0
-    poll_interval: float = 2.0
+    # The longest gap between the shared observer's listings of booting servers (and between a
+    # delete's looks for gone).
+    poll_interval: float = 1.0
     max_workers: int = 8
+    # Every image and flavor a create may name (RUNNERS overrides), resolved by `start()`.
+    images: tuple[str, ...] = ()
+    flavors: tuple[str, ...] = ()
+    refresh_interval: float = 600.0
     # How often Nova's /limits (the quota headroom behind `capacity`) is read again.
     capacity_refresh_interval: float = 60.0
     # After Nova refused a create for quota the limits are read again at the next `capacity`,
@@ -173,10 +198,10 @@ def _translate(exc: BaseException, what: str) -> ProvisionerError:
     return ProvisionerError(f"{what}: {type(exc).__name__}: {exc}")
 
 
-def _addresses(server: Any) -> tuple[tuple[str, ...], str | None]:
+def _addresses(server: Mapping[str, Any]) -> tuple[tuple[str, ...], str | None]:
     fixed: list[str] = []
     floating: str | None = None
-    for entries in (server.addresses or {}).values():
+    for entries in (server.get("addresses") or {}).values():
         for entry in entries:
             address = entry.get("addr")
             if not address:
@@ -197,20 +222,87 @@ def _created_at(value: object) -> datetime | None:
         return None
 
 
-def _to_vm(server: Any) -> RunnerVM:
+def _to_vm(server: Mapping[str, Any]) -> RunnerVM:
+    """A server of Nova's JSON view (microversion 2.52) as a RunnerVM."""
     fixed, floating = _addresses(server)
-    fault = server.fault.get("message") if isinstance(server.fault, dict) else None
+    fault = server.get("fault")
     return RunnerVM(
-        id=str(server.id),
-        name=str(server.name),
-        status=str(server.status or "UNKNOWN").upper(),
-        created_at=_created_at(server.created_at),
-        tags=tuple(server.tags or ()),
-        metadata={str(k): str(v) for k, v in (server.metadata or {}).items()},
+        id=str(server["id"]),
+        name=str(server.get("name", "")),
+        status=str(server.get("status") or "UNKNOWN").upper(),
+        created_at=_created_at(server.get("created")),
+        tags=tuple(server.get("tags") or ()),
+        metadata={str(k): str(v) for k, v in (server.get("metadata") or {}).items()},
         addresses=fixed,
         floating_ip=floating,
-        fault=fault,
+        fault=fault.get("message") if isinstance(fault, dict) else None,
     )
+
+
+def _compute(
+    conn: openstack.connection.Connection,
+    method: str,
+    path: str,
+    *,
+    params: Mapping[str, str] | None = None,
+    body: object = None,
+) -> Any:
+    """One compute API call at COMPUTE_MICROVERSION, its JSON answer (None when empty); an error
+    answer raises openstacksdk's HttpException subclass, as its own calls do."""
+    base = _compute_endpoints.get(conn)
+    if base is None:
+        base = _compute_endpoints[conn] = str(conn.compute.get_endpoint()).rstrip("/")
+    response = conn.compute.request(
+        # Absolute: keystoneauth then skips its service catalog look-up, which deep-copies the
+        # catalog on every request (a quarter of a create's CPU).
+        base + path,
+        method,
+        params=dict(params or {}),
+        json=body,
+        microversion=COMPUTE_MICROVERSION,
+        raise_exc=False,
+    )
+    openstack.exceptions.raise_from_response(response)
+    return response.json() if response.content else None
+
+
+# Each Connection's compute endpoint, looked up on its first call (a Connection belongs to one
+# worker thread; the endpoint does not change while the token lives).
+_compute_endpoints: weakref.WeakKeyDictionary[openstack.connection.Connection, str] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _list_servers(
+    conn: openstack.connection.Connection, tags: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    """Every server carrying all of `tags`, page after page (Nova pages at its max_limit)."""
+    params = {"tags": ",".join(tags)}
+    servers: list[dict[str, Any]] = []
+    while True:
+        answer = _compute(conn, "GET", "/servers/detail", params=params)
+        page = answer.get("servers") or []
+        servers.extend(page)
+        more = any(link.get("rel") == "next" for link in answer.get("servers_links") or ())
+        if not page or not more:
+            return servers
+        params = {**params, "marker": str(page[-1]["id"])}
+
+
+def _get_server(conn: openstack.connection.Connection, server_id: str) -> RunnerVM | None:
+    try:
+        answer = _compute(conn, "GET", f"/servers/{server_id}")
+    except openstack.exceptions.NotFoundException:
+        return None
+    return _to_vm(answer["server"])
+
+
+@dataclass
+class _Waiter:
+    """One server waiting to leave BUILD; `since`: when it began to wait (monotonic)."""
+
+    since: float
+    found: asyncio.Future[RunnerVM | None]
 
 
 class OpenStackProvisioner:
@@ -236,10 +328,14 @@ class OpenStackProvisioner:
         self._checked_microversion = False
         self._resolved: dict[tuple[str, str], str] = {}
         self._resolved_lock = threading.Lock()
-        self._snapshots: dict[
-            tuple[str, ...], tuple[float, asyncio.Future[dict[str, RunnerVM]]]
-        ] = {}
-        self._snapshot_max_age = min(1.0, config.poll_interval / 2)
+        # The shared observers: per tag filter, the servers waiting to leave BUILD, and the task
+        # that lists them once per poll_interval while any wait.
+        self._waiters: dict[tuple[str, ...], dict[str, _Waiter]] = {}
+        self._observers: dict[tuple[str, ...], asyncio.Task[None]] = {}
+        self._observer_errors: dict[tuple[str, ...], ProvisionerError] = {}
+        self._arrivals: dict[tuple[str, ...], asyncio.Event] = {}
+        self._warmer: asyncio.Task[None] | None = None
+        self._warmed = asyncio.Event()
         # The project's quota as this process sees it; one view for every scale set.
         self._headroom = ProjectHeadroom()
         self._limits_lock = asyncio.Lock()
@@ -281,11 +377,94 @@ class OpenStackProvisioner:
             raise _translate(exc, what) from exc
 
     async def close(self) -> None:
+        background = [*self._observers.values(), *([self._warmer] if self._warmer else [])]
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         self._executor.shutdown(wait=True, cancel_futures=True)
         with self._connections_lock:
             connections, self._connections = self._connections, []
         for connection in connections:
             connection.close()
+
+    # Warm-up -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Begin keeping warm what every create needs, in the background: the first job does not
+        pay for authentication, the microversion or the image, flavor and network look-ups."""
+        if self._warmer is None:
+            self._warmer = asyncio.get_running_loop().create_task(
+                self._keep_warm(), name="openstack-warm-up"
+            )
+
+    async def wait_warm(self) -> None:
+        """Until the first warm-up has ended (whether or not the cloud answered); at once when
+        `start` was not called."""
+        if self._warmer is not None:
+            waiter = asyncio.ensure_future(self._warmed.wait())
+            await asyncio.wait({waiter, self._warmer}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+
+    async def _keep_warm(self) -> None:
+        await self._open_connections()
+        while True:
+            # Failures are the creates' to report (they look up what is missing themselves).
+            config = self._config
+            flavors = dict.fromkeys(ref for ref in (config.flavor, *config.flavors) if ref)
+            await asyncio.gather(
+                self.check_microversion(),
+                self._refresh_resolved(),
+                # The sizes the quota headroom claims by (flavors never change size).
+                *(self._flavor_size(flavor) for flavor in flavors),
+                return_exceptions=True,
+            )
+            self._warmed.set()
+            await asyncio.sleep(self._config.refresh_interval)
+
+    async def _open_connections(self) -> None:
+        """Authenticate every worker thread's Connection and discover its compute endpoint: the
+        pool's threads are started together (each task waits for the others), one per task."""
+        workers = self._config.max_workers
+        everyone = threading.Barrier(workers)
+
+        def open_connection(conn: openstack.connection.Connection) -> None:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                everyone.wait(timeout=self._config.api_timeout)
+            conn.authorize()
+            conn.compute.get_endpoint_data()
+
+        await asyncio.gather(
+            *(self._call("authenticate", open_connection) for _ in range(workers)),
+            return_exceptions=True,
+        )
+
+    async def _refresh_resolved(self) -> None:
+        """Resolve every configured image, flavor and network again; one that is gone is dropped
+        so that the next create looks it up and reports it."""
+        config = self._config
+        wanted: list[tuple[str, str]] = [
+            *(("image", ref) for ref in dict.fromkeys((config.image, *config.images)) if ref),
+            *(("flavor", ref) for ref in dict.fromkeys((config.flavor, *config.flavors)) if ref),
+            *([("network", config.network)] if config.network else []),
+        ]
+
+        def resolve(kind: str, ref: str, conn: openstack.connection.Connection) -> str:
+            return str(_FINDERS[kind](conn, ref).id)
+
+        answers = await asyncio.gather(
+            *(
+                self._call(f"look up {kind} {ref!r}", functools.partial(resolve, kind, ref))
+                for kind, ref in wanted
+            ),
+            return_exceptions=True,
+        )
+        with self._resolved_lock:
+            for key, answer in zip(wanted, answers, strict=True):
+                if isinstance(answer, str):
+                    self._resolved[key] = answer
+                elif isinstance(answer, ServerNotFound | PermanentProvisionerError):
+                    # Gone (404 is translated to ServerNotFound): the create looks it up again.
+                    self._resolved.pop(key, None)
 
     # Checks --------------------------------------------------------------------------------
 
@@ -418,6 +597,8 @@ class OpenStackProvisioner:
 
     async def submit(self, spec: ServerSpec) -> str:
         """Send the create request; the server id. The boot itself is `finish_create`'s."""
+        # A create during the first warm-up waits for it rather than repeat its look-ups.
+        await self.wait_warm()
         await self.check_microversion()
         encoded = base64.b64encode(spec.user_data)
         if len(encoded) > USER_DATA_LIMIT:
@@ -462,28 +643,27 @@ class OpenStackProvisioner:
         self, spec: ServerSpec, encoded_user_data: bytes, conn: openstack.connection.Connection
     ) -> str:
         config = self._config
-        image_id = self._resolve("image", spec.image or config.image, conn.image.find_image)
-        flavor_id = self._resolve("flavor", spec.flavor or config.flavor, conn.compute.find_flavor)
-        attrs: dict[str, Any] = {
+        image_id = self._resolve("image", spec.image or config.image, conn)
+        flavor_id = self._resolve("flavor", spec.flavor or config.flavor, conn)
+        server: dict[str, Any] = {
             "name": spec.name,
-            "flavor_id": flavor_id,
+            "flavorRef": flavor_id,
             "user_data": encoded_user_data.decode("ascii"),
             "metadata": {**config.server_metadata, **spec.metadata},
             "tags": list(spec.tags),
         }
         if config.network:
-            network_id = self._resolve("network", config.network, conn.network.find_network)
-            attrs["networks"] = [{"uuid": network_id}]
+            server["networks"] = [{"uuid": self._resolve("network", config.network, conn)}]
         else:
-            attrs["networks"] = "auto"
+            server["networks"] = "auto"
         if config.security_groups:
-            attrs["security_groups"] = [{"name": group} for group in config.security_groups]
+            server["security_groups"] = [{"name": group} for group in config.security_groups]
         if config.keypair:
-            attrs["key_name"] = config.keypair
+            server["key_name"] = config.keypair
         if config.availability_zone:
-            attrs["availability_zone"] = config.availability_zone
+            server["availability_zone"] = config.availability_zone
         if config.boot_volume_size_gb > 0:
-            attrs["block_device_mapping"] = [
+            server["block_device_mapping_v2"] = [
                 {
                     "boot_index": 0,
                     "uuid": image_id,
@@ -493,83 +673,148 @@ class OpenStackProvisioner:
                     "delete_on_termination": True,
                 }
             ]
-            attrs["image_id"] = ""
+            server["imageRef"] = ""
         else:
-            attrs["image_id"] = image_id
+            server["imageRef"] = image_id
         try:
-            server = conn.compute.create_server(**attrs)
+            answer = _compute(conn, "POST", "/servers", body={"server": server})
         except openstack.exceptions.BadRequestException:
             # Perhaps an image or flavor we resolved earlier was replaced: look them up again.
             with self._resolved_lock:
                 self._resolved.clear()
             raise
-        return str(server.id)
+        return str(answer["server"]["id"])
 
-    def _resolve(self, kind: str, ref: str, find: Callable[..., Any]) -> str:
-        """The id of an image, flavor or network by name or id, looked up once per process:
-        at 100 ms per API call, four lookups per create would dominate a burst."""
+    def _resolve(self, kind: str, ref: str, conn: openstack.connection.Connection) -> str:
+        """The id of an image, flavor or network by name or id, looked up once (the warm-up
+        does it ahead and keeps it fresh): at 100 ms per API call, four look-ups per create
+        would dominate a burst."""
         with self._resolved_lock:
             cached = self._resolved.get((kind, ref))
         if cached is not None:
             return cached
         try:
-            found = find(ref, ignore_missing=False)
+            found = _FINDERS[kind](conn, ref)
         except openstack.exceptions.ResourceNotFound as exc:
             raise PermanentProvisionerError(f"{kind} {ref!r} not found") from exc
         with self._resolved_lock:
             self._resolved[(kind, ref)] = str(found.id)
         return str(found.id)
 
-    async def _snapshot(self, tags: tuple[str, ...]) -> dict[str, RunnerVM]:
-        """The servers carrying `tags`, from one list call shared by everyone who asks within
-        half a poll interval: 500 booting VMs cost one request per interval, not 500."""
-        now = time.monotonic()
-        taken = self._snapshots.get(tags)
-        if taken is None or (taken[1].done() and now - taken[0] >= self._snapshot_max_age):
-
-            def list_servers(conn: openstack.connection.Connection) -> dict[str, RunnerVM]:
-                servers = conn.compute.servers(details=True, tags=",".join(tags))
-                return {vm.id: vm for vm in map(_to_vm, servers)}
-
-            task = asyncio.ensure_future(self._call("list servers", list_servers))
-            taken = (now, task)
-            self._snapshots[tags] = taken
-        return await asyncio.shield(taken[1])
-
-    async def _observe(self, server_id: str, tags: tuple[str, ...]) -> RunnerVM | None:
-        if tags:
-            seen = (await self._snapshot(tags)).get(server_id)
-            if seen is not None:
-                return seen
-        # Not in the shared list: it may predate the server, so ask for this one directly.
-        return await self.get(server_id)
+    # The shared observer -------------------------------------------------------------------
 
     async def _wait_active(self, server_id: str, name: str, tags: tuple[str, ...]) -> RunnerVM:
-        deadline = time.monotonic() + self._config.active_timeout
-        # Look early and then less often: fast clouds are ACTIVE within seconds.
-        interval = min(0.1, self._config.poll_interval)
+        """Wait for the server to leave BUILD, told by the observer of `tags`; the deadline is a
+        timer of its own, so an ACTIVE timeout fires on time whatever the listing interval."""
+        timeout = self._config.active_timeout
+        if not tags:
+            vm = await self._poll_until_built(server_id, name)
+        else:
+            waiter = _Waiter(time.monotonic(), asyncio.get_running_loop().create_future())
+            self._waiters.setdefault(tags, {})[server_id] = waiter
+            self._arrivals.setdefault(tags, asyncio.Event()).set()
+            self._ensure_observer(tags)
+            try:
+                vm = await asyncio.wait_for(asyncio.shield(waiter.found), timeout)
+            except TimeoutError:
+                last_error = self._observer_errors.get(tags)
+                seen = f" (last look: {last_error})" if last_error else ""
+                raise ActiveTimeout(
+                    f"server {name} still BUILD after {timeout:g} s{seen}"
+                ) from None
+            finally:
+                waiting = self._waiters.get(tags, {})
+                if waiting.get(server_id) is waiter:
+                    del waiting[server_id]
+        if vm is None:
+            raise ServerFailed(name, "the server disappeared while booting")
+        if vm.status == "ERROR":
+            raise ServerFailed(name, vm.fault or "ERROR without a fault message")
+        # ACTIVE, or already past it (a fast job can power the VM off before we look).
+        return vm
+
+    def _ensure_observer(self, tags: tuple[str, ...]) -> None:
+        running = self._observers.get(tags)
+        if running is None or running.done():
+            self._observers[tags] = asyncio.get_running_loop().create_task(
+                self._observe(tags), name=f"openstack-observer:{','.join(tags)}"
+            )
+
+    async def _observe(self, tags: tuple[str, ...]) -> None:
+        """While servers with `tags` wait: one listing at a time, each waiter woken when its
+        server has left BUILD or is gone. The listing's cost is one request and a dict per
+        server, however many boot.
+
+        Listings follow the newest waiter: its first look soon after it arrives (a fast cloud is
+        ACTIVE within a second, and a runner that starts its job before we have seen its
+        server ACTIVE skips `booting`), then twice as far apart up to `poll_interval`. In a
+        burst that is one listing per first look, never one per server, and the first look
+        moves out as the waiters grow: each listing reads every server of the burst."""
+        waiting = self._waiters.setdefault(tags, {})
+        arrived = self._arrivals.setdefault(tags, asyncio.Event())
+
+        def first_look() -> float:
+            soon = FIRST_LOOK + FIRST_LOOK_PER_WAITER * len(waiting)
+            return min(soon, self._config.poll_interval)
+
+        gap = first_look()
+        listed_at = time.monotonic()
+        while waiting:
+            if arrived.is_set():
+                arrived.clear()
+                gap = first_look()
+            left = listed_at + gap - time.monotonic()
+            if left > 0:
+                # Woken early by a new waiter (its first look may be due sooner), or at time.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(arrived.wait(), left)
+                continue
+            started = listed_at = time.monotonic()
+            gap = min(gap * 2, self._config.poll_interval)
+            try:
+                servers = await self._call(
+                    "list booting servers", functools.partial(_list_servers, tags=tags)
+                )
+            except ProvisionerError as exc:
+                # One failed look is not a failed boot; each waiter's deadline still holds.
+                self._observer_errors[tags] = exc
+                continue
+            self._observer_errors.pop(tags, None)
+            seen = {str(server["id"]): server for server in servers}
+            missing: list[tuple[str, _Waiter]] = []
+            for server_id, waiter in list(waiting.items()):
+                server = seen.get(server_id)
+                if server is None:
+                    # Not in a listing begun after it was created: gone, or a cloud that
+                    # ignored the tags it was created with. One GET tells which.
+                    if waiter.since < started:
+                        missing.append((server_id, waiter))
+                elif server.get("status") != "BUILD" and not waiter.found.done():
+                    waiter.found.set_result(_to_vm(server))
+            for server_id, waiter in missing:
+                with contextlib.suppress(ProvisionerError):
+                    vm = await self.get(server_id)
+                    if (vm is None or vm.status != "BUILD") and not waiter.found.done():
+                        waiter.found.set_result(vm)
+
+    async def _poll_until_built(self, server_id: str, name: str) -> RunnerVM | None:
+        """Without ownership tags there is no listing to share: this server alone, polled."""
+        timeout = self._config.active_timeout
+        deadline = time.monotonic() + timeout
         while True:
             try:
-                vm = await self._observe(server_id, tags)
+                vm = await self.get(server_id)
             except TemporaryProvisionerError as exc:
                 # One failed look is not a failed boot; the deadline still holds.
                 if time.monotonic() >= deadline:
                     raise ActiveTimeout(f"server {name}: {exc}") from exc
-                await asyncio.sleep(interval)
-                continue
-            if vm is None:
-                raise ServerFailed(name, "the server disappeared while booting")
-            if vm.status not in ("BUILD", "ERROR"):
-                # ACTIVE, or already past it (a fast job can power the VM off before we look).
-                return vm
-            if vm.status == "ERROR":
-                raise ServerFailed(name, vm.fault or "ERROR without a fault message")
-            if time.monotonic() >= deadline:
-                raise ActiveTimeout(
-                    f"server {name} still {vm.status} after {self._config.active_timeout:g} s"
-                )
-            await asyncio.sleep(interval)
-            interval = min(interval * 2, self._config.poll_interval)
+            else:
+                if vm is None or vm.status != "BUILD":
+                    return vm
+                if time.monotonic() >= deadline:
+                    raise ActiveTimeout(f"server {name} still BUILD after {timeout:g} s")
+            left = max(0.0, deadline - time.monotonic())
+            await asyncio.sleep(min(self._config.poll_interval, left))
 
     async def _delete_quietly(self, server_id: str) -> None:
         # The caller's error is the one worth raising; the sweep deletes any leftover.
@@ -597,13 +842,9 @@ class OpenStackProvisioner:
         self._headroom.released(server_id)
 
     async def get(self, server_id: str) -> RunnerVM | None:
-        def get_server(conn: openstack.connection.Connection) -> RunnerVM | None:
-            try:
-                return _to_vm(conn.compute.get_server(server_id))
-            except openstack.exceptions.NotFoundException:
-                return None
-
-        return await self._call(f"get server {server_id}", get_server)
+        return await self._call(
+            f"get server {server_id}", functools.partial(_get_server, server_id=server_id)
+        )
 
     async def list_owned(self, tags: tuple[str, ...]) -> list[RunnerVM]:
         if not tags:
@@ -612,9 +853,9 @@ class OpenStackProvisioner:
         wanted = set(tags)
 
         def list_servers(conn: openstack.connection.Connection) -> list[RunnerVM]:
-            servers = conn.compute.servers(details=True, tags=",".join(tags))
+            servers = map(_to_vm, _list_servers(conn, tags))
             # Filter again: a cloud that ignored the filter must not hand us foreign servers.
-            return [vm for vm in map(_to_vm, servers) if wanted.issubset(vm.tags)]
+            return [vm for vm in servers if wanted.issubset(vm.tags)]
 
         return await self._call("list owned servers", list_servers)
 
@@ -752,6 +993,14 @@ class OpenStackProvisioner:
 
 # The pre-flight's look-ups: each runs on a worker thread, returns what it found as one line, and
 # raises (translated by `_call`) when the thing is not there.
+
+
+# What a create resolves by name or id (raising ResourceNotFound when there is none).
+_FINDERS: dict[str, Callable[[openstack.connection.Connection, str], Any]] = {
+    "image": lambda conn, ref: conn.image.find_image(ref, ignore_missing=False),
+    "flavor": lambda conn, ref: conn.compute.find_flavor(ref, ignore_missing=False),
+    "network": lambda conn, ref: conn.network.find_network(ref, ignore_missing=False),
+}
 
 
 def _missing(kind: str, ref: str) -> PermanentProvisionerError:

@@ -410,7 +410,10 @@ class Settings(BaseSettings):
     # this process's own creates and deletes between reads, so this catches only changes from
     # outside (other deployments in the project, a new quota) (docs/architecture.md#capacity).
     capacity_refresh_interval: Duration = 60.0
-    provision_concurrency: int = Field(default=8, ge=1, le=256)
+    # Creates in flight at once (JIT config + create request) and OpenStack worker threads. 32
+    # lets a burst of 500 jobs reach the cloud within 5 s at 100 ms per API call (8: 15-20 s),
+    # and more gains nothing there (bench/README.md, scale_up); Nova's API takes it easily.
+    provision_concurrency: int = Field(default=32, ge=1, le=256)
 
     # Runner lifecycle (docs/architecture.md#runner-lifecycle-and-the-deletion-rule)
     boot_timeout: Duration = 600.0

@@ -114,6 +114,19 @@ async def _resolve_runner(
     return True
 
 
+# How long the start waits for the cloud's warm-up (authentication, the image, flavor and
+# network ids) before it opens its sessions; a cloud that does not answer is the creates' to report.
+WARM_UP_WAIT = 30.0
+
+
+async def _wait_warm(provisioner: OpenStackProvisioner | None) -> None:
+    if provisioner is None:
+        return
+    warm = asyncio.ensure_future(provisioner.wait_warm())
+    await asyncio.wait({warm}, timeout=WARM_UP_WAIT)
+    warm.cancel()
+
+
 async def run_service(
     settings: Settings,
     stop: asyncio.Event | None = None,
@@ -168,6 +181,7 @@ async def run_service(
             else:
                 versions = wiring.runner_versions(settings, gh, http)
                 provisioner = OpenStackProvisioner(wiring.openstack_config(settings))
+                provisioner.start()
                 build = scaler_factory_builder or functools.partial(
                     wiring.vm_scalers, settings, metrics=metrics
                 )
@@ -205,6 +219,7 @@ async def run_service(
         if versions is not None and not await _resolve_runner(versions, settings, policy, stop):
             log.info("service_stopped", failed_scale_sets=0)
             return 0
+        await _wait_warm(provisioner)
         async with asyncio.TaskGroup() as group:
             tasks = [
                 group.create_task(supervisor.run(stop), name=f"scale-set:{supervisor.name}")

@@ -132,6 +132,9 @@ def openstack_config(settings: Settings) -> OpenStackConfig:
         active_timeout=settings.openstack_server_active_timeout,
         max_workers=settings.provision_concurrency,
         capacity_refresh_interval=settings.capacity_refresh_interval,
+        # Resolved at start (the warm-up), so no scale set's first job pays for the look-ups.
+        images=tuple(spec.image for spec in settings.runners if spec.image),
+        flavors=tuple(spec.flavor for spec in settings.runners if spec.flavor),
     )
 
 

@@ -50,7 +50,7 @@ from scaleset_listener.vm_scaler.ledger import (
     TrackedRunner,
     adoptions,
 )
-from scaleset_listener.vm_scaler.plan import Lifecycle, Observation, plan
+from scaleset_listener.vm_scaler.plan import Lifecycle, Observation, next_deadline, plan
 from scaleset_listener.wire import JobCompleted, JobStarted, RunnerReference, Statistics
 
 Clock = Callable[[], float]
@@ -185,6 +185,9 @@ class VMScaler:
             # unless forced, and forcing cancels their jobs).
             self.ledger.abandon_all(f"scale set {self._scale_set_id} was deleted at GitHub")
             self._sweeper.forget_missing()
+            # The old set's demand is not the new set's: nothing is created for it until the new
+            # set's own statistics say how many (else a pass in between creates the old count).
+            self._desired = 0
         self._scale_set_id = scale_set_id
         self._executor.ownership = self._ownership()
         self._scale_set_bound.set()
@@ -273,7 +276,7 @@ class VMScaler:
                 try:
                     await asyncio.wait(
                         {waker, stopper},
-                        timeout=self._lifecycle.tick,
+                        timeout=self._until_next_pass(),
                         return_when=asyncio.FIRST_COMPLETED,
                     )
                 finally:
@@ -281,6 +284,15 @@ class VMScaler:
         finally:
             stopper.cancel()
             await self._executor.drain()
+
+    def _until_next_pass(self) -> float:
+        """The tick, or less when a runner's deadline (a boot timeout...) is due sooner."""
+        now = self._clock()
+        due = next_deadline(list(self.ledger.runners.values()), self._lifecycle, now)
+        if due is None:
+            return self._lifecycle.tick
+        # A hair past the deadline, so that the pass then sees it run out.
+        return min(self._lifecycle.tick, due - now + 0.001)
 
     async def _converge_safely(self) -> None:
         try:

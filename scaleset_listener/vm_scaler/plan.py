@@ -254,6 +254,28 @@ def _finished_step(
     return DeleteRunner(runner.name, DeleteReason.DEREGISTRATION_TIMEOUT)
 
 
+def next_deadline(
+    runners: Sequence[TrackedRunner], lifecycle: Lifecycle, now: float
+) -> float | None:
+    """When the earliest timer of `runners` still to come after `now` runs out (boot, idle,
+    deregistration, lifetime): the loop wakes then rather than at its next tick, so a deadline
+    is acted on when it is due. One already past is the pass's that just ran (it may keep the
+    runner, e.g. busy at GitHub), so it does not count: no pass is repeated at once for it."""
+    due: list[float] = []
+    for runner in runners:
+        if runner.server_id is None:
+            continue  # its create owns it until it returns
+        if runner.phase in OWNED_PHASES or runner.phase is Phase.FINISHED:
+            due.append(runner.created_at + lifecycle.max_runner_lifetime)
+        if runner.phase is Phase.BOOTING:
+            due.append(runner.phase_since + lifecycle.boot_timeout)
+        elif runner.phase is Phase.IDLE:
+            due.append(runner.phase_since + lifecycle.idle_runner_timeout)
+        elif runner.phase is Phase.FINISHED and runner.job_completed_at is not None:
+            due.append(runner.job_completed_at + lifecycle.deregistration_timeout)
+    return min((when for when in due if when > now), default=None)
+
+
 def _retirements(
     owned: Sequence[TrackedRunner], surplus: int, now: float, lifecycle: Lifecycle
 ) -> list[Step]:

@@ -25,6 +25,7 @@ from scaleset_listener.vm_scaler.plan import (
     RetireIdle,
     Step,
     WarnStillBusy,
+    next_deadline,
     plan,
 )
 from scaleset_listener.wire import RunnerReference
@@ -297,3 +298,21 @@ def test_plan_changes_nothing_it_reads() -> None:
     before = [dataclasses.replace(r) for r in runners]
     plan(observe(runners, desired=0), LIFECYCLE, MAX)
     assert runners == before
+
+
+def test_the_next_deadline_is_the_earliest_timer_still_to_come() -> None:
+    runners = [
+        runner("booting", Phase.BOOTING, in_phase=590),  # boot timeout in 10 s
+        runner("idle", Phase.IDLE, in_phase=280),  # idle timeout in 20 s
+        runner("finished", Phase.FINISHED, completed_ago=25),  # deregistration in 5 s
+        runner("in-flight", Phase.CREATING, server=False, in_phase=599),  # its create owns it
+    ]
+    assert next_deadline(runners, LIFECYCLE, NOW) == NOW + 5
+    assert next_deadline(runners[:2], LIFECYCLE, NOW) == NOW + 10
+
+
+def test_a_deadline_already_past_does_not_count_so_no_pass_repeats_at_once() -> None:
+    # A finished runner GitHub still reports busy stays past its deregistration timeout.
+    kept = runner("kept", Phase.FINISHED, completed_ago=60, busy_warned=True)
+    assert next_deadline([kept], LIFECYCLE, NOW) == kept.created_at + LIFECYCLE.max_runner_lifetime
+    assert next_deadline([], LIFECYCLE, NOW) is None

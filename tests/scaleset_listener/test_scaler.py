@@ -426,8 +426,11 @@ async def test_a_kept_failed_vm_is_dated_and_gives_its_floating_ip_back(world: W
 async def test_past_max_runner_lifetime_even_a_busy_runner_is_deleted_with_a_warning(
     world: World,
 ) -> None:
+    # The scaler's own deadline, not the sweep's: the sweep also deletes a VM past its lifetime,
+    # judged by the creation time in its metadata (whole seconds, so up to a second early).
+    settings = world.settings(max_runner_lifetime=1.5, vm_tracker_interval=3600)
     with capture_logs() as logs:
-        async with serving(world, world.settings(max_runner_lifetime=1.5)):
+        async with serving(world, settings):
             await world.wait_github(lambda s: any(not x["ghost"] for x in s["sessions"]))
             world.github.control.enqueue_jobs(["linux"], count=1)
             await world.wait_event("job-started")
