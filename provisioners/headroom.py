@@ -62,6 +62,13 @@ class Usage:
             self.ram_mb + other.ram_mb,
         )
 
+    def __sub__(self, other: Usage) -> Usage:
+        return Usage(
+            self.instances - other.instances,
+            self.cores - other.cores,
+            self.ram_mb - other.ram_mb,
+        )
+
 
 @dataclass
 class _Claim:
@@ -97,6 +104,9 @@ def servers_that_fit(limits: ComputeLimits, taken: Usage, size: FlavorSize) -> i
 class ProjectHeadroom:
     """Nova's last limits of the project, less the creates claimed since, plus the deletes
     released since. Single-threaded (the event loop): a claim is checked and taken in one step.
+
+    The sums are kept as claims come and go, so asking costs the same with 500 creates in
+    flight as with one (a burst asks once per create and per scaler pass).
     """
 
     def __init__(self) -> None:
@@ -110,6 +120,12 @@ class ProjectHeadroom:
         self._releases: list[_Release] = []
         # What each server created here takes, so that its delete gives back the right share.
         self._usage_by_server: dict[str, Usage] = {}
+        self._claim_of_server: dict[str, int] = {}
+        # Running sums of the above: every claim, the releases, and per owner its claims still
+        # in flight (their usage and their number).
+        self._claimed = Usage()
+        self._released = Usage()
+        self._in_flight: dict[tuple[str, ...], tuple[Usage, int]] = {}
 
     @property
     def limits(self) -> ComputeLimits | None:
@@ -129,25 +145,40 @@ class ProjectHeadroom:
         self._exhausted = False
         for claim_id, claim in list(self._claims.items()):
             if claim.accepted_at is not None and claim.accepted_at < read_began:
-                del self._claims[claim_id]
-        self._releases = [r for r in self._releases if r.released_at > read_ended]
+                self._drop(claim_id)
+        kept = [r for r in self._releases if r.released_at > read_ended]
+        self._releases = kept
+        self._released = sum((r.usage for r in kept), Usage())
 
     def taken(self, owner: tuple[str, ...] | None = None) -> Usage:
         """Claims less releases since the last read; without the claims of `owner`'s creates
         in flight (the caller counts those itself)."""
-        total = Usage()
-        for claim in self._claims.values():
-            if not (claim.in_flight and owner is not None and claim.owner == owner):
-                total += claim.usage
-        for release in self._releases:
-            total += Usage(-release.usage.instances, -release.usage.cores, -release.usage.ram_mb)
+        total = self._claimed - self._released
+        if owner is not None and owner in self._in_flight:
+            total -= self._in_flight[owner][0]
         return total
+
+    def _count_in_flight(self, claim: _Claim, sign: int) -> None:
+        usage, count = self._in_flight.get(claim.owner, (Usage(), 0))
+        usage = usage + claim.usage if sign > 0 else usage - claim.usage
+        if count + sign:
+            self._in_flight[claim.owner] = (usage, count + sign)
+        else:
+            self._in_flight.pop(claim.owner, None)
+
+    def _drop(self, claim_id: int) -> None:
+        claim = self._claims.pop(claim_id)
+        self._claimed -= claim.usage
+        if claim.in_flight:
+            self._count_in_flight(claim, -1)
+        if claim.server_id is not None:
+            self._claim_of_server.pop(claim.server_id, None)
 
     def free_servers(self, size: FlavorSize, owner: tuple[str, ...]) -> int | None:
         """More servers of `size` that fit, `owner`'s creates in flight handed back; None when
         the quota does not limit them (or has not been read)."""
         if self._exhausted:
-            return sum(c.in_flight and c.owner == owner for c in self._claims.values())
+            return self._in_flight.get(owner, (Usage(), 0))[1]
         if self._limits is None:
             return None
         return servers_that_fit(self._limits, self.taken(owner), size)
@@ -162,7 +193,10 @@ class ProjectHeadroom:
             if fit is not None and fit < 1:
                 return None
         claim_id = next(self._claim_ids)
-        self._claims[claim_id] = _Claim(Usage.of(size), owner)
+        claim = _Claim(Usage.of(size), owner)
+        self._claims[claim_id] = claim
+        self._claimed += claim.usage
+        self._count_in_flight(claim, +1)
         return claim_id
 
     def accepted(self, claim_id: int, server_id: str) -> None:
@@ -172,10 +206,12 @@ class ProjectHeadroom:
             claim.server_id = server_id
             claim.accepted_at = next(self._events)
             self._usage_by_server[server_id] = claim.usage
+            self._claim_of_server[server_id] = claim_id
 
     def refused(self, claim_id: int) -> None:
         """The create request failed: nothing was taken."""
-        self._claims.pop(claim_id, None)
+        if claim_id in self._claims:
+            self._drop(claim_id)
 
     def exhausted(self) -> None:
         """Nova refused a create for quota: whatever the last read said, there is no room
@@ -184,9 +220,10 @@ class ProjectHeadroom:
 
     def settled(self, server_id: str) -> None:
         """The create has finished (ACTIVE, or failed and deleted): no longer in flight."""
-        for claim in self._claims.values():
-            if claim.server_id == server_id:
-                claim.in_flight = False
+        claim = self._claims.get(self._claim_of_server.get(server_id, 0))
+        if claim is not None and claim.in_flight:
+            claim.in_flight = False
+            self._count_in_flight(claim, -1)
 
     def released(self, server_id: str) -> None:
         """The server is gone. Only a server created here gives its share back at once: another
@@ -195,3 +232,4 @@ class ProjectHeadroom:
         usage = self._usage_by_server.pop(server_id, None)
         if usage is not None:
             self._releases.append(_Release(usage, next(self._events)))
+            self._released += usage
