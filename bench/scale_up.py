@@ -105,21 +105,26 @@ def slow_cloud(directory: Path, latency: float, jobs: int) -> Iterator[str]:
 
 
 class CreateCounter:
-    """Counts the create requests the cloud has seen, reading only the log's new entries; keeps
-    the CPU time it spends, which is the bench's and not the listener's."""
+    """Counts the create requests the cloud has seen and when each arrived (the cloud's clock,
+    not when this bench looked), reading only the log's new entries; keeps the CPU time it
+    spends, which is the bench's and not the listener's."""
 
     def __init__(self, control: CloudControl) -> None:
         self._control = control
         self._seen = 0
-        self.count = 0
+        self.arrivals: list[float] = []
         self.cpu_seconds = 0.0
+
+    @property
+    def count(self) -> int:
+        return len(self.arrivals)
 
     def __call__(self) -> int:
         began = time.thread_time()
         new = self._control.requests(since=self._seen)
         if new:
             self._seen = new[-1].id
-            self.count += sum(1 for r in new if r.endpoint == "compute.servers.create")
+            self.arrivals += [r.received_at for r in new if r.endpoint == "compute.servers.create"]
         self.cpu_seconds += time.thread_time() - began
         return self.count
 
@@ -127,23 +132,21 @@ class CreateCounter:
 async def watch_creates(
     control: CloudControl,
     target: int,
-    started: float,
+    started_at: float,
     timeout: float,
     counter: CreateCounter | None = None,
 ) -> tuple[float | None, float | None]:
-    """Seconds from `started` to the first and to the `target`-th create request."""
+    """Seconds from `started_at` (Unix time) to the arrival of the first and of the
+    `target`-th create request at the cloud."""
     counter = counter or CreateCounter(control)
-    first = last = None
-    deadline = started + timeout
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        count = await asyncio.to_thread(counter)
-        now = time.monotonic() - started
-        if count >= 1 and first is None:
-            first = now
-        if count >= target:
-            last = now
+        if await asyncio.to_thread(counter) >= target:
             break
         await asyncio.sleep(0.05)
+    arrivals = sorted(counter.arrivals)
+    first = arrivals[0] - started_at if arrivals else None
+    last = arrivals[target - 1] - started_at if len(arrivals) >= target else None
     return first, last
 
 
@@ -198,9 +201,9 @@ async def run_listener(jobs: int, latency: float, concurrency: int | None, timeo
         )
         counter = CreateCounter(control)
         cpu_before = time.process_time()
-        started = time.monotonic()
+        started, started_at = time.monotonic(), time.time()
         github.enqueue_jobs([LABEL], count=jobs)
-        first, last = await watch_creates(control, jobs, started, timeout, counter)
+        first, last = await watch_creates(control, jobs, started_at, timeout, counter)
         cpu_at_last_create = time.process_time() - counter.cpu_seconds - cpu_before
         # Every VM through ACTIVE (the scaler's count), then the CPU the listener spent on them.
         deadline = started + timeout
@@ -238,9 +241,9 @@ async def run_baseline(jobs: int, sample: int, latency: float, poll: float, time
         settings = listener_settings(github_url, sample, 1)
         provisioner = OpenStackProvisioner(openstack_config(settings))
         ownership = Ownership("baseline", 1)
-        started = time.monotonic()
+        started, started_at = time.monotonic(), time.time()
         github.enqueue_jobs([LABEL], count=sample)
-        watcher = asyncio.create_task(watch_creates(control, sample, started, timeout))
+        watcher = asyncio.create_task(watch_creates(control, sample, started_at, timeout))
         handled: set[int] = set()
         # The poll phase is uniform over the interval; use its mean.
         next_poll = started + poll / 2

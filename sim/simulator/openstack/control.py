@@ -73,6 +73,8 @@ class RequestRecord:
     fault_id: int | None
     dropped: bool
     body: Any
+    # When the request arrived (Unix time), before any delay a fault put on its answer.
+    received_at: float = 0.0
 
     @classmethod
     def from_json(cls, data: JSON) -> RequestRecord:
@@ -88,6 +90,7 @@ class RequestRecord:
             fault_id=data["fault_id"],
             dropped=data["dropped"],
             body=data["body"],
+            received_at=float(data.get("time", 0.0)) - float(data.get("duration_ms", 0.0)) / 1000,
         )
 
 
