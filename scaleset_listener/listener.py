@@ -350,8 +350,9 @@ class Listener:
                     if self._latest_statistics is not None and not self._stop.is_set():
                         await self._hand_on_demand(self._latest_statistics)
                 else:
+                    received_at = time.monotonic()
                     # The message in hand is finished even if shutdown arrives meanwhile.
-                    await asyncio.shield(self._handle(session, envelope))
+                    await asyncio.shield(self._handle(session, envelope, received_at))
                 # A full cycle worked: the next failure is a new incident, backed off afresh.
                 self._recovery_backoff.reset()
         finally:
@@ -442,7 +443,11 @@ class Listener:
                 )
         return jobs, unreadable
 
-    async def _handle(self, session: MessageSession, envelope: MessageEnvelope) -> None:
+    async def _handle(
+        self, session: MessageSession, envelope: MessageEnvelope, received_at: float
+    ) -> None:
+        """One message, `received_at` (monotonic) when the poll answered: the line
+        `message_handled` says how long until the scaler had all of it (`decision_ms`)."""
         log = self._log.bind(message_id=envelope.message_id)
         self._last_message_id = max(self._last_message_id, envelope.message_id)
         stats = envelope.statistics
@@ -454,7 +459,6 @@ class Listener:
         jobs, unreadable = self._read(log, envelope)
         await session.ack(envelope.message_id)
         self.messages_handled += 1
-        log.debug("message_acked", jobs=len(jobs))
 
         requested = [
             job.runner_request_id
@@ -482,3 +486,10 @@ class Listener:
         # (re-asserted on empty polls) until the next good statistics.
         if stats is not None:
             await self._hand_on_demand(stats)
+        # From the poll's answer to the scaler holding everything the message said (its
+        # handlers only record and wake its loop): the listener's share of a scaling decision.
+        log.info(
+            "message_handled",
+            jobs=len(jobs),
+            decision_ms=round((time.monotonic() - received_at) * 1000, 2),
+        )

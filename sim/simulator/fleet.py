@@ -518,6 +518,11 @@ class GuestFleet(Generic[VmT]):
             action.run()
 
 
+# Jobs completed this many seconds ago or less are in each look (a runner's removal follows its
+# job's end by far less); older ones are left out, so a look does not grow with the history.
+COMPLETED_WINDOW = 30.0
+
+
 class Fleet(GuestFleet[_Vm]):
     """Plays the VMs of a simulated cloud against a simulated GitHub; a context manager.
 
@@ -539,6 +544,7 @@ class Fleet(GuestFleet[_Vm]):
             poll_interval=self.config.poll_interval,
             request_timeout=self.config.request_timeout,
         )
+        self._user_data_seen = 0  # the highest server sequence listed with its user_data
 
     def crash_runner(self, name: str, *, power_off: bool = True) -> None:
         """The runner of server `name` dies now (idle or busy). With `power_off` run.sh exits
@@ -551,14 +557,21 @@ class Fleet(GuestFleet[_Vm]):
             self._schedule(0.0, partial(self._crash, vm, power_off))
 
     def _tick(self) -> None:
-        servers = self._cloud.state()["servers"]
-        world = self._github.state()
+        # Brief listings, so one look stays cheap with thousands of VMs: each server's user_data
+        # only until the fleet has seen it, and the jobs still open or just completed.
+        servers = self._cloud.server_briefs(self._user_data_seen)
+        world = _World(
+            self._github.state(
+                parts=("runners", "jobs"),
+                completed_within=max(COMPLETED_WINDOW, 20 * self.config.poll_interval),
+            )
+        )
         with self._cond:
             self._observe_cloud(servers, world)
             self._observe_github(world)
         self._run_due_actions()
 
-    def _observe_cloud(self, servers: list[JSON], world: JSON) -> None:
+    def _observe_cloud(self, servers: list[JSON], world: _World) -> None:
         present = {s["id"]: s for s in servers}
         for server in servers:
             if server["id"] in self._ignored:
@@ -591,6 +604,10 @@ class Fleet(GuestFleet[_Vm]):
         for vm in self._vms.values():
             if vm.phase != "gone" and vm.server_id not in present:
                 self._went_away(vm, world, "deleted")
+        # Every server listed so far was seen with its user_data once: that is enough.
+        self._user_data_seen = max(
+            (int(s["sequence"]) for s in servers), default=self._user_data_seen
+        )
 
     def _first_sight(self, server: JSON) -> _Vm | None:
         name = str(server["name"])
@@ -605,23 +622,23 @@ class Fleet(GuestFleet[_Vm]):
         self._record(name, "seen", behaviour.failure or "", seen=1)
         return vm
 
-    def _went_away(self, vm: _Vm, world: JSON, why: Literal["deleted", "down"]) -> None:
+    def _went_away(self, vm: _Vm, world: _World, why: Literal["deleted", "down"]) -> None:
         """The server was deleted, shut off or broken: a runner still online dies with it."""
         was = vm.phase
         vm.phase = "gone" if why == "deleted" else "down"
         if was in ("idle", "busy") and vm.runner_id is not None:
-            runner = _find(world["runners"], vm.runner_id)
+            runner = world.runners.get(vm.runner_id)
             if runner is not None and runner["state"] in ("idle", "busy"):
                 vm.killed_by_fleet = True
                 runner_id = vm.runner_id
                 self._schedule(0.0, partial(self._kill, vm, runner_id))
         self._record(vm.name, why)
 
-    def _observe_github(self, world: JSON) -> None:
+    def _observe_github(self, world: _World) -> None:
         for vm in self._vms.values():
             if vm.phase not in ("idle", "busy") or vm.runner_id is None:
                 continue
-            runner = _find(world["runners"], vm.runner_id)
+            runner = world.runners.get(vm.runner_id)
             if runner is None:
                 self._runner_removed(vm, world)
             elif runner["state"] == "offline":
@@ -632,10 +649,8 @@ class Fleet(GuestFleet[_Vm]):
             elif runner["state"] == "idle" and self._has_assigned_job(vm, world):
                 self._schedule(0.0, partial(self._take, vm, vm.runner_id))
 
-    def _has_assigned_job(self, vm: _Vm, world: JSON) -> bool:
-        return self.config.take_jobs and any(
-            j["state"] == "assigned" and j["scale_set_id"] == vm.scale_set_id for j in world["jobs"]
-        )
+    def _has_assigned_job(self, vm: _Vm, world: _World) -> bool:
+        return self.config.take_jobs and vm.scale_set_id in world.sets_with_assigned_jobs
 
     def _job_started(self, vm: _Vm, job_id: int | None) -> None:
         vm.phase, vm.job_id = "busy", job_id
@@ -644,10 +659,10 @@ class Fleet(GuestFleet[_Vm]):
             power_off = vm.behaviour.failure == "crash"
             self._schedule(vm.behaviour.crash_after, partial(self._crash, vm, power_off))
 
-    def _runner_removed(self, vm: _Vm, world: JSON) -> None:
+    def _runner_removed(self, vm: _Vm, world: _World) -> None:
         """The service removed the runner: its job is over (ephemeral) or its registration was
         deleted. run.sh exits, the bootstrap prints run-complete and powers off."""
-        job = _job_of(world["jobs"], vm.runner_id, vm.job_id)
+        job = _job_of(world.completed_by_runner.get(vm.runner_id, ()), vm.runner_id, vm.job_id)
         if job is not None:
             if vm.phase == "idle":  # the job ran and ended between two looks
                 self._record(vm.name, "job-started", f"job={job['id']}", jobs_started=1)
@@ -784,8 +799,19 @@ class Fleet(GuestFleet[_Vm]):
         return True
 
 
-def _find(runners: Iterable[JSON], runner_id: int | None) -> JSON | None:
-    return next((r for r in runners if r["id"] == runner_id), None)
+class _World:
+    """One look at the simulated GitHub, indexed: a fleet of thousands of VMs looks up each
+    VM's runner and job here on every tick."""
+
+    def __init__(self, state: JSON) -> None:
+        self.runners: dict[int | None, JSON] = {r["id"]: r for r in state["runners"]}
+        self.sets_with_assigned_jobs: set[int | None] = set()
+        self.completed_by_runner: dict[int | None, list[JSON]] = {}
+        for job in state["jobs"]:
+            if job["state"] == "assigned":
+                self.sets_with_assigned_jobs.add(job["scale_set_id"])
+            elif job["state"] == "completed":
+                self.completed_by_runner.setdefault(job["runner_id"], []).append(job)
 
 
 def _job_of(jobs: Iterable[JSON], runner_id: int | None, job_id: int | None) -> JSON | None:

@@ -7,7 +7,7 @@ and wait for things to happen through the server-side blocking `wait` parameters
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -322,13 +322,33 @@ class SimulatorControl:
 
     # ------------------------------------------------------------------ observation
 
-    def state(self, after_version: int | None = None, wait: float = 0.0) -> JSON:
+    def state(
+        self,
+        after_version: int | None = None,
+        wait: float = 0.0,
+        *,
+        parts: Sequence[str] | None = None,
+        completed_within: float | None = None,
+    ) -> JSON:
+        """The world; with `parts` only those keys (and `version`), with `completed_within`
+        only the jobs not completed or completed at most that many seconds ago."""
         response: JSON = self._call(
             "GET",
             "/state",
-            params={"after_version": after_version, "wait": wait},
+            params={
+                "after_version": after_version,
+                "wait": wait,
+                "parts": ",".join(parts) if parts else None,
+                "completed_within": completed_within,
+            },
             timeout=wait + 10,
         )
+        return response
+
+    def request_counts(self) -> JSON:
+        """`{"total": N, "by_endpoint": {...}}`: every request since the last reset (the
+        request log keeps only the newest)."""
+        response: JSON = self._call("GET", "/request_counts")
         return response
 
     def requests(

@@ -312,7 +312,17 @@ async def state(world: World, p: dict[str, str], body: JSON, r: Request) -> Resu
     after = _int(r, "after_version", -1)
     ledger = world.ledger
     await ledger.wait_until(lambda: ledger.waiters.version > after, _float(r, "wait", 0.0))
-    return 200, world.state()
+    parts = r.query_params.get("parts")
+    within = r.query_params.get("completed_within")
+    return 200, world.state(
+        parts.split(",") if parts else None, float(within) if within is not None else None
+    )
+
+
+@_route("GET", "/request_counts")
+async def request_counts(world: World, p: dict[str, str], body: JSON, r: Request) -> Result:
+    counts = world.ledger.request_counts
+    return 200, {"total": sum(counts.values()), "by_endpoint": dict(sorted(counts.items()))}
 
 
 def _any_after(log: Reversible[JSON], after: int, keep: Callable[[JSON], bool]) -> bool:
