@@ -12,7 +12,7 @@ it plays every VM in Python, boots instantly, takes one job per runner, powers o
 3. Drain: every job finishes; the bench waits until the cloud holds no server and GitHub no
    runner, and counts what is left as leaks.
 
-Measured on the listener process only (/proc, psutil): its peak RSS (VmHWM) over the whole run,
+Measured on the listener process only (/proc): its peak RSS (VmHWM) over the whole run,
 its CPU during the churn (user + system seconds / wall seconds). From its JSON log: each
 message's `decision_ms` (the poll answered -> the message handled and the demand handed to the
 scaler: `message_handled`), p50/p99 during the churn. From the simulators' request counters:
@@ -31,6 +31,7 @@ import collections
 import contextlib
 import json
 import math
+import os
 import re
 import signal
 import subprocess
@@ -42,10 +43,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from simulator.github.config import DEFAULT_PAT
-from simulator.github.control import ControlAPIError, SimulatorControl
+from simulator.github.control import SimulatorControl
 from simulator.listener_process import ListenerProcess, write_env_file
 from simulator.openstack.control import CloudControl
 from simulator.openstack.state import FLAVOR_NAMES, IMAGE_NAME, NETWORK_NAME
@@ -68,14 +67,19 @@ def say(text: str) -> None:
 
 
 @contextlib.contextmanager
-def peer_process(module: str, *args: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    """A simulator (or the fleet) as its own process; its URL and the process."""
-    process = subprocess.Popen(  # noqa: S603 (our own simulator modules)
-        [sys.executable, "-m", module, *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+def peer_process(
+    module: str, *args: str, log: Path | None = None
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """A simulator (or the fleet) as its own process; its URL and the process. Its stderr
+    goes to `log` when given."""
+    with contextlib.ExitStack() as files:
+        stderr = files.enter_context(log.open("w")) if log else subprocess.DEVNULL
+        process = subprocess.Popen(  # noqa: S603 (our own simulator modules)
+            [sys.executable, "-m", module, *args],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
     try:
         assert process.stdout is not None
         line = process.stdout.readline()
@@ -92,36 +96,46 @@ def peer_process(module: str, *args: str) -> Iterator[tuple[str, subprocess.Pope
             process.wait()
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc/PID/stat)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def status_kib(pid: int, key: str) -> int:
+    """A `kB` field of /proc/PID/status (VmRSS, VmHWM), in KiB; 0 once the process is gone."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{key}:"):
+                return int(line.split()[1])
+    return 0
+
+
 class Sampler:
-    """The listener's RSS and CPU, sampled on a thread (the peak RSS also from VmHWM)."""
+    """The listener's RSS, sampled on a thread (the peak also from VmHWM) and its CPU."""
 
     def __init__(self, pid: int, interval: float = 0.5) -> None:
-        self.process = psutil.Process(pid)
+        self.pid = pid
         self.interval = interval
-        self.rss_peak = 0
-        self.rss_samples: list[tuple[float, int]] = []
+        self.rss_peak_kib = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="sampler")
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            with contextlib.suppress(psutil.Error):
-                rss = self.process.memory_info().rss
-                self.rss_peak = max(self.rss_peak, rss)
-                self.rss_samples.append((time.monotonic(), rss))
+            self.rss_peak_kib = max(self.rss_peak_kib, status_kib(self.pid, "VmRSS"))
 
     def cpu_seconds(self) -> float:
-        times = self.process.cpu_times()
-        return float(times.user + times.system)
+        return cpu_seconds(self.pid)
 
-    def high_water_mark(self) -> int:
+    def high_water_mark_kib(self) -> int:
         """VmHWM: the peak resident set the kernel saw, between samples too."""
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-        return self.rss_peak
+        return status_kib(self.pid, "VmHWM") or self.rss_peak_kib
 
     def stop(self) -> None:
         self._stop.set()
@@ -183,17 +197,14 @@ class Churn:
 
     def finish(self, count: int) -> None:
         """Finish up to `count` of the oldest jobs; one not running yet goes to the back."""
-        for _ in range(min(count, len(self.running))):
-            job = self.running.popleft()
-            try:
-                self.github.finish_job(job)
-            except ControlAPIError as exc:
-                if exc.status != 409:
-                    raise
-                self.finish_refused += 1
-                self.running.append(job)
-                continue
-            self.finished += 1
+        for start in range(0, min(count, len(self.running)), 500):
+            batch = [
+                self.running.popleft() for _ in range(min(500, len(self.running), count - start))
+            ]
+            answer = self.github.finish_jobs(batch)
+            self.finished += len(answer["finished"])
+            self.finish_refused += len(answer["refused"])
+            self.running.extend(answer["refused"])
 
 
 def listener_env(args: argparse.Namespace, github_url: str, clouds_yaml: Path) -> dict[str, str]:
@@ -270,17 +281,20 @@ def run(args: argparse.Namespace) -> JSON:
                 "0",
                 "--poll-interval",
                 str(args.fleet_poll_interval),
+                "--action-workers",
+                "16",
+                log=args.fleet_log,
             )
         )
         peers = {
-            "github": psutil.Process(github_process.pid),
-            "cloud": psutil.Process(cloud_process.pid),
-            "fleet": psutil.Process(fleet_process.pid),
+            "github": github_process.pid,
+            "cloud": cloud_process.pid,
+            "fleet": fleet_process.pid,
         }
         env_file = write_env_file(
             scratch / "listener.env", listener_env(args, github_url, clouds_yaml)
         )
-        listener = stack.enter_context(ListenerProcess(env_file, cwd=REPOSITORY))
+        listener = stack.enter_context(ListenerProcess(env_file, cwd=args.listener_source))
         sampler = Sampler(listener.pid)
         stack.callback(sampler.stop)
 
@@ -288,7 +302,7 @@ def run(args: argparse.Namespace) -> JSON:
             if not listener.running:
                 raise RuntimeError(f"the listener exited: {listener.log.other_lines[-5:]}")
             sessions = github.state(parts=("sessions",))["sessions"]
-            return sum(1 for s in sessions if not s.get("ghost")) >= args.scale_sets
+            return sum(1 for s in sessions if not s.get("ghost")) >= int(args.scale_sets)
 
         result["start_s"] = round(wait_until(sessions_open, 300, "every session open", 0.5), 1)
         say(f"{args.scale_sets} sessions open after {result['start_s']} s")
@@ -302,7 +316,7 @@ def run(args: argparse.Namespace) -> JSON:
                 raise RuntimeError("the listener exited during the ramp")
             states = collections.Counter(job["state"] for job in open_jobs(github))
             say(f"  jobs {dict(states)}")
-            return states.get("running", 0) >= args.runners
+            return states.get("running", 0) >= int(args.runners)
 
         result["ramp_s"] = round(
             wait_until(all_running, args.ramp_timeout, "every job running", 5), 1
@@ -320,7 +334,7 @@ def run(args: argparse.Namespace) -> JSON:
         log_from = len(listener.log.events)
         github_before, cloud_before = github.request_counts(), cloud.request_counts()
         cpu_before = sampler.cpu_seconds()
-        peers_before = {name: sum(p.cpu_times()[:2]) for name, p in peers.items()}
+        peers_before = {name: cpu_seconds(pid) for name, pid in peers.items()}
         started = time.monotonic()
         tick = 0.5
         due = 0.0
@@ -344,8 +358,8 @@ def run(args: argparse.Namespace) -> JSON:
         result["cpu_cores"] = round(cpu / wall, 3)
         result["listener_cpu_s_churn"] = round(cpu, 1)
         result["peer_cpu_cores_churn"] = {
-            name: round((sum(p.cpu_times()[:2]) - peers_before[name]) / wall, 3)
-            for name, p in peers.items()
+            name: round((cpu_seconds(pid) - peers_before[name]) / wall, 3)
+            for name, pid in peers.items()
         }
         decisions = [
             float(e["decision_ms"])
@@ -395,8 +409,7 @@ def run(args: argparse.Namespace) -> JSON:
         results = collections.Counter(str(job["result"]) for job in jobs)
         result["job_results"] = dict(results)
         result["drain_wall_s"] = round(time.monotonic() - drain_started, 1)
-        result["rss_mb"] = round(sampler.high_water_mark() / 2**20, 1)
-        result["rss_mb_sampled_peak"] = round(sampler.rss_peak / 2**20, 1)
+        result["rss_mb"] = round(sampler.high_water_mark_kib() / 1024, 1)
         errors = collections.Counter(
             str(e.get("event")) for e in listener.log.events if e.get("level") in ("error",)
         )
@@ -424,9 +437,18 @@ def main() -> None:
     )
     parser.add_argument("--headroom", type=int, default=10, help="max_runners above the share")
     parser.add_argument("--fleet-poll-interval", type=float, default=0.5)
+    parser.add_argument("--fleet-log", type=Path, help="write the scripted fleet's log here")
+    parser.add_argument(
+        "--listener-source",
+        type=Path,
+        default=REPOSITORY,
+        help="the checkout whose scaleset_listener runs (an older commit, to compare)",
+    )
     parser.add_argument("--ramp-timeout", type=float, default=1800.0)
     parser.add_argument("--drain-timeout", type=float, default=900.0)
     args = parser.parse_args()
+    # SIGTERM unwinds like an exception, so every process started here is stopped.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     say(
         f"fleet: {args.scale_sets} scale sets, {args.runners} runners, churn "
         f"{args.churn_rate:g}/s for {args.churn_seconds:g} s"

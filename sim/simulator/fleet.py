@@ -53,6 +53,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from functools import partial
 from types import FrameType, TracebackType
@@ -91,6 +92,8 @@ class FleetConfig:
     poll_interval: float = 0.03
     take_jobs: bool = True
     request_timeout: float = 5.0
+    # Threads running the VMs' due steps side by side (1: one after the other, in order).
+    action_workers: int = 1
 
     def __post_init__(self) -> None:
         for name in ("boot_seconds", "poweroff_seconds", "poll_interval", "request_timeout"):
@@ -261,7 +264,13 @@ class GuestFleet(Generic[VmT]):
     )
 
     def __init__(
-        self, github_url: str, cloud_url: str, *, poll_interval: float, request_timeout: float
+        self,
+        github_url: str,
+        cloud_url: str,
+        *,
+        poll_interval: float,
+        request_timeout: float,
+        action_workers: int = 1,
     ) -> None:
         self.github_url = github_url.rstrip("/")
         self.cloud_url = cloud_url.rstrip("/")
@@ -280,6 +289,13 @@ class GuestFleet(Generic[VmT]):
         self._ticks = 0
         self._github = SimulatorControl(self.github_url, timeout=request_timeout)
         self._cloud = CloudControl(self.cloud_url, timeout=request_timeout)
+        # More than one worker: the due steps of different VMs run side by side (thousands of
+        # VMs each waiting on the simulators one after the other would fall behind).
+        self._workers = (
+            ThreadPoolExecutor(action_workers, thread_name_prefix=f"simulator.{self._NAME}")
+            if action_workers > 1
+            else None
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -300,6 +316,8 @@ class GuestFleet(Generic[VmT]):
         if thread is not None:
             thread.join(timeout)
         self._stopped()
+        if self._workers is not None:
+            self._workers.shutdown(wait=True)
         self._github.close()
         self._cloud.close()
 
@@ -489,6 +507,9 @@ class GuestFleet(Generic[VmT]):
                     self._ticks += 1
                     self._cond.notify_all()
             except self._SURVIVED as exc:
+                log.warning(
+                    "%s: one look failed (retried): %s: %s", self._NAME, type(exc).__name__, exc
+                )
                 with self._cond:
                     self._record("", "error", f"{type(exc).__name__}: {exc}", errors=1)
             except Exception as exc:  # a bug here must not silently stop every VM
@@ -510,12 +531,25 @@ class GuestFleet(Generic[VmT]):
 
     def _run_due_actions(self) -> None:
         while True:
+            due: list[_Action] = []
             with self._cond:
-                if not self._actions or self._actions[0].due > time.monotonic():
-                    return
-                action = heapq.heappop(self._actions)
+                now = time.monotonic()
+                while self._actions and self._actions[0].due <= now:
+                    due.append(heapq.heappop(self._actions))
+                    if self._workers is None:
+                        break
+            if not due:
+                return
             # Actions call the simulators; they take the lock themselves for bookkeeping.
-            action.run()
+            if self._workers is None:
+                due[0].run()
+                continue
+            # Each step checks its VM's phase under the lock, and the batch ends before the
+            # next look at the world; the first failure is raised once every step has run.
+            running = [self._workers.submit(action.run) for action in due]
+            wait(running)
+            for step in running:
+                step.result()
 
 
 # Jobs completed this many seconds ago or less are in each look (a runner's removal follows its
@@ -543,6 +577,7 @@ class Fleet(GuestFleet[_Vm]):
             cloud_url,
             poll_interval=self.config.poll_interval,
             request_timeout=self.config.request_timeout,
+            action_workers=self.config.action_workers,
         )
         self._user_data_seen = 0  # the highest server sequence listed with its user_data
 
@@ -837,6 +872,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--poweroff-seconds", type=float, default=defaults.poweroff_seconds)
     parser.add_argument("--poll-interval", type=float, default=defaults.poll_interval)
     parser.add_argument(
+        "--action-workers",
+        type=int,
+        default=defaults.action_workers,
+        help="threads running the VMs' steps side by side (thousands of VMs: 8 or more)",
+    )
+    parser.add_argument(
         "--no-take-jobs",
         action="store_true",
         help="leave taking jobs to the GitHub simulator's auto_take",
@@ -852,6 +893,7 @@ def main(argv: list[str] | None = None) -> int:
         poweroff_seconds=args.poweroff_seconds,
         poll_interval=args.poll_interval,
         take_jobs=not args.no_take_jobs,
+        action_workers=args.action_workers,
     )
     stop = threading.Event()
 

@@ -209,6 +209,14 @@ class SimulatorControl:
         response: JSON = self._call("POST", f"/jobs/{job_id}/finish", {"result": result})
         return response
 
+    def finish_jobs(self, job_ids: Iterable[int], result: str = "succeeded") -> JSON:
+        """Finish many running jobs in one call: `{"finished": [...], "refused": [...]}`
+        (refused: not running, or unknown)."""
+        response: JSON = self._call(
+            "POST", "/jobs/finish", {"ids": list(job_ids), "result": result}
+        )
+        return response
+
     def cancel_job(self, job_id: int) -> JSON:
         response: JSON = self._call("POST", f"/jobs/{job_id}/cancel")
         return response

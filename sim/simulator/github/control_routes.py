@@ -200,6 +200,24 @@ async def finish_job(world: World, p: dict[str, str], body: JSON, r: Request) ->
     return 200, job.to_state()
 
 
+@_route("POST", "/jobs/finish")
+async def finish_jobs(world: World, p: dict[str, str], body: JSON, r: Request) -> Result:
+    """Finish many running jobs at once (a bench churning thousands); the others are named."""
+    ids = body.get("ids")
+    if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
+        raise ControlError(400, "ids must be a list of job ids")
+    result = str(body.get("result", "succeeded"))
+    finished, refused = [], []
+    for job_id in ids:
+        try:
+            world.jobs.finish(job_id, result)
+        except ControlError:
+            refused.append(job_id)
+        else:
+            finished.append(job_id)
+    return 200, {"finished": finished, "refused": refused}
+
+
 @_route("POST", r"/jobs/(?P<job>\d+)/cancel")
 async def cancel_job(world: World, p: dict[str, str], body: JSON, r: Request) -> Result:
     return 200, world.jobs.cancel(int(p["job"])).to_state()

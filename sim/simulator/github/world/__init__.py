@@ -13,11 +13,11 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 
 from simulator.github.config import SimulatorConfig
 from simulator.github.faults import FaultBook
-from simulator.github.model import JSON
+from simulator.github.model import JSON, Job
 from simulator.github.tokens import JwtIssuer
 from simulator.github.world.credentials import Credentials
 from simulator.github.world.jobs import Jobs
@@ -100,7 +100,7 @@ class World:
 
     def _state(self, completed_within: float | None) -> JSON:
         ledger, scale_sets = self.ledger, self.scale_sets
-        jobs = self.jobs.by_id.values()
+        jobs: Iterable[Job] = self.jobs.by_id.values()
         if completed_within is not None:
             since = time.time() - completed_within
             jobs = [j for j in jobs if j.finish_time is None or j.finish_time >= since]
