@@ -283,6 +283,8 @@ def run(args: argparse.Namespace) -> JSON:
                 str(args.fleet_poll_interval),
                 "--action-workers",
                 "16",
+                "--request-timeout",
+                "120",
                 log=args.fleet_log,
             )
         )
@@ -371,16 +373,15 @@ def run(args: argparse.Namespace) -> JSON:
         result["decision_p50_ms"] = None if p50 is None else round(p50, 2)
         result["decision_p99_ms"] = None if p99 is None else round(p99, 2)
         result["decision_max_ms"] = round(max(decisions), 2) if decisions else None
-        result["github_requests_per_job"], result["github_by_endpoint"] = per_job(
-            github_before, github_after, served
-        )
-        result["cloud_requests_per_job"], result["cloud_by_endpoint"] = per_job(
-            cloud_before, cloud_after, served
-        )
+        result["github_requests_per_job_churn"], _ = per_job(github_before, github_after, served)
+        result["cloud_requests_per_job_churn"], _ = per_job(cloud_before, cloud_after, served)
+        states = collections.Counter(job["state"] for job in open_jobs(github))
+        # Jobs not on a runner yet when the churn ended: the listener's (or the fleet's) lag.
+        result["backlog_at_churn_end"] = sum(n for state, n in states.items() if state != "running")
         say(
             f"churn: {served} jobs in {wall:.0f} s, listener {result['cpu_cores']} cores, "
-            f"decision p99 {result['decision_p99_ms']} ms, GitHub "
-            f"{result['github_requests_per_job']}/job, cloud {result['cloud_requests_per_job']}/job"
+            f"decision p99 {result['decision_p99_ms']} ms, backlog "
+            f"{result['backlog_at_churn_end']} jobs"
         )
 
         # Drain ---------------------------------------------------------------------------
@@ -401,6 +402,17 @@ def run(args: argparse.Namespace) -> JSON:
             )
         except TimeoutError:
             result["drain_s"] = None
+        # Every request of the whole run (start, ramp, churn, drain) over every job it served:
+        # nothing is left in flight once the world is empty, so nothing is counted short.
+        all_jobs = args.runners + served
+        result["jobs_total"] = all_jobs
+        result["github_requests_per_job"], result["github_by_endpoint"] = per_job(
+            {"total": 0, "by_endpoint": {}}, github.request_counts(), all_jobs
+        )
+        result["cloud_requests_per_job"], result["cloud_by_endpoint"] = per_job(
+            {"total": 0, "by_endpoint": {}}, cloud.request_counts(), all_jobs
+        )
+        result["listener_cpu_ms_per_job"] = round(1000 * sampler.cpu_seconds() / all_jobs, 1)
         servers_left = len(cloud.server_briefs(user_data_after=1 << 62))
         runners_left = len(github.state(parts=("runners",))["runners"])
         result["leaks"] = servers_left + runners_left
@@ -419,6 +431,10 @@ def run(args: argparse.Namespace) -> JSON:
             for name, goal in GOALS.items()
         }
         listener.stop(60)
+        if args.listener_log is not None:
+            with args.listener_log.open("w") as out:
+                for event in listener.log.events:
+                    out.write(json.dumps(event) + "\n")
     return result
 
 
@@ -432,12 +448,13 @@ def main() -> None:
     parser.add_argument(
         "--vm-tracker-interval",
         type=float,
-        default=60.0,
-        help="seconds between sweeps (the product's default is 300; 60 puts sweeps in the churn)",
+        default=300.0,
+        help="VM_TRACKER_INTERVAL: seconds between sweeps (the product's default)",
     )
     parser.add_argument("--headroom", type=int, default=10, help="max_runners above the share")
     parser.add_argument("--fleet-poll-interval", type=float, default=0.5)
     parser.add_argument("--fleet-log", type=Path, help="write the scripted fleet's log here")
+    parser.add_argument("--listener-log", type=Path, help="write the listener's JSON log here")
     parser.add_argument(
         "--listener-source",
         type=Path,

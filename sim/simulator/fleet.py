@@ -872,6 +872,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--poweroff-seconds", type=float, default=defaults.poweroff_seconds)
     parser.add_argument("--poll-interval", type=float, default=defaults.poll_interval)
     parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=defaults.request_timeout,
+        help="seconds per call to a simulator (a step that times out is lost)",
+    )
+    parser.add_argument(
         "--action-workers",
         type=int,
         default=defaults.action_workers,
@@ -894,6 +900,7 @@ def main(argv: list[str] | None = None) -> int:
         poll_interval=args.poll_interval,
         take_jobs=not args.no_take_jobs,
         action_workers=args.action_workers,
+        request_timeout=args.request_timeout,
     )
     stop = threading.Event()
 
