@@ -187,10 +187,12 @@ class Churn:
         self.finished = 0
         self.finish_refused = 0
 
-    def queue(self, count: int) -> None:
+    def queue(self, count: int, *, spread: bool = True) -> None:
+        """`count` new jobs: spread round robin over the sets, or (a churn tick: one call) all
+        on the next set in turn."""
         by_set: collections.Counter[str] = collections.Counter()
-        for _ in range(count):
-            by_set[self.sets[self._next_set % len(self.sets)]] += 1
+        for _ in range(count if spread else 1):
+            by_set[self.sets[self._next_set % len(self.sets)]] += 1 if spread else count
             self._next_set += 1
         for name, n in by_set.items():
             self.running.extend(self.github.enqueue_jobs([name], count=n))
@@ -344,7 +346,7 @@ def run(args: argparse.Namespace) -> JSON:
             due_now = int(args.churn_rate * elapsed) - int(due)
             if due_now > 0:
                 churn.finish(due_now)
-                churn.queue(due_now)
+                churn.queue(due_now, spread=False)
                 due += due_now
             if not listener.running:
                 raise RuntimeError("the listener exited during the churn")
