@@ -5,12 +5,17 @@ Every call here carries the admin token (docs/architecture.md#which-token-goes-w
 token the service rejects with 401 is dropped and the call replayed once with a fresh one: a
 token can be revoked before its `exp`. The three message-queue calls carry the session's own
 token and live in `session.py`.
+
+The runner pool is listed for every scale set of the process at once: GitHub's listing
+(`pools/0/agents`) returns every runner of the organization whatever set asks, so the scalers
+of 50 sets asking together share one request (`Coalesced`), and each gets its own set's runners.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
-from typing import Any
+import asyncio
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import structlog
@@ -38,6 +43,8 @@ from scaleset_listener.wire import (
 
 log = structlog.get_logger(__name__)
 
+T = TypeVar("T")
+
 API_VERSION = "6.0-preview"
 DEFAULT_RUNNER_GROUP_ID = 1
 
@@ -60,12 +67,46 @@ def _list_value(data: Any, what: str) -> list[Any]:
     return value
 
 
+class Coalesced(Generic[T]):
+    """One `fetch` at a time for any number of callers, each answered by a fetch that started
+    after it asked (never an older answer): callers that arrive while a fetch runs share the
+    next one, which starts when the running one ends. A failure reaches every caller that
+    shared the fetch; a caller cancelled while waiting leaves the fetch to the others."""
+
+    def __init__(self, fetch: Callable[[], Awaitable[T]]) -> None:
+        self._fetch = fetch
+        self._running: asyncio.Task[T] | None = None
+        self._next: asyncio.Task[T] | None = None
+        self.fetches = 0
+
+    async def get(self) -> T:
+        if self._next is None:
+            self._next = asyncio.create_task(self._after(self._running))
+            # Read here so a fetch nobody waits for any more does not warn of its failure.
+            self._next.add_done_callback(_retrieve)
+        return await asyncio.shield(self._next)
+
+    async def _after(self, running: asyncio.Task[T] | None) -> T:
+        if running is not None:
+            await asyncio.wait({running})
+        # From here on this fetch is under way: later callers queue for the next one.
+        self._running, self._next = self._next, None
+        self.fetches += 1
+        return await self._fetch()
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 class ActionsClient:
     """Typed admin calls against the Actions service. One instance per process."""
 
     def __init__(self, auth: ActionsAdminAuth, http: HttpChannel) -> None:
         self._auth = auth
         self._http = http
+        self._runner_pool = Coalesced(self._list_runner_pool)
 
     async def _call(
         self,
@@ -282,16 +323,26 @@ class ActionsClient:
         return parse_model(RunnerReference, runners[0], what)
 
     async def list_runners(self, scale_set_id: int) -> list[RunnerReference]:
-        """Every runner registered in the scale set (the pool lists all; filtered here)."""
-        what = f"list runners of scale set {scale_set_id}"
+        """Every runner registered in the scale set, as listed after this call began (the
+        pool lists all: one listing serves every set asking meanwhile, filtered here)."""
+        by_set = await self._runner_pool.get()
+        return list(by_set.get(scale_set_id, ()))
+
+    @property
+    def runner_pool_listings(self) -> int:
+        """How many times the runner pool was listed (every scale set's share included)."""
+        return self._runner_pool.fetches
+
+    async def _list_runner_pool(self) -> dict[int, list[RunnerReference]]:
+        what = "list runners"
         answer = await self._call(
             "GET", "_apis/distributedtask/pools/0/agents", expected={200}, what=what
         )
-        runners = [
-            parse_model(RunnerReference, item, what)
-            for item in _list_value(answer.json(what), what)
-        ]
-        return [runner for runner in runners if runner.runner_scale_set_id == scale_set_id]
+        by_set: dict[int, list[RunnerReference]] = {}
+        for item in _list_value(answer.json(what), what):
+            runner = parse_model(RunnerReference, item, what)
+            by_set.setdefault(runner.runner_scale_set_id, []).append(runner)
+        return by_set
 
     async def remove_runner(self, runner_id: int) -> None:
         """Deregister a runner; already gone is success. JobStillRunning propagates."""

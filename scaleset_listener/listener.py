@@ -4,10 +4,13 @@
                             ^                                       └─ message: handle it (one unit)
                             └──── recoverable failure: back off (capped, cancellable), new session
 
-Handling one message is one unit, in the order of actions/scaleset's listener: record the
-statistics, acknowledge (DELETE), acquire the JobAvailable requests, hand JobStarted and
-JobCompleted to the scaler, hand on the desired count. A shutdown request never splits it: the
-handler is shielded and the stop flag is only checked between messages.
+Handling one message is one unit: record the statistics, hand JobStarted and JobCompleted to
+the scaler, hand on the desired count, then acknowledge (DELETE) and acquire the JobAvailable
+requests. actions/scaleset's listener acknowledges and acquires first; here the scaler gets the
+message before those two round trips to GitHub (its handlers only record, so a message handed
+over twice after a failed ack changes nothing), which takes them out of every scaling
+decision's latency (`message_handled`: `decision_ms`, `handled_ms`). A shutdown request never
+splits the unit: the handler is shielded and the stop flag is only checked between messages.
 
 A message is acknowledged even when parts of it cannot be read (a schema change on GitHub's
 side): unacknowledged, it would come back to every new session and block the queue. Each
@@ -370,8 +373,9 @@ class Listener:
                     if self._latest_statistics is not None and not self._stop.is_set():
                         await self._hand_on_demand(self._latest_statistics)
                 else:
+                    received_at = time.monotonic()
                     # The message in hand is finished even if shutdown arrives meanwhile.
-                    await asyncio.shield(self._handle(session, envelope))
+                    await asyncio.shield(self._handle(session, envelope, received_at))
                 # A full cycle worked: the next failure is a new incident, backed off afresh.
                 self._recovery_backoff.reset()
         finally:
@@ -473,7 +477,26 @@ class Listener:
                 )
         return jobs, unreadable
 
-    async def _handle(self, session: MessageSession, envelope: MessageEnvelope) -> None:
+    def _log_and_count(
+        self, log: structlog.typing.FilteringBoundLogger, jobs: list[JobMessage]
+    ) -> None:
+        """After the ack: the job messages' log lines and metrics, so that one coming again
+        after a failed ack (the scaler took it already, harmlessly) is not counted twice."""
+        for job in jobs:
+            if isinstance(job, JobAssigned):
+                log.info("job_assigned", job_id=job.job_id, runner_request_id=job.runner_request_id)
+            elif isinstance(job, UnknownJobMessage):
+                log.warning("unknown_job_message", message_type=job.message_type)
+            elif isinstance(job, JobStarted):
+                self._metrics.job_started(job_facts(job))
+            elif isinstance(job, JobCompleted):
+                self._metrics.job_completed(job_facts(job))
+
+    async def _handle(
+        self, session: MessageSession, envelope: MessageEnvelope, received_at: float
+    ) -> None:
+        """One message, `received_at` (monotonic) when the poll answered: the line
+        `message_handled` says how long until the scaler had all of it (`decision_ms`)."""
         log = self._log.bind(message_id=envelope.message_id)
         self._last_message_id = max(self._last_message_id, envelope.message_id)
         stats = envelope.statistics
@@ -484,10 +507,23 @@ class Listener:
         elif not envelope.unreadable("statistics"):
             log.warning("message_without_statistics")
         jobs, unreadable = self._read(log, envelope)
+        # The scaler first: its handlers only record and wake its loop, so it decides without
+        # waiting for the round trips below. Handing a message over twice (its ack failed, so
+        # it comes again) is harmless: phases only move forward and the demand is a level.
+        for job in jobs:
+            if isinstance(job, JobStarted):
+                await self._scaler.handle_job_started(job)
+        for job in jobs:
+            if isinstance(job, JobCompleted):
+                await self._scaler.handle_job_completed(job)
+        # Unreadable statistics hand on nothing: the demand stays at its last known value
+        # (re-asserted on empty polls) until the next good statistics.
+        if stats is not None:
+            await self._hand_on_demand(stats)
+        decided_at = time.monotonic()
+
         await session.ack(envelope.message_id)
         self.messages_handled += 1
-        log.debug("message_acked", jobs=len(jobs))
-
         requested = [
             job.runner_request_id
             for job in jobs
@@ -496,23 +532,15 @@ class Listener:
         if requested:
             acquired = await session.acquire_jobs(requested)
             log.info("jobs_acquired", requested=len(requested), acquired=len(acquired))
-        for job in jobs:
-            if isinstance(job, JobAssigned):
-                log.info("job_assigned", job_id=job.job_id, runner_request_id=job.runner_request_id)
-            elif isinstance(job, UnknownJobMessage):
-                log.warning("unknown_job_message", message_type=job.message_type)
-        for job in jobs:
-            if isinstance(job, JobStarted):
-                self._metrics.job_started(job_facts(job))
-                await self._scaler.handle_job_started(job)
-        for job in jobs:
-            if isinstance(job, JobCompleted):
-                self._metrics.job_completed(job_facts(job))
-                await self._scaler.handle_job_completed(job)
+        self._log_and_count(log, jobs)
         if unreadable:
             # An unreadable part may have offered a job (JobAvailable): find it the other way.
             await self._acquire_leftover_jobs(session, why="unparseable_message")
-        # Unreadable statistics hand on nothing: the demand stays at its last known value
-        # (re-asserted on empty polls) until the next good statistics.
-        if stats is not None:
-            await self._hand_on_demand(stats)
+        # decision_ms: from the poll's answer to the scaler holding everything the message
+        # said; handled_ms: to the ack and acquisitions done, when the next poll may go out.
+        log.info(
+            "message_handled",
+            jobs=len(jobs),
+            decision_ms=round((decided_at - received_at) * 1000, 2),
+            handled_ms=round((time.monotonic() - received_at) * 1000, 2),
+        )

@@ -53,6 +53,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from functools import partial
 from types import FrameType, TracebackType
@@ -91,6 +92,8 @@ class FleetConfig:
     poll_interval: float = 0.03
     take_jobs: bool = True
     request_timeout: float = 5.0
+    # Threads running the VMs' due steps side by side (1: one after the other, in order).
+    action_workers: int = 1
 
     def __post_init__(self) -> None:
         for name in ("boot_seconds", "poweroff_seconds", "poll_interval", "request_timeout"):
@@ -261,7 +264,13 @@ class GuestFleet(Generic[VmT]):
     )
 
     def __init__(
-        self, github_url: str, cloud_url: str, *, poll_interval: float, request_timeout: float
+        self,
+        github_url: str,
+        cloud_url: str,
+        *,
+        poll_interval: float,
+        request_timeout: float,
+        action_workers: int = 1,
     ) -> None:
         self.github_url = github_url.rstrip("/")
         self.cloud_url = cloud_url.rstrip("/")
@@ -280,6 +289,13 @@ class GuestFleet(Generic[VmT]):
         self._ticks = 0
         self._github = SimulatorControl(self.github_url, timeout=request_timeout)
         self._cloud = CloudControl(self.cloud_url, timeout=request_timeout)
+        # More than one worker: the due steps of different VMs run side by side (thousands of
+        # VMs each waiting on the simulators one after the other would fall behind).
+        self._workers = (
+            ThreadPoolExecutor(action_workers, thread_name_prefix=f"simulator.{self._NAME}")
+            if action_workers > 1
+            else None
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -300,6 +316,8 @@ class GuestFleet(Generic[VmT]):
         if thread is not None:
             thread.join(timeout)
         self._stopped()
+        if self._workers is not None:
+            self._workers.shutdown(wait=True)
         self._github.close()
         self._cloud.close()
 
@@ -489,6 +507,9 @@ class GuestFleet(Generic[VmT]):
                     self._ticks += 1
                     self._cond.notify_all()
             except self._SURVIVED as exc:
+                log.warning(
+                    "%s: one look failed (retried): %s: %s", self._NAME, type(exc).__name__, exc
+                )
                 with self._cond:
                     self._record("", "error", f"{type(exc).__name__}: {exc}", errors=1)
             except Exception as exc:  # a bug here must not silently stop every VM
@@ -510,12 +531,30 @@ class GuestFleet(Generic[VmT]):
 
     def _run_due_actions(self) -> None:
         while True:
+            due: list[_Action] = []
             with self._cond:
-                if not self._actions or self._actions[0].due > time.monotonic():
-                    return
-                action = heapq.heappop(self._actions)
+                now = time.monotonic()
+                while self._actions and self._actions[0].due <= now:
+                    due.append(heapq.heappop(self._actions))
+                    if self._workers is None:
+                        break
+            if not due:
+                return
             # Actions call the simulators; they take the lock themselves for bookkeeping.
-            action.run()
+            if self._workers is None:
+                due[0].run()
+                continue
+            # Each step checks its VM's phase under the lock, and the batch ends before the
+            # next look at the world; the first failure is raised once every step has run.
+            running = [self._workers.submit(action.run) for action in due]
+            wait(running)
+            for step in running:
+                step.result()
+
+
+# Jobs completed this many seconds ago or less are in each look (a runner's removal follows its
+# job's end by far less); older ones are left out, so a look does not grow with the history.
+COMPLETED_WINDOW = 30.0
 
 
 class Fleet(GuestFleet[_Vm]):
@@ -538,7 +577,9 @@ class Fleet(GuestFleet[_Vm]):
             cloud_url,
             poll_interval=self.config.poll_interval,
             request_timeout=self.config.request_timeout,
+            action_workers=self.config.action_workers,
         )
+        self._user_data_seen = 0  # the highest server sequence listed with its user_data
 
     def crash_runner(self, name: str, *, power_off: bool = True) -> None:
         """The runner of server `name` dies now (idle or busy). With `power_off` run.sh exits
@@ -551,14 +592,21 @@ class Fleet(GuestFleet[_Vm]):
             self._schedule(0.0, partial(self._crash, vm, power_off))
 
     def _tick(self) -> None:
-        servers = self._cloud.state()["servers"]
-        world = self._github.state()
+        # Brief listings, so one look stays cheap with thousands of VMs: each server's user_data
+        # only until the fleet has seen it, and the jobs still open or just completed.
+        servers = self._cloud.server_briefs(self._user_data_seen)
+        world = _World(
+            self._github.state(
+                parts=("runners", "jobs"),
+                completed_within=max(COMPLETED_WINDOW, 20 * self.config.poll_interval),
+            )
+        )
         with self._cond:
             self._observe_cloud(servers, world)
             self._observe_github(world)
         self._run_due_actions()
 
-    def _observe_cloud(self, servers: list[JSON], world: JSON) -> None:
+    def _observe_cloud(self, servers: list[JSON], world: _World) -> None:
         present = {s["id"]: s for s in servers}
         for server in servers:
             if server["id"] in self._ignored:
@@ -591,6 +639,10 @@ class Fleet(GuestFleet[_Vm]):
         for vm in self._vms.values():
             if vm.phase != "gone" and vm.server_id not in present:
                 self._went_away(vm, world, "deleted")
+        # Every server listed so far was seen with its user_data once: that is enough.
+        self._user_data_seen = max(
+            (int(s["sequence"]) for s in servers), default=self._user_data_seen
+        )
 
     def _first_sight(self, server: JSON) -> _Vm | None:
         name = str(server["name"])
@@ -605,23 +657,23 @@ class Fleet(GuestFleet[_Vm]):
         self._record(name, "seen", behaviour.failure or "", seen=1)
         return vm
 
-    def _went_away(self, vm: _Vm, world: JSON, why: Literal["deleted", "down"]) -> None:
+    def _went_away(self, vm: _Vm, world: _World, why: Literal["deleted", "down"]) -> None:
         """The server was deleted, shut off or broken: a runner still online dies with it."""
         was = vm.phase
         vm.phase = "gone" if why == "deleted" else "down"
         if was in ("idle", "busy") and vm.runner_id is not None:
-            runner = _find(world["runners"], vm.runner_id)
+            runner = world.runners.get(vm.runner_id)
             if runner is not None and runner["state"] in ("idle", "busy"):
                 vm.killed_by_fleet = True
                 runner_id = vm.runner_id
                 self._schedule(0.0, partial(self._kill, vm, runner_id))
         self._record(vm.name, why)
 
-    def _observe_github(self, world: JSON) -> None:
+    def _observe_github(self, world: _World) -> None:
         for vm in self._vms.values():
             if vm.phase not in ("idle", "busy") or vm.runner_id is None:
                 continue
-            runner = _find(world["runners"], vm.runner_id)
+            runner = world.runners.get(vm.runner_id)
             if runner is None:
                 self._runner_removed(vm, world)
             elif runner["state"] == "offline":
@@ -632,10 +684,8 @@ class Fleet(GuestFleet[_Vm]):
             elif runner["state"] == "idle" and self._has_assigned_job(vm, world):
                 self._schedule(0.0, partial(self._take, vm, vm.runner_id))
 
-    def _has_assigned_job(self, vm: _Vm, world: JSON) -> bool:
-        return self.config.take_jobs and any(
-            j["state"] == "assigned" and j["scale_set_id"] == vm.scale_set_id for j in world["jobs"]
-        )
+    def _has_assigned_job(self, vm: _Vm, world: _World) -> bool:
+        return self.config.take_jobs and vm.scale_set_id in world.sets_with_assigned_jobs
 
     def _job_started(self, vm: _Vm, job_id: int | None) -> None:
         vm.phase, vm.job_id = "busy", job_id
@@ -644,10 +694,10 @@ class Fleet(GuestFleet[_Vm]):
             power_off = vm.behaviour.failure == "crash"
             self._schedule(vm.behaviour.crash_after, partial(self._crash, vm, power_off))
 
-    def _runner_removed(self, vm: _Vm, world: JSON) -> None:
+    def _runner_removed(self, vm: _Vm, world: _World) -> None:
         """The service removed the runner: its job is over (ephemeral) or its registration was
         deleted. run.sh exits, the bootstrap prints run-complete and powers off."""
-        job = _job_of(world["jobs"], vm.runner_id, vm.job_id)
+        job = _job_of(world.completed_by_runner.get(vm.runner_id, ()), vm.runner_id, vm.job_id)
         if job is not None:
             if vm.phase == "idle":  # the job ran and ended between two looks
                 self._record(vm.name, "job-started", f"job={job['id']}", jobs_started=1)
@@ -784,8 +834,19 @@ class Fleet(GuestFleet[_Vm]):
         return True
 
 
-def _find(runners: Iterable[JSON], runner_id: int | None) -> JSON | None:
-    return next((r for r in runners if r["id"] == runner_id), None)
+class _World:
+    """One look at the simulated GitHub, indexed: a fleet of thousands of VMs looks up each
+    VM's runner and job here on every tick."""
+
+    def __init__(self, state: JSON) -> None:
+        self.runners: dict[int | None, JSON] = {r["id"]: r for r in state["runners"]}
+        self.sets_with_assigned_jobs: set[int | None] = set()
+        self.completed_by_runner: dict[int | None, list[JSON]] = {}
+        for job in state["jobs"]:
+            if job["state"] == "assigned":
+                self.sets_with_assigned_jobs.add(job["scale_set_id"])
+            elif job["state"] == "completed":
+                self.completed_by_runner.setdefault(job["runner_id"], []).append(job)
 
 
 def _job_of(jobs: Iterable[JSON], runner_id: int | None, job_id: int | None) -> JSON | None:
@@ -811,6 +872,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--poweroff-seconds", type=float, default=defaults.poweroff_seconds)
     parser.add_argument("--poll-interval", type=float, default=defaults.poll_interval)
     parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=defaults.request_timeout,
+        help="seconds per call to a simulator (a step that times out is lost)",
+    )
+    parser.add_argument(
+        "--action-workers",
+        type=int,
+        default=defaults.action_workers,
+        help="threads running the VMs' steps side by side (thousands of VMs: 8 or more)",
+    )
+    parser.add_argument(
         "--no-take-jobs",
         action="store_true",
         help="leave taking jobs to the GitHub simulator's auto_take",
@@ -826,6 +899,8 @@ def main(argv: list[str] | None = None) -> int:
         poweroff_seconds=args.poweroff_seconds,
         poll_interval=args.poll_interval,
         take_jobs=not args.no_take_jobs,
+        action_workers=args.action_workers,
+        request_timeout=args.request_timeout,
     )
     stop = threading.Event()
 

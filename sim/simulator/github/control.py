@@ -7,7 +7,7 @@ and wait for things to happen through the server-side blocking `wait` parameters
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -235,6 +235,14 @@ class SimulatorControl:
         response: JSON = self._call("POST", f"/jobs/{job_id}/finish", {"result": result})
         return response
 
+    def finish_jobs(self, job_ids: Iterable[int], result: str = "succeeded") -> JSON:
+        """Finish many running jobs in one call: `{"finished": [...], "refused": [...]}`
+        (refused: not running, or unknown)."""
+        response: JSON = self._call(
+            "POST", "/jobs/finish", {"ids": list(job_ids), "result": result}
+        )
+        return response
+
     def cancel_job(self, job_id: int) -> JSON:
         response: JSON = self._call("POST", f"/jobs/{job_id}/cancel")
         return response
@@ -348,13 +356,33 @@ class SimulatorControl:
 
     # ------------------------------------------------------------------ observation
 
-    def state(self, after_version: int | None = None, wait: float = 0.0) -> JSON:
+    def state(
+        self,
+        after_version: int | None = None,
+        wait: float = 0.0,
+        *,
+        parts: Sequence[str] | None = None,
+        completed_within: float | None = None,
+    ) -> JSON:
+        """The world; with `parts` only those keys (and `version`), with `completed_within`
+        only the jobs not completed or completed at most that many seconds ago."""
         response: JSON = self._call(
             "GET",
             "/state",
-            params={"after_version": after_version, "wait": wait},
+            params={
+                "after_version": after_version,
+                "wait": wait,
+                "parts": ",".join(parts) if parts else None,
+                "completed_within": completed_within,
+            },
             timeout=wait + 10,
         )
+        return response
+
+    def request_counts(self) -> JSON:
+        """`{"total": N, "by_endpoint": {...}}`: every request since the last reset (the
+        request log keeps only the newest)."""
+        response: JSON = self._call("GET", "/request_counts")
         return response
 
     def requests(

@@ -213,6 +213,24 @@ async def finish_job(world: World, p: dict[str, str], body: JSON, r: Request) ->
     return 200, job.to_state()
 
 
+@_route("POST", "/jobs/finish")
+async def finish_jobs(world: World, p: dict[str, str], body: JSON, r: Request) -> Result:
+    """Finish many running jobs at once (a bench churning thousands); the others are named."""
+    ids = body.get("ids")
+    if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
+        raise ControlError(400, "ids must be a list of job ids")
+    result = str(body.get("result", "succeeded"))
+    finished, refused = [], []
+    for job_id in ids:
+        try:
+            world.jobs.finish(job_id, result)
+        except ControlError:
+            refused.append(job_id)
+        else:
+            finished.append(job_id)
+    return 200, {"finished": finished, "refused": refused}
+
+
 @_route("POST", r"/jobs/(?P<job>\d+)/cancel")
 async def cancel_job(world: World, p: dict[str, str], body: JSON, r: Request) -> Result:
     return 200, world.jobs.cancel(int(p["job"])).to_state()
@@ -325,7 +343,17 @@ async def state(world: World, p: dict[str, str], body: JSON, r: Request) -> Resu
     after = _int(r, "after_version", -1)
     ledger = world.ledger
     await ledger.wait_until(lambda: ledger.waiters.version > after, _float(r, "wait", 0.0))
-    return 200, world.state()
+    parts = r.query_params.get("parts")
+    within = r.query_params.get("completed_within")
+    return 200, world.state(
+        parts.split(",") if parts else None, float(within) if within is not None else None
+    )
+
+
+@_route("GET", "/request_counts")
+async def request_counts(world: World, p: dict[str, str], body: JSON, r: Request) -> Result:
+    counts = world.ledger.request_counts
+    return 200, {"total": sum(counts.values()), "by_endpoint": dict(sorted(counts.items()))}
 
 
 def _any_after(log: Reversible[JSON], after: int, keep: Callable[[JSON], bool]) -> bool:

@@ -228,6 +228,7 @@ class CloudApp:
             "body": body,
         }
         self.cloud.request_log.append(entry)
+        self.cloud.request_counts[endpoint] += 1
 
     @staticmethod
     async def _send(send: Send, reply: Reply, head: bool = False) -> None:

@@ -200,6 +200,17 @@ class CloudControl:
     def clear_requests(self) -> None:
         self._call("DELETE", "/requests")
 
+    def request_counts(self) -> JSON:
+        """`{"total": N, "by_endpoint": {...}}`: every request since the last reset or clear
+        (the request log itself keeps only the newest)."""
+        result: JSON = self._call("GET", "/request_counts")
+        return result
+
+    def server_briefs(self, user_data_after: int = 0) -> list[JSON]:
+        """Every server's id, name, status, task_state, deleting and sequence, oldest first,
+        with its user_data only when its sequence is above `user_data_after`: cheap to poll."""
+        return list(self._call("GET", "/server_briefs", user_data_after=user_data_after)["servers"])
+
     # ----- faults ------------------------------------------------------------------------
 
     def faults(self) -> list[JSON]:

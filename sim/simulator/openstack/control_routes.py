@@ -89,8 +89,19 @@ def get_requests(cloud: Cloud, request: Request, body: Any, params: Params) -> R
     return _ok({"requests": entries})
 
 
+def get_request_counts(cloud: Cloud, request: Request, body: Any, params: Params) -> Reply:
+    counts = cloud.request_counts
+    return _ok({"total": sum(counts.values()), "by_endpoint": dict(sorted(counts.items()))})
+
+
+def get_server_briefs(cloud: Cloud, request: Request, body: Any, params: Params) -> Reply:
+    after = int(request.query_params.get("user_data_after", "0"))
+    return _ok({"servers": cloud.server_briefs(after)})
+
+
 def clear_requests(cloud: Cloud, request: Request, body: Any, params: Params) -> Reply:
     cloud.request_log.clear()
+    cloud.request_counts.clear()
     return Reply.empty(204)
 
 
@@ -189,6 +200,8 @@ ROUTES = [
     _r("GET", "/_sim/endpoints", get_endpoints),
     _r("GET", "/_sim/requests", get_requests),
     _r("DELETE", "/_sim/requests", clear_requests),
+    _r("GET", "/_sim/request_counts", get_request_counts),
+    _r("GET", "/_sim/server_briefs", get_server_briefs),
     _r("POST", "/_sim/reset", reset),
     _r("GET", "/_sim/faults", list_faults),
     _r("POST", "/_sim/faults", add_fault),

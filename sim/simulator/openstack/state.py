@@ -17,7 +17,7 @@ import itertools
 import random
 import secrets
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -102,6 +102,8 @@ class Cloud:
         self._sequence = itertools.count(1)
         self.request_log: deque[JSON] = deque(maxlen=config.request_log_size)
         self.request_seq = itertools.count(1)
+        # Requests by endpoint since the last reset or clear: the log keeps only the newest.
+        self.request_counts: Counter[str] = Counter()
         self.tokens: dict[str, Token] = {}
         self._seed_identity()
         self.endpoints: tuple[str, ...] = ()  # filled in by the app from its route table
@@ -146,6 +148,7 @@ class Cloud:
         self._timers.clear()
         self.faults = FaultBook(self.rng, self.endpoints)
         self.request_log.clear()
+        self.request_counts.clear()
         pid = self.project.id
         self.flavors: dict[str, Flavor] = {}
         for flavor_id, name, vcpus, ram, disk, specs in (
@@ -405,6 +408,24 @@ class Cloud:
             "faults": [f.to_json() for f in self.faults.faults],
             "config": self.config.to_json(),
         }
+
+    def server_briefs(self, user_data_after: int) -> list[JSON]:
+        """Every server in a few fields, oldest first; user_data only for servers created after
+        sequence `user_data_after` (a watcher that has seen the older ones needs no more)."""
+        briefs = []
+        for server in self._servers_oldest_first():
+            brief: JSON = {
+                "id": server.id,
+                "name": server.name,
+                "status": server.status,
+                "task_state": server.task_state,
+                "deleting": server.deleting,
+                "sequence": server.sequence,
+            }
+            if server.sequence > user_data_after:
+                brief["user_data"] = decode_user_data(server.user_data)
+            briefs.append(brief)
+        return briefs
 
     def _servers_oldest_first(self) -> list[Server]:
         return sorted(self.servers.values(), key=lambda s: s.sequence)

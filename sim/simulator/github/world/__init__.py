@@ -13,10 +13,11 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Collection, Iterable
 
 from simulator.github.config import SimulatorConfig
 from simulator.github.faults import FaultBook
-from simulator.github.model import JSON
+from simulator.github.model import JSON, Job
 from simulator.github.tokens import JwtIssuer
 from simulator.github.world.credentials import Credentials
 from simulator.github.world.jobs import Jobs
@@ -86,16 +87,30 @@ class World:
             except Exception:
                 log.exception("simulator sweep failed")
 
-    def state(self) -> JSON:
-        """Everything, as the control API's `GET /_sim/state` shows it."""
+    def state(
+        self, parts: Collection[str] | None = None, completed_within: float | None = None
+    ) -> JSON:
+        """Everything, as the control API's `GET /_sim/state` shows it; only the keys in `parts`
+        (and `version`) when given, and with `completed_within` only the jobs not completed
+        or completed at most that many seconds ago (a watcher polling thousands of runners)."""
+        everything = self._state(completed_within)
+        if parts is None:
+            return everything
+        return {key: value for key, value in everything.items() if key in parts or key == "version"}
+
+    def _state(self, completed_within: float | None) -> JSON:
         ledger, scale_sets = self.ledger, self.scale_sets
+        jobs: Iterable[Job] = self.jobs.by_id.values()
+        if completed_within is not None:
+            since = time.time() - completed_within
+            jobs = [j for j in jobs if j.finish_time is None or j.finish_time >= since]
         return {
             "version": ledger.waiters.version,
             "config": self.config.model_dump(mode="json"),
             "runner_groups": [scale_sets.group_json(g) for g in scale_sets.groups.values()],
             "scale_sets": scale_sets.state(),
             "sessions": self.sessions.state(),
-            "jobs": [j.to_state() for j in self.jobs.by_id.values()],
+            "jobs": [j.to_state() for j in jobs],
             "runners": [r.to_state() for r in self.runners.by_id.values()],
             "runner_releases": [r.to_control(time.time()) for r in self.releases.newest_first()],
             "counters": dict(ledger.counters),

@@ -147,10 +147,22 @@ class Jobs:
         """Move queued jobs to matching scale sets, and let idle runners take work (auto_take)."""
         config = self._world.config
         now = asyncio.get_running_loop().time()
-        for job in sorted(self.by_id.values(), key=lambda j: j.runner_request_id):
-            if job.state != "queued" or job.parked or job.not_before > now:
-                continue
-            ss = self._candidate(job)
+        waiting = [
+            job
+            for job in self.by_id.values()
+            if job.state == "queued" and not job.parked and job.not_before <= now
+        ]
+        if not waiting:
+            # Nothing to place: skip counting (thousands of jobs, on every change).
+            self._auto_take(config.auto_take)
+            return
+        # Counted once per pass and kept up to date below, not once per job and set.
+        in_flight: dict[int | None, int] = {}
+        for job in self.by_id.values():
+            if job.state in IN_FLIGHT:
+                in_flight[job.scale_set_id] = in_flight.get(job.scale_set_id, 0) + 1
+        for job in sorted(waiting, key=lambda j: j.runner_request_id):
+            ss = self._candidate(job, in_flight)
             if ss is None:
                 continue
             job.scale_set_id = ss.id
@@ -162,12 +174,17 @@ class Jobs:
                 )
             else:
                 self._assign(job, ss)
-        if config.auto_take:
+            if job.state in IN_FLIGHT:
+                in_flight[ss.id] = in_flight.get(ss.id, 0) + 1
+        self._auto_take(config.auto_take)
+
+    def _auto_take(self, enabled: bool) -> None:
+        if enabled:
             for runner in sorted(self._world.runners.by_id.values(), key=lambda r: r.id):
                 if runner.state == "idle" and self._oldest_assigned(runner.scale_set_id):
                     self.take(runner.id, None)
 
-    def _candidate(self, job: Job) -> ScaleSet | None:
+    def _candidate(self, job: Job, in_flight_by_set: dict[int | None, int]) -> ScaleSet | None:
         """The least loaded scale set with a live session whose labels (and name) cover the
         job's labels and that has capacity left."""
         wanted = {label.lower() for label in job.labels}
@@ -178,18 +195,13 @@ class Jobs:
                 continue
             if not wanted <= {label.lower() for label in ss.labels} | {ss.name.lower()}:
                 continue
-            in_flight = self._in_flight(ss.id)
+            in_flight = in_flight_by_set.get(ss.id, 0)
             if ss.max_capacity is not None and in_flight >= ss.max_capacity:
                 continue
             key = (in_flight, ss.id, ss)
             if best is None or key[:2] < best[:2]:
                 best = key
         return best[2] if best else None
-
-    def _in_flight(self, ss_id: int) -> int:
-        return sum(
-            1 for j in self.by_id.values() if j.scale_set_id == ss_id and j.state in IN_FLIGHT
-        )
 
     def _assign(self, job: Job, ss: ScaleSet) -> None:
         job.state = "assigned"

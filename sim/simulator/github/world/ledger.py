@@ -92,6 +92,8 @@ class Ledger:
         self.events: deque[JSON] = deque(maxlen=LOG_LIMIT)
         self.request_seq = 0
         self.event_seq = 0
+        # Requests by endpoint (None: no route matched): the request log keeps only the newest.
+        self.request_counts: dict[str, int] = {}
 
     def close(self) -> None:
         """Stop the timers and wake every waiter, so the server can stop promptly."""
@@ -112,6 +114,8 @@ class Ledger:
     def log_request(self, entry: JSON) -> None:
         self.request_seq += 1
         self.requests.append({"seq": self.request_seq, **entry})
+        endpoint = str(entry.get("endpoint"))
+        self.request_counts[endpoint] = self.request_counts.get(endpoint, 0) + 1
         self.waiters.bump()
 
     async def wait_until(self, ready: Callable[[], bool], seconds: float) -> None:

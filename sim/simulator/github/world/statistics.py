@@ -4,6 +4,7 @@ fault (docs/architecture.md#statistics), and their recent history (for the `lag`
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -46,12 +47,21 @@ class Statistics:
         world.ledger.on_event = self._remember
 
     def raw(self, ss_id: int) -> dict[str, int]:
-        stats = dict.fromkeys(
-            ("available", "acquired", "assigned", "running", "registered", "busy", "idle"), 0
-        )
+        return self._raw_by_set([ss_id])[ss_id]
+
+    def _raw_by_set(self, ss_ids: Iterable[int]) -> dict[int, dict[str, int]]:
+        """The counts of every set in `ss_ids`, in one pass over the jobs and runners (after
+        every event, with thousands of each: one pass per set made every change slow)."""
+        by_set = {
+            ss_id: dict.fromkeys(
+                ("available", "acquired", "assigned", "running", "registered", "busy", "idle"), 0
+            )
+            for ss_id in ss_ids
+        }
         for job in self._world.jobs.by_id.values():
-            if job.scale_set_id != ss_id:
+            if job.state == "completed" or job.scale_set_id not in by_set:
                 continue
+            stats = by_set[job.scale_set_id]
             if job.state in ("available", "acquired"):
                 stats[job.state] += 1
             elif job.state in ("assigned", "running"):
@@ -59,14 +69,15 @@ class Statistics:
                 if job.state == "running":
                     stats["running"] += 1
         for runner in self._world.runners.by_id.values():
-            if runner.scale_set_id != ss_id:
+            if runner.scale_set_id not in by_set:
                 continue
+            stats = by_set[runner.scale_set_id]
             stats["registered"] += 1
             if runner.state == "busy":
                 stats["busy"] += 1
             elif runner.state == "idle":
                 stats["idle"] += 1
-        return stats
+        return by_set
 
     def as_sent(self, ss_id: int, where: str) -> JSON | None:
         """Statistics as sent at this moment, after any statistics fault; None = left out."""
@@ -105,8 +116,7 @@ class Statistics:
         self.history.pop(ss_id, None)
 
     def _remember(self) -> None:
-        for ss_id in self._world.scale_sets.by_id:
+        for ss_id, snapshot in self._raw_by_set(self._world.scale_sets.by_id).items():
             history = self.history.setdefault(ss_id, deque(maxlen=HISTORY))
-            snapshot = self.raw(ss_id)
             if not history or history[-1] != snapshot:
                 history.append(snapshot)
