@@ -43,6 +43,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from scaleset_listener.config import Settings
 from simulator.github.config import DEFAULT_PAT
 from simulator.github.control import SimulatorControl
 from simulator.listener_process import ListenerProcess, write_env_file
@@ -446,7 +447,12 @@ def main() -> None:
     parser.add_argument("--runners", type=int, default=5000, help="alive at once")
     parser.add_argument("--churn-rate", type=float, default=20.0, help="jobs a second")
     parser.add_argument("--churn-seconds", type=float, default=180.0)
-    parser.add_argument("--provision-concurrency", type=int, default=8)
+    parser.add_argument(
+        "--provision-concurrency",
+        type=int,
+        default=Settings.model_fields["provision_concurrency"].default,
+        help="PROVISION_CONCURRENCY (default: the product's)",
+    )
     parser.add_argument(
         "--vm-tracker-interval",
         type=float,
