@@ -162,7 +162,9 @@ class VMScaler:
 
     def phase_counts(self) -> dict[str, int]:
         counts = dict.fromkeys((phase.value for phase in Phase if phase is not Phase.DELETED), 0)
-        for runner in self.ledger.runners.values():
+        # Read by the metrics endpoint's thread: list() copies in one step under the GIL, where
+        # iterating the live dict could meet a runner being added.
+        for runner in list(self.ledger.runners.values()):
             if runner.phase is not Phase.DELETED:
                 counts[runner.phase.value] += 1
         return counts
