@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,9 +21,7 @@ from provisioners.openstack import OpenStackProvisioner
 from scaleset_listener.config import Settings
 from scaleset_listener.service import run_service
 from scaleset_listener.wiring import openstack_config
-from simulator.github.config import SimulatorConfig
 from simulator.github.server import RunningSimulator
-from simulator.github.server import run_in_thread as run_github
 from tests.testsupport.clouds import CloudTarget
 from tests.testsupport.listener_harness import FAST_SETTINGS
 from tests.testsupport.quotas import instance_quota, servers
@@ -36,19 +33,6 @@ pytestmark = [
 ]
 
 JSON = dict[str, Any]
-
-
-@pytest.fixture
-def github() -> Iterator[RunningSimulator]:
-    with run_github(SimulatorConfig(long_poll_timeout=0.2)) as running:
-        yield running
-
-
-@pytest.fixture
-def cloud(real_cloud: CloudTarget, monkeypatch: pytest.MonkeyPatch) -> CloudTarget:
-    for name, value in real_cloud.env.items():
-        monkeypatch.setenv(name, value)
-    return real_cloud
 
 
 def settings(github: RunningSimulator, cloud: CloudTarget, **overrides: Any) -> Settings:

@@ -4,16 +4,13 @@ says about a real cloud's image, network and quota. Marked real_openstack (tests
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from scaleset_listener.config import Settings
 from scaleset_listener.preflight import Check, preflight
-from simulator.github.config import SimulatorConfig
 from simulator.github.server import RunningSimulator
-from simulator.github.server import run_in_thread as run_github
 from tests.testsupport.clouds import CloudTarget
 from tests.testsupport.listener_harness import FAST_SETTINGS
 from tests.testsupport.quotas import instance_quota, servers
@@ -23,19 +20,6 @@ pytestmark = [
     pytest.mark.timeout(120),
     pytest.mark.filterwarnings("ignore::PendingDeprecationWarning:openstack.*"),
 ]
-
-
-@pytest.fixture
-def github() -> Iterator[RunningSimulator]:
-    with run_github(SimulatorConfig(long_poll_timeout=0.2)) as running:
-        yield running
-
-
-@pytest.fixture
-def cloud(real_cloud: CloudTarget, monkeypatch: pytest.MonkeyPatch) -> CloudTarget:
-    for name, value in real_cloud.env.items():
-        monkeypatch.setenv(name, value)
-    return real_cloud
 
 
 def settings(github: RunningSimulator, cloud: CloudTarget, **overrides: Any) -> Settings:
