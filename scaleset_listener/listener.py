@@ -407,13 +407,14 @@ class Listener:
             idle=stats.total_idle_runners,
         )
 
-    def _capacity(self) -> int:
+    def announced_capacity(self) -> int:
+        """The X-ScaleSetMaxCapacity this listener announces (also the /metrics gauge)."""
         return runner_ceiling(self._spec.max_runners, self._scaler.cloud_capacity())
 
     async def _poll(self, session: MessageSession) -> MessageEnvelope | None:
         """The next message, or None on an empty poll or when shutdown interrupts the poll."""
         poll = asyncio.create_task(
-            session.get_message(self._last_message_id, self._capacity()), name="long-poll"
+            session.get_message(self._last_message_id, self.announced_capacity()), name="long-poll"
         )
         stopper = asyncio.create_task(self._stop.wait(), name="stop-wait")
         try:
@@ -433,7 +434,7 @@ class Listener:
 
     async def _hand_on_demand(self, stats: Statistics) -> None:
         desired = desired_runner_count(
-            stats.total_assigned_jobs, self._spec.min_runners, self._capacity()
+            stats.total_assigned_jobs, self._spec.min_runners, self.announced_capacity()
         )
         self._metrics.desired(desired)
         await self._scaler.handle_desired_runner_count(desired, stats)

@@ -21,8 +21,7 @@ from provisioners.base import Provisioner
 from provisioners.openstack import OpenStackProvisioner
 from scaleset_listener import wiring
 from scaleset_listener.actions_client import ActionsClient
-from scaleset_listener.config import ScaleSetSpec, Settings
-from scaleset_listener.demand import runner_ceiling
+from scaleset_listener.config import Settings
 from scaleset_listener.errors import ConfigError
 from scaleset_listener.health import HealthServer
 from scaleset_listener.http import HttpChannel
@@ -33,7 +32,7 @@ from scaleset_listener.runner_versions import (
     RunnerVersions,
     RunnerVersionUnavailable,
 )
-from scaleset_listener.scaler_port import LoggingScaler, Scaler
+from scaleset_listener.scaler_port import LoggingScaler
 from scaleset_listener.supervisor import ScaleSetSupervisor
 from scaleset_listener.wiring import ScalerFactory
 
@@ -86,13 +85,6 @@ def _start_health(
         "health_endpoints", addr=settings.metrics_addr, paths=["/healthz", "/readyz", "/metrics"]
     )
     return health
-
-
-def _announced_capacity(spec: ScaleSetSpec, scaler: Scaler) -> Callable[[], int | None]:
-    def announced() -> int | None:
-        return runner_ceiling(spec.max_runners, scaler.cloud_capacity())
-
-    return announced
 
 
 async def _resolve_runner(
@@ -190,9 +182,6 @@ async def run_service(
         supervisors = []
         for spec in settings.runners:
             scaler = make_scaler(spec)
-            metrics.watch_scale_set(
-                ScaleSetView(spec.name, scaler.phase_counts, _announced_capacity(spec, scaler))
-            )
             listener = Listener(
                 client,
                 http,
@@ -206,6 +195,9 @@ async def run_service(
                 ),
                 policy,
                 metrics.scale_set(spec.name, spec.min_runners, spec.max_runners),
+            )
+            metrics.watch_scale_set(
+                ScaleSetView(spec.name, scaler.phase_counts, listener.announced_capacity)
             )
             supervisors.append(
                 ScaleSetSupervisor(
