@@ -193,6 +193,15 @@ def _runner_dir(value: str | None) -> str | None:
     return value
 
 
+def _ip_addresses(addresses: tuple[str, ...]) -> tuple[str, ...]:
+    for address in addresses:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise ValueError(f"{address!r} is not an IP address") from None
+    return addresses
+
+
 Packages = Annotated[
     tuple[str, ...], NoDecode, BeforeValidator(_split_list), AfterValidator(_packages)
 ]
@@ -269,6 +278,18 @@ class ScaleSetSpec(BaseModel):
     max_runners: int = Field(default=10, ge=0)
     flavor: str | None = None
     image: str | None = None
+    # Placement (docs/architecture.md#placement-per-scale-set): each replaces the OPENSTACK_*
+    # setting of the same name, except server_metadata, whose keys are added to
+    # OPENSTACK_SERVER_METADATA's. `cloud` names a clouds.yaml entry (another project or region);
+    # unset: the cloud of OS_CLOUD or the OS_* variables.
+    cloud: str | None = None
+    network: str | None = None
+    security_groups: tuple[str, ...] | None = None
+    availability_zone: str | None = None
+    keypair: str | None = None
+    boot_volume_size_gb: int | None = Field(default=None, ge=0)
+    server_metadata: dict[str, str] | None = None
+    floating_ips: tuple[str, ...] | None = None
     # Bootstrap extras: each replaces the global setting of the same name (VM_PACKAGES...),
     # except runner_env, whose keys are added to RUNNER_ENV's (docs/bootstrap.md).
     vm_packages: tuple[str, ...] | None = None
@@ -287,6 +308,24 @@ class ScaleSetSpec(BaseModel):
     @classmethod
     def _package_names(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
         return _packages(value)
+
+    @field_validator("security_groups", "floating_ips", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        # The same forms as OPENSTACK_SECURITY_GROUPS: a JSON list or "a,b".
+        return _split_list(value)
+
+    @field_validator("floating_ips")
+    @classmethod
+    def _floating_ips_are_addresses(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return _ip_addresses(value) if value is not None else None
+
+    @field_validator("cloud", "network", "availability_zone", "keypair")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("empty; leave the key out to use the global setting")
+        return value.strip() if value is not None else None
 
     @field_validator("runner_env")
     @classmethod
@@ -586,12 +625,7 @@ class Settings(BaseSettings):
     @field_validator("openstack_floating_ips")
     @classmethod
     def _floating_ips_are_addresses(cls, addresses: tuple[str, ...]) -> tuple[str, ...]:
-        for address in addresses:
-            try:
-                ipaddress.ip_address(address)
-            except ValueError:
-                raise ValueError(f"{address!r} is not an IP address") from None
-        return addresses
+        return _ip_addresses(addresses)
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
