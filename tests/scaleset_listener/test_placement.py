@@ -14,8 +14,10 @@ from typing import Any
 
 import pytest
 
+from scaleset_listener.cli import effective_settings
 from scaleset_listener.config import Settings, load_settings
 from scaleset_listener.errors import ConfigError
+from scaleset_listener.preflight import preflight
 from scaleset_listener.wiring import placement, placements
 from simulator.fleet import Fleet, FleetConfig
 from simulator.openstack.cloudsyaml import APP_CREDENTIAL_CLOUD, PASSWORD_CLOUD, clouds_yaml_text
@@ -180,3 +182,43 @@ async def test_two_scale_sets_on_two_clouds_in_one_process_each_on_its_own(
     assert all(name.startswith("linux-") for name in east_names)
     assert len(west_names) >= 2
     assert all(name.startswith("gpu-") for name in west_names)
+
+
+# check-config ------------------------------------------------------------------------------------
+
+
+def test_check_config_shows_each_scale_sets_effective_placement() -> None:
+    settings = settings_with(
+        {"name": "linux"},
+        {"name": "gpu", "cloud": "west", "network": "gpu-net", "server_metadata": {"cost": "gpu"}},
+    )
+    lines = [line for line in effective_settings(settings) if line.startswith("# placement")]
+    assert lines == [
+        "# placement of linux: cloud=(OS_CLOUD) image=ubuntu flavor=m1.small network=runners "
+        "security_groups=default availability_zone= keypair= boot_volume_size_gb=0 "
+        "floating_ips= server_metadata=team=ci,cost=shared",
+        "# placement of gpu: cloud=west image=ubuntu flavor=m1.small network=gpu-net "
+        "security_groups=default availability_zone= keypair= boot_volume_size_gb=0 "
+        "floating_ips= server_metadata=team=ci,cost=gpu",
+    ]
+
+
+async def test_online_checks_run_on_each_cloud_naming_the_entrys_override(
+    world: World, tmp_path: Path
+) -> None:
+    with second_cloud(world, tmp_path / "west", "west"):
+        settings = world.settings(
+            runners=[
+                {"name": "linux", "max_runners": 2},
+                {"name": "gpu", "max_runners": 2, "cloud": "west", "network": "no-such-net"},
+            ]
+        )
+        checks = await preflight(settings)
+    failed = {check.setting: check.detail for check in checks if check.status == "FAIL"}
+    assert list(failed) == ["RUNNERS[gpu].network"]
+    assert failed["RUNNERS[gpu].network"].startswith("scale sets gpu: ")
+    clouds = [check for check in checks if check.setting in {"OS_CLOUD", "RUNNERS[gpu].cloud"}]
+    assert {check.setting for check in clouds} == {"OS_CLOUD", "RUNNERS[gpu].cloud"}
+    assert all(check.status == "ok" for check in clouds)
+    network = [check for check in checks if check.setting == "OPENSTACK_NETWORK"]
+    assert [check.status for check in network] == ["ok"]
