@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import ipaddress
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -711,10 +712,41 @@ class Settings(BaseSettings):
         return self
 
 
-def _describe(error: Any) -> str:
+def _runner_names(env_file: Path | None) -> list[str | None]:
+    """The `name` of each RUNNERS entry as given (None where there is none), so that a problem
+    in an entry is reported as RUNNERS[<name>].key; empty when RUNNERS is not a JSON list."""
+    raw = next((value for key, value in os.environ.items() if key.upper() == "RUNNERS"), None)
+    if raw is None and env_file is not None:
+        raw = next(
+            (value for key, value in dotenv_values(env_file).items() if key.upper() == "RUNNERS"),
+            None,
+        )
+    try:
+        entries = json.loads(raw) if raw else []
+    except ValueError:
+        return []
+    if not isinstance(entries, list):
+        return []
+    names: list[str | None] = []
+    for entry in entries:
+        name = entry.get("name") if isinstance(entry, dict) else None
+        names.append(name if isinstance(name, str) and _SCALE_SET_NAME.match(name) else None)
+    return names
+
+
+def _describe(error: Any, runner_names: list[str | None] | None = None) -> str:
     location = [str(part) for part in error["loc"]]
     variable = location[0].upper() if location else "settings"
-    path = "".join(f"[{part}]" if part.isdigit() else f".{part}" for part in location[1:])
+    if variable == "RUNNERS" and len(location) > 1 and location[1].isdigit():
+        # An entry by its name where it has a usable one (the index otherwise).
+        index = int(location[1])
+        names = runner_names or []
+        if index < len(names) and names[index] is not None and location[2:] != ["name"]:
+            location[1] = str(names[index])
+    path = ""
+    for position, part in enumerate(location[1:]):
+        named_entry = variable == "RUNNERS" and position == 0
+        path += f"[{part}]" if named_entry or part.isdigit() else f".{part}"
     message = str(error["msg"])
     if error["type"] == "extra_forbidden":
         return (
@@ -750,7 +782,8 @@ def load_settings(env_file: Path | None = None) -> Settings:
     try:
         return Settings(_env_file=env_file)
     except ValidationError as exc:
-        raise ConfigError("; ".join(_describe(error) for error in exc.errors())) from None
+        names = _runner_names(env_file)
+        raise ConfigError("; ".join(_describe(error, names) for error in exc.errors())) from None
     except SettingsError as exc:
         # pydantic-settings decodes list/object variables as JSON before validation.
         match = re.search(r'field "(\w+)"', str(exc))

@@ -95,10 +95,10 @@ def test_sets_with_equal_placement_share_a_provisioner_and_others_get_their_own(
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
-        ({"netwrok": "x"}, "RUNNERS[0].netwrok: unknown setting"),
-        ({"floating_ips": "not-an-ip"}, "RUNNERS[0].floating_ips: 'not-an-ip' is not an IP"),
-        ({"boot_volume_size_gb": -1}, "RUNNERS[0].boot_volume_size_gb"),
-        ({"cloud": " "}, "RUNNERS[0].cloud: empty"),
+        ({"netwrok": "x"}, "RUNNERS[linux].netwrok: unknown setting"),
+        ({"floating_ips": "not-an-ip"}, "RUNNERS[linux].floating_ips: 'not-an-ip' is not an IP"),
+        ({"boot_volume_size_gb": -1}, "RUNNERS[linux].boot_volume_size_gb"),
+        ({"cloud": " "}, "RUNNERS[linux].cloud: empty"),
     ],
 )
 def test_a_bad_placement_key_fails_at_start_naming_the_entry_and_key(
@@ -222,3 +222,19 @@ async def test_online_checks_run_on_each_cloud_naming_the_entrys_override(
     assert all(check.status == "ok" for check in clouds)
     network = [check for check in checks if check.setting == "OPENSTACK_NETWORK"]
     assert [check.status for check in network] == ["ok"]
+
+
+def test_an_entry_without_a_usable_name_is_named_by_its_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OS_CLOUD", raising=False)
+    env = tmp_path / ".env"
+    runners = json.dumps([{"name": "linux"}, {"name": "bad name", "network": ""}])
+    env.write_text(
+        f"GITHUB_URL=https://github.com/acme\nGITHUB_TOKEN=ghp_test\nRUNNERS={runners}\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_settings(env)
+    assert "RUNNERS[1].name: scale set name 'bad name'" in str(raised.value)
+    assert "RUNNERS[1].network: empty" in str(raised.value)
