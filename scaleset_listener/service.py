@@ -128,11 +128,12 @@ async def _wait_warm(provisioners: list[OpenStackProvisioner]) -> None:
         waiting.cancel()
 
 
-def _start_provisioners(settings: Settings) -> tuple[list[OpenStackProvisioner], CloudProvisioners]:
-    """One provisioner per distinct cloud and placement (wiring.placements), started, and the
-    one of each scale set by name."""
+def _start_provisioners(
+    settings: Settings, started: list[OpenStackProvisioner]
+) -> CloudProvisioners:
+    """One provisioner per distinct cloud and placement (wiring.placements), started and added
+    to `started` (for the caller to close, whatever fails meanwhile); each scale set's by name."""
     groups = wiring.placements(settings)
-    started: list[OpenStackProvisioner] = []
     by_scale_set: dict[str, Provisioner] = {}
     for config, names in zip(groups.configs, groups.scale_sets, strict=True):
         provisioner = OpenStackProvisioner(config)
@@ -141,7 +142,7 @@ def _start_provisioners(settings: Settings) -> tuple[list[OpenStackProvisioner],
         by_scale_set.update(dict.fromkeys(names, provisioner))
         if len(groups.configs) > 1:
             log.info("cloud_placement", cloud=config.cloud or "OS_CLOUD", scale_sets=list(names))
-    return started, by_scale_set
+    return by_scale_set
 
 
 async def run_service(
@@ -199,7 +200,7 @@ async def run_service(
                 make_scaler = lambda spec: LoggingScaler(spec.name)  # noqa: E731
             else:
                 versions = wiring.runner_versions(settings, gh, http)
-                provisioners, by_scale_set = _start_provisioners(settings)
+                by_scale_set = _start_provisioners(settings, provisioners)
                 build = scaler_factory_builder or functools.partial(
                     wiring.vm_scalers, settings, metrics=metrics
                 )

@@ -1,7 +1,7 @@
-"""From settings to the service's parts: the GitHub client, the runner versions, the cloud's
-provisioner and the bootstrap's specs, the SSH prober, the reconciler's passes and one VMScaler
-per scale set. With DRY_RUN the cloud and GitHub are wrapped here (dry_run.py), once, so that no
-part downstream has a dry-run branch.
+"""From settings to the service's parts: the GitHub client, the runner versions, the clouds'
+provisioners (one per cloud and placement) and the bootstrap's specs, the SSH prober, the
+reconciler's passes and one VMScaler per scale set. With DRY_RUN the clouds and GitHub are
+wrapped here (dry_run.py), once, so that no part downstream has a dry-run branch.
 
 This is the one module that reads settings to build things; the parts themselves know nothing of
 the settings (`provisioners` and `reconciler` not even of this package). `service` runs what is
