@@ -6,21 +6,28 @@ simulated clouds (two clouds.yaml entries) serving one scale set each, in one pr
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from scaleset_listener.cli import effective_settings
+from provisioners.base import ServerSpec
+from provisioners.naming import Ownership, ownership_metadata
+from provisioners.openstack import OpenStackProvisioner
+from scaleset_listener.cli import effective_settings, reconcile_once
 from scaleset_listener.config import Settings, load_settings
 from scaleset_listener.errors import ConfigError
 from scaleset_listener.preflight import preflight
 from scaleset_listener.wiring import placement, placements
 from simulator.fleet import Fleet, FleetConfig
 from simulator.openstack.cloudsyaml import APP_CREDENTIAL_CLOUD, PASSWORD_CLOUD, clouds_yaml_text
+from simulator.openstack.control import CloudControl
 from tests.testsupport.sim_cloud import simulated_cloud
 from tests.testsupport.world import World, serving, simulated_world
 
@@ -125,13 +132,14 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
 
 
 @contextlib.contextmanager
-def second_cloud(world: World, directory: Path, name: str) -> Iterator[Fleet]:
-    """Another simulated cloud with a fleet of its own (yielded), added to the clouds.yaml
-    openstacksdk reads as the entry `name` (the first cloud stays OS_CLOUD)."""
+def second_cloud(world: World, directory: Path, name: str) -> Iterator[tuple[Fleet, CloudControl]]:
+    """Another simulated cloud with a fleet of its own, added to the clouds.yaml openstacksdk
+    reads as the entry `name` (the first cloud stays OS_CLOUD)."""
     directory.mkdir()
     with (
         simulated_cloud(directory) as (_target, running),
         Fleet(world.github.base_url, running.base_url, FleetConfig()) as fleet,
+        CloudControl(running.base_url) as control,
     ):
         # The simulator's own clouds.yaml text, its entries renamed, under the first cloud's.
         entries = clouds_yaml_text(running.base_url).split("\nclouds:\n", 1)[1]
@@ -139,7 +147,7 @@ def second_cloud(world: World, directory: Path, name: str) -> Iterator[Fleet]:
         entries = entries.replace(f"  {PASSWORD_CLOUD}:", f"  {name}-password:")
         ours = world.cloud.clouds_yaml.read_text(encoding="utf-8").rstrip("\n")
         world.cloud.clouds_yaml.write_text(f"{ours}\n{entries}", encoding="utf-8")
-        yield fleet
+        yield fleet, control
 
 
 def all_done(state: JSON, count: int) -> bool:
@@ -159,7 +167,7 @@ def live(fleet: Fleet) -> int:
 async def test_two_scale_sets_on_two_clouds_in_one_process_each_on_its_own(
     world: World, tmp_path: Path
 ) -> None:
-    with second_cloud(world, tmp_path / "west", "west") as west:
+    with second_cloud(world, tmp_path / "west", "west") as (west, _west_control):
         settings = world.settings(
             runners=[
                 {"name": "linux", "max_runners": 2},
@@ -206,7 +214,7 @@ def test_check_config_shows_each_scale_sets_effective_placement() -> None:
 async def test_online_checks_run_on_each_cloud_naming_the_entrys_override(
     world: World, tmp_path: Path
 ) -> None:
-    with second_cloud(world, tmp_path / "west", "west"):
+    with second_cloud(world, tmp_path / "west", "west") as _west:
         settings = world.settings(
             runners=[
                 {"name": "linux", "max_runners": 2},
@@ -238,3 +246,49 @@ def test_an_entry_without_a_usable_name_is_named_by_its_index(
         load_settings(env)
     assert "RUNNERS[1].name: scale set name 'bad name'" in str(raised.value)
     assert "RUNNERS[1].network: empty" in str(raised.value)
+
+
+# Deleted scale sets on every cloud ---------------------------------------------------------------
+
+
+async def test_a_deleted_scale_sets_vm_on_the_second_cloud_is_removed_at_start(
+    world: World, tmp_path: Path
+) -> None:
+    with second_cloud(world, tmp_path / "west", "west") as (_fleet, west):
+        settings = world.settings(
+            enable_reconciliation=True,
+            runners=[{"name": "linux"}, {"name": "gpu", "cloud": "west"}],
+        )
+        control = world.github.control
+        gone_id = int(control.create_scale_set("gpu-old", labels=["gpu-old"])["id"])
+        instance = settings.effective_listener_instance_id
+        provisioner = OpenStackProvisioner(
+            dataclasses.replace(placement(settings, settings.runners[1]), poll_interval=0.05)
+        )
+        try:
+            vm = await provisioner.create(
+                ServerSpec(
+                    name="gpu-old-gone0001",
+                    user_data=b"#!/bin/sh\ntrue\n",
+                    tags=Ownership(instance, gone_id).tags(),
+                    metadata=ownership_metadata(
+                        "gpu-old-gone0001", "gpu-old", datetime.now(UTC) - timedelta(hours=1)
+                    ),
+                )
+            )
+        finally:
+            await provisioner.close()
+        west.set_server_status(vm.id, "SHUTOFF")
+        control.delete_scale_set(gone_id)
+        assert world.control.servers() == []
+        # `reconcile` looks on every cloud too (a dry run: it only says what it would do).
+        lines: list[str] = []
+        assert await reconcile_once(settings, dry_run=True, out=lines.append) == 0
+        assert "gpu-old-gone0001" in "\n".join(lines)
+        assert len(west.servers()) == 1
+
+        async with serving(world, settings):
+            await world.wait_github(
+                lambda s: len([x for x in s["sessions"] if not x["ghost"]]) == 2
+            )
+            await asyncio.to_thread(world.fleet.wait_for, lambda: west.servers() == [], 20.0)
