@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from provisioners.base import Provisioner, ServerSpec
+from provisioners.base import ServerSpec
 from provisioners.naming import Ownership, ownership_metadata
 from provisioners.openstack import OpenStackProvisioner
 from scaleset_listener.actions_client import ActionsClient
@@ -48,7 +48,7 @@ from scaleset_listener.logs import configure
 from scaleset_listener.runner_versions import RunnerVersions
 from scaleset_listener.service import run_service
 from scaleset_listener.vm_scaler.loop import VMScaler
-from scaleset_listener.wiring import openstack_config, vm_scalers
+from scaleset_listener.wiring import CloudProvisioners, openstack_config, vm_scalers
 from simulator.github.config import DEFAULT_PAT
 from simulator.github.control import SimulatorControl
 from simulator.openstack.control import CloudControl
@@ -181,7 +181,7 @@ async def run_listener(jobs: int, latency: float, concurrency: int | None, timeo
         scalers: list[VMScaler] = []
 
         def keeping_scalers(
-            client: ActionsClient, provisioner: Provisioner, versions: RunnerVersions
+            client: ActionsClient, provisioner: CloudProvisioners, versions: RunnerVersions
         ) -> Callable[[ScaleSetSpec], VMScaler]:
             make = vm_scalers(settings, client, provisioner, versions)
 

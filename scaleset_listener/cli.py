@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from provisioners.base import Provisioner
 from provisioners.bootstrap import BootstrapError
 from provisioners.openstack import OpenStackProvisioner
 from reconciler.reconcile import ReconcileReport
@@ -34,11 +35,13 @@ from scaleset_listener.service import run_service
 from scaleset_listener.usage import GroupBy, read_records, summarize, utc_now
 from scaleset_listener.usage import as_json as usage_json
 from scaleset_listener.usage import table as usage_table
+from scaleset_listener.vm_scaler.execute import RunnerRegistry
 from scaleset_listener.wiring import (
     acting_on,
     github,
     missing_cloud_settings,
-    openstack_config,
+    placement,
+    placements,
     preview_user_data,
     probe_public_key,
     reconcile_deleted_scale_sets,
@@ -150,11 +153,35 @@ def effective_settings(settings: Settings) -> list[str]:
         elif hasattr(value, "value"):
             shown = value.value
         lines.append(f"{name.upper()}={shown}")
+    lines.extend(placement_lines(settings))
     target = settings.github_target
     lines.append(f"# scope: {target.scope.value}, REST API: {target.api_url}")
     lines.append(
         "# auth: " + ("GitHub App" if settings.uses_github_app else "personal access token")
     )
+    return lines
+
+
+def placement_lines(settings: Settings) -> list[str]:
+    """One comment line per scale set: where its VMs go, globals and its overrides merged."""
+    lines = []
+    for spec in settings.runners:
+        config = placement(settings, spec)
+        metadata = ",".join(f"{key}={value}" for key, value in config.server_metadata.items())
+        shown = {
+            "cloud": config.cloud or "(OS_CLOUD)",
+            "image": spec.image or config.image,
+            "flavor": spec.flavor or config.flavor,
+            "network": config.network or "",
+            "security_groups": ",".join(config.security_groups),
+            "availability_zone": config.availability_zone or "",
+            "keypair": config.keypair or "",
+            "boot_volume_size_gb": config.boot_volume_size_gb,
+            "floating_ips": ",".join(config.floating_ips),
+            "server_metadata": metadata,
+        }
+        pairs = " ".join(f"{key}={value}" for key, value in shown.items())
+        lines.append(f"# placement of {spec.name}: {pairs}")
     return lines
 
 
@@ -281,12 +308,17 @@ async def reconcile_once(settings: Settings, *, dry_run: bool, out: Callable[[st
     if missing:
         raise ConfigError(f"reconcile needs the cloud settings: {', '.join(missing)}")
     http = HttpChannel(retry_policy(settings))
-    provisioner: OpenStackProvisioner | None = None
+    provisioners: list[OpenStackProvisioner] = []
     failed = False
     try:
         client = github(settings, http).client
-        provisioner = OpenStackProvisioner(openstack_config(settings))
-        cloud, registry = acting_on(provisioner, client, dry_run=dry_run)
+        groups = placements(settings)
+        clouds: dict[str, Provisioner] = {}
+        registry: RunnerRegistry = client
+        for config, names in zip(groups.configs, groups.scale_sets, strict=True):
+            provisioners.append(OpenStackProvisioner(config))
+            cloud, registry = acting_on(provisioners[-1], client, dry_run=dry_run)
+            clouds.update(dict.fromkeys(names, cloud))
         mode = "dry run, nothing changed" if dry_run else "acted"
         reports: list[ReconcileReport] = []
         served: set[int] = set()
@@ -299,22 +331,25 @@ async def reconcile_once(settings: Settings, *, dry_run: bool, out: Callable[[st
                 out(f"# scale set {spec.name}: not registered at GitHub, nothing to reconcile")
                 continue
             served.add(scale_set.id)
-            report = await reconcile_scale_set(settings, registry, cloud, scale_set.id)
+            report = await reconcile_scale_set(settings, registry, clouds[spec.name], scale_set.id)
             out(f"# scale set {spec.name} (id {scale_set.id}): {mode}")
             out(report.table())
             reports.append(report)
-        for scale_set_id, report in await reconcile_deleted_scale_sets(
-            settings, client, cloud, registry=registry, skip=served
-        ):
-            out(f"# scale set {scale_set_id} (deleted at GitHub, its VMs remain): {mode}")
-            out(report.table())
-            reports.append(report)
+        # Deleted sets' VMs are looked for once on each cloud in use.
+        for cloud_name in dict.fromkeys(spec.cloud for spec in settings.runners):
+            first = next(spec for spec in settings.runners if spec.cloud == cloud_name)
+            for scale_set_id, report in await reconcile_deleted_scale_sets(
+                settings, client, clouds[first.name], registry=registry, skip=served
+            ):
+                out(f"# scale set {scale_set_id} (deleted at GitHub, its VMs remain): {mode}")
+                out(report.table())
+                reports.append(report)
         failed = any(row.error for report in reports for row in report.rows) or any(
             orphan.error for report in reports for orphan in report.orphans
         )
     finally:
         await http.aclose()
-        if provisioner is not None:
+        for provisioner in provisioners:
             await provisioner.close()
     return 1 if failed else 0
 

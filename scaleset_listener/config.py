@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import ipaddress
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -193,6 +194,15 @@ def _runner_dir(value: str | None) -> str | None:
     return value
 
 
+def _ip_addresses(addresses: tuple[str, ...]) -> tuple[str, ...]:
+    for address in addresses:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise ValueError(f"{address!r} is not an IP address") from None
+    return addresses
+
+
 Packages = Annotated[
     tuple[str, ...], NoDecode, BeforeValidator(_split_list), AfterValidator(_packages)
 ]
@@ -269,6 +279,18 @@ class ScaleSetSpec(BaseModel):
     max_runners: int = Field(default=10, ge=0)
     flavor: str | None = None
     image: str | None = None
+    # Placement (docs/architecture.md#placement-per-scale-set): each replaces the OPENSTACK_*
+    # setting of the same name, except server_metadata, whose keys are added to
+    # OPENSTACK_SERVER_METADATA's. `cloud` names a clouds.yaml entry (another project or region);
+    # unset: the cloud of OS_CLOUD or the OS_* variables.
+    cloud: str | None = None
+    network: str | None = None
+    security_groups: tuple[str, ...] | None = None
+    availability_zone: str | None = None
+    keypair: str | None = None
+    boot_volume_size_gb: int | None = Field(default=None, ge=0)
+    server_metadata: dict[str, str] | None = None
+    floating_ips: tuple[str, ...] | None = None
     # Bootstrap extras: each replaces the global setting of the same name (VM_PACKAGES...),
     # except runner_env, whose keys are added to RUNNER_ENV's (docs/bootstrap.md).
     vm_packages: tuple[str, ...] | None = None
@@ -287,6 +309,24 @@ class ScaleSetSpec(BaseModel):
     @classmethod
     def _package_names(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
         return _packages(value)
+
+    @field_validator("security_groups", "floating_ips", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        # The same forms as OPENSTACK_SECURITY_GROUPS: a JSON list or "a,b".
+        return _split_list(value)
+
+    @field_validator("floating_ips")
+    @classmethod
+    def _floating_ips_are_addresses(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return _ip_addresses(value) if value is not None else None
+
+    @field_validator("cloud", "network", "availability_zone", "keypair")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("empty; leave the key out to use the global setting")
+        return value.strip() if value is not None else None
 
     @field_validator("runner_env")
     @classmethod
@@ -586,12 +626,7 @@ class Settings(BaseSettings):
     @field_validator("openstack_floating_ips")
     @classmethod
     def _floating_ips_are_addresses(cls, addresses: tuple[str, ...]) -> tuple[str, ...]:
-        for address in addresses:
-            try:
-                ipaddress.ip_address(address)
-            except ValueError:
-                raise ValueError(f"{address!r} is not an IP address") from None
-        return addresses
+        return _ip_addresses(addresses)
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
@@ -677,10 +712,41 @@ class Settings(BaseSettings):
         return self
 
 
-def _describe(error: Any) -> str:
+def _runner_names(env_file: Path | None) -> list[str | None]:
+    """The `name` of each RUNNERS entry as given (None where there is none), so that a problem
+    in an entry is reported as RUNNERS[<name>].key; empty when RUNNERS is not a JSON list."""
+    raw = next((value for key, value in os.environ.items() if key.upper() == "RUNNERS"), None)
+    if raw is None and env_file is not None:
+        raw = next(
+            (value for key, value in dotenv_values(env_file).items() if key.upper() == "RUNNERS"),
+            None,
+        )
+    try:
+        entries = json.loads(raw) if raw else []
+    except ValueError:
+        return []
+    if not isinstance(entries, list):
+        return []
+    names: list[str | None] = []
+    for entry in entries:
+        name = entry.get("name") if isinstance(entry, dict) else None
+        names.append(name if isinstance(name, str) and _SCALE_SET_NAME.match(name) else None)
+    return names
+
+
+def _describe(error: Any, runner_names: list[str | None] | None = None) -> str:
     location = [str(part) for part in error["loc"]]
     variable = location[0].upper() if location else "settings"
-    path = "".join(f"[{part}]" if part.isdigit() else f".{part}" for part in location[1:])
+    if variable == "RUNNERS" and len(location) > 1 and location[1].isdigit():
+        # An entry by its name where it has a usable one (the index otherwise).
+        index = int(location[1])
+        names = runner_names or []
+        if index < len(names) and names[index] is not None and location[2:] != ["name"]:
+            location[1] = str(names[index])
+    path = ""
+    for position, part in enumerate(location[1:]):
+        named_entry = variable == "RUNNERS" and position == 0
+        path += f"[{part}]" if named_entry or part.isdigit() else f".{part}"
     message = str(error["msg"])
     if error["type"] == "extra_forbidden":
         return (
@@ -716,7 +782,8 @@ def load_settings(env_file: Path | None = None) -> Settings:
     try:
         return Settings(_env_file=env_file)
     except ValidationError as exc:
-        raise ConfigError("; ".join(_describe(error) for error in exc.errors())) from None
+        names = _runner_names(env_file)
+        raise ConfigError("; ".join(_describe(error, names) for error in exc.errors())) from None
     except SettingsError as exc:
         # pydantic-settings decodes list/object variables as JSON before validation.
         match = re.search(r'field "(\w+)"', str(exc))

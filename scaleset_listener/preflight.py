@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import base64
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -43,7 +43,7 @@ from scaleset_listener.runner_versions import RunnerRelease, pinned_release
 from scaleset_listener.wiring import (
     github,
     missing_cloud_settings,
-    openstack_config,
+    placements,
     runner_versions,
     server_spec,
 )
@@ -195,12 +195,17 @@ async def runner_check(settings: Settings, http: HttpChannel) -> tuple[Check, Ru
 # The cloud ---------------------------------------------------------------------------------
 
 
-def cloud_demand(settings: Settings) -> tuple[dict[str, list[str]], dict[str, int]]:
+def cloud_demand(
+    settings: Settings, scale_sets: Collection[str] | None = None
+) -> tuple[dict[str, list[str]], dict[str, int]]:
     """The images the scale sets use (each with the settings that name it) and the servers per
-    flavor they may run at once: every set at its max_runners, all in the one project."""
+    flavor they may run at once: every set at its max_runners, all in the one project.
+    `scale_sets` (names) limits it to those that share one placement."""
     images: dict[str, list[str]] = defaultdict(list)
     flavors: dict[str, int] = defaultdict(int)
     for spec in settings.runners:
+        if scale_sets is not None and spec.name not in scale_sets:
+            continue
         image = spec.image or settings.openstack_image
         images[image].append(f"RUNNERS[{spec.name}].image" if spec.image else "OPENSTACK_IMAGE")
         flavors[spec.flavor or settings.openstack_flavor] += spec.max_runners
@@ -214,43 +219,64 @@ def _flavor_setting(settings: Settings, flavor: str) -> str:
     return f"RUNNERS[{overriding[0]}].flavor"
 
 
-def _setting_of(settings: Settings, check: CloudCheck, images: dict[str, list[str]]) -> str:
+# A CloudCheck's subject -> the global setting and the RUNNERS key that overrides it.
+_PLACEMENT_SETTINGS = {
+    "cloud": ("OS_CLOUD", "cloud"),
+    "microversion": ("OS_CLOUD", "cloud"),
+    "network": ("OPENSTACK_NETWORK", "network"),
+    "security_group": ("OPENSTACK_SECURITY_GROUPS", "security_groups"),
+    "keypair": ("OPENSTACK_KEYPAIR", "keypair"),
+    "floating_ip": ("OPENSTACK_FLOATING_IPS", "floating_ips"),
+}
+
+
+def _setting_of(
+    settings: Settings,
+    check: CloudCheck,
+    images: dict[str, list[str]],
+    scale_sets: Collection[str] = (),
+) -> str:
     if check.subject == "image":
         return sorted(set(images.get(check.ref, ["OPENSTACK_IMAGE"])))[0]
     if check.subject == "flavor":
         return _flavor_setting(settings, check.ref)
-    return {
-        "cloud": "OS_CLOUD",
-        "microversion": "OS_CLOUD",
-        "network": "OPENSTACK_NETWORK",
-        "security_group": "OPENSTACK_SECURITY_GROUPS",
-        "keypair": "OPENSTACK_KEYPAIR",
-        "floating_ip": "OPENSTACK_FLOATING_IPS",
-        "quota": "RUNNERS (max_runners)",
-    }.get(check.subject, check.subject.upper())
+    if check.subject in _PLACEMENT_SETTINGS:
+        variable, key = _PLACEMENT_SETTINGS[check.subject]
+        for spec in settings.runners:
+            if spec.name in scale_sets and getattr(spec, key) is not None:
+                return f"RUNNERS[{spec.name}].{key}"
+        return variable
+    return {"quota": "RUNNERS (max_runners)"}.get(check.subject, check.subject.upper())
 
 
 async def cloud_checks(settings: Settings) -> list[Check]:
+    """The cloud's pre-flight once per distinct cloud and placement (wiring.placements), each
+    with the images, flavors and max_runners of the scale sets it serves."""
     missing = missing_cloud_settings(settings)
     if missing:
         return [Check("FAIL", name, "not set (nor on every scale set)") for name in missing]
-    images, flavors = cloud_demand(settings)
-    provisioner = OpenStackProvisioner(openstack_config(settings))
-    try:
-        found = await provisioner.preflight(list(images), flavors)
-    finally:
-        await provisioner.close()
+    groups = placements(settings)
+    several = len(groups.configs) > 1
     checks = []
-    for check in found:
-        detail = check.detail
-        if check.subject == "microversion":
-            detail = f"compute API {detail}"
-        elif check.subject == "quota" and check.ok:
-            detail = f"room for every scale set at max_runners: {detail}"
-        elif check.subject == "quota" and check.ok is False:
-            detail = f"max_runners of every scale set do not fit: {detail}"
-        status: Status = "skip" if check.ok is None else ("ok" if check.ok else "FAIL")
-        checks.append(Check(status, _setting_of(settings, check, images), detail))
+    for config, names in zip(groups.configs, groups.scale_sets, strict=True):
+        images, flavors = cloud_demand(settings, names)
+        provisioner = OpenStackProvisioner(config)
+        try:
+            found = await provisioner.preflight(list(images), flavors)
+        finally:
+            await provisioner.close()
+        prefix = f"scale sets {', '.join(names)}: " if several else ""
+        for check in found:
+            detail = check.detail
+            if check.subject == "microversion":
+                detail = f"compute API {detail}"
+            elif check.subject == "quota" and check.ok:
+                detail = f"room for every scale set at max_runners: {detail}"
+            elif check.subject == "quota" and check.ok is False:
+                detail = f"max_runners of every scale set do not fit: {detail}"
+            status: Status = "skip" if check.ok is None else ("ok" if check.ok else "FAIL")
+            setting = _setting_of(settings, check, images, names)
+            checks.append(Check(status, setting, prefix + detail))
     return checks
 
 

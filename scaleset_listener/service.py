@@ -34,7 +34,7 @@ from scaleset_listener.runner_versions import (
 )
 from scaleset_listener.scaler_port import LoggingScaler
 from scaleset_listener.supervisor import ScaleSetSupervisor
-from scaleset_listener.wiring import ScalerFactory
+from scaleset_listener.wiring import CloudProvisioners, ScalerFactory
 
 log = structlog.get_logger(__name__)
 
@@ -111,12 +111,30 @@ async def _resolve_runner(
 WARM_UP_WAIT = 30.0
 
 
-async def _wait_warm(provisioner: OpenStackProvisioner | None) -> None:
-    if provisioner is None:
+async def _wait_warm(provisioners: list[OpenStackProvisioner]) -> None:
+    if not provisioners:
         return
-    warm = asyncio.ensure_future(provisioner.wait_warm())
-    await asyncio.wait({warm}, timeout=WARM_UP_WAIT)
-    warm.cancel()
+    warm = [asyncio.ensure_future(provisioner.wait_warm()) for provisioner in provisioners]
+    await asyncio.wait(warm, timeout=WARM_UP_WAIT)
+    for waiting in warm:
+        waiting.cancel()
+
+
+def _start_provisioners(
+    settings: Settings, started: list[OpenStackProvisioner]
+) -> CloudProvisioners:
+    """One provisioner per distinct cloud and placement (wiring.placements), started and added
+    to `started` (for the caller to close, whatever fails meanwhile); each scale set's by name."""
+    groups = wiring.placements(settings)
+    by_scale_set: dict[str, Provisioner] = {}
+    for config, names in zip(groups.configs, groups.scale_sets, strict=True):
+        provisioner = OpenStackProvisioner(config)
+        started.append(provisioner)
+        provisioner.start()
+        by_scale_set.update(dict.fromkeys(names, provisioner))
+        if len(groups.configs) > 1:
+            log.info("cloud_placement", cloud=config.cloud or "OS_CLOUD", scale_sets=list(names))
+    return by_scale_set
 
 
 async def run_service(
@@ -124,15 +142,17 @@ async def run_service(
     stop: asyncio.Event | None = None,
     *,
     scaler_factory: ScalerFactory | None = None,
-    scaler_factory_builder: Callable[[ActionsClient, Provisioner, RunnerVersions], ScalerFactory]
+    scaler_factory_builder: Callable[
+        [ActionsClient, CloudProvisioners, RunnerVersions], ScalerFactory
+    ]
     | None = None,
     handle_signals: bool = True,
 ) -> int:
     """Serve every configured scale set until stopped; the process exit code.
 
-    `stop` and `scaler_factory` (or `scaler_factory_builder`, given the client, the
-    provisioner and the runner versions) let an embedding program and the tests drive the
-    service without signals.
+    `stop` and `scaler_factory` (or `scaler_factory_builder`, given the client, each scale
+    set's provisioner by name and the runner versions) let an embedding program and the tests
+    drive the service without signals.
     Without a cloud configured the scaler only logs its decisions.
     """
     stop = stop or asyncio.Event()
@@ -142,7 +162,7 @@ async def run_service(
     policy = wiring.retry_policy(settings)
     metrics = Metrics(namespace=settings.effective_listener_instance_id)
     http = HttpChannel(policy, observe=metrics.github_request)
-    provisioner: OpenStackProvisioner | None = None
+    provisioners: list[OpenStackProvisioner] = []
     health: HealthServer | None = None
     versions: RunnerVersions | None = None
     try:
@@ -172,12 +192,11 @@ async def run_service(
                 make_scaler = lambda spec: LoggingScaler(spec.name)  # noqa: E731
             else:
                 versions = wiring.runner_versions(settings, gh, http)
-                provisioner = OpenStackProvisioner(wiring.openstack_config(settings))
-                provisioner.start()
+                by_scale_set = _start_provisioners(settings, provisioners)
                 build = scaler_factory_builder or functools.partial(
                     wiring.vm_scalers, settings, metrics=metrics
                 )
-                make_scaler = build(client, provisioner, versions)
+                make_scaler = build(client, by_scale_set, versions)
         owner = socket.gethostname()
         supervisors = []
         for spec in settings.runners:
@@ -211,7 +230,7 @@ async def run_service(
         if versions is not None and not await _resolve_runner(versions, settings, policy, stop):
             log.info("service_stopped", failed_scale_sets=0)
             return 0
-        await _wait_warm(provisioner)
+        await _wait_warm(provisioners)
         async with asyncio.TaskGroup() as group:
             tasks = [
                 group.create_task(supervisor.run(stop), name=f"scale-set:{supervisor.name}")
@@ -236,7 +255,7 @@ async def run_service(
         if health is not None:
             health.stop()
         await http.aclose()
-        if provisioner is not None:
+        for provisioner in provisioners:
             await provisioner.close()
         if handle_signals and current is not None:
             for signum in (signal.SIGTERM, signal.SIGINT):

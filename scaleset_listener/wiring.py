@@ -1,7 +1,7 @@
-"""From settings to the service's parts: the GitHub client, the runner versions, the cloud's
-provisioner and the bootstrap's specs, the SSH prober, the reconciler's passes and one VMScaler
-per scale set. With DRY_RUN the cloud and GitHub are wrapped here (dry_run.py), once, so that no
-part downstream has a dry-run branch.
+"""From settings to the service's parts: the GitHub client, the runner versions, the clouds'
+provisioners (one per cloud and placement) and the bootstrap's specs, the SSH prober, the
+reconciler's passes and one VMScaler per scale set. With DRY_RUN the clouds and GitHub are
+wrapped here (dry_run.py), once, so that no part downstream has a dry-run branch.
 
 This is the one module that reads settings to build things; the parts themselves know nothing of
 the settings (`provisioners` and `reconciler` not even of this package). `service` runs what is
@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -119,6 +119,8 @@ def missing_cloud_settings(settings: Settings) -> list[str]:
 
 
 def openstack_config(settings: Settings) -> OpenStackConfig:
+    """The global OPENSTACK_* settings, with every RUNNERS entry's image and flavor to warm up
+    (what a single cloud serving every scale set needs)."""
     return OpenStackConfig(
         image=settings.openstack_image,
         flavor=settings.openstack_flavor,
@@ -136,6 +138,98 @@ def openstack_config(settings: Settings) -> OpenStackConfig:
         images=tuple(spec.image for spec in settings.runners if spec.image),
         flavors=tuple(spec.flavor for spec in settings.runners if spec.flavor),
     )
+
+
+def placement(settings: Settings, scale_set: ScaleSetSpec) -> OpenStackConfig:
+    """The effective OpenStackConfig of `scale_set`: each placement key of its RUNNERS entry
+    replaces the OPENSTACK_* setting; server_metadata's keys are added to the global ones.
+    Its own image and flavor are the ones warmed up (None: the global ones)."""
+    base = openstack_config(settings)
+
+    def own(name: str, default: Any) -> Any:
+        value = getattr(scale_set, name)
+        return default if value is None else value
+
+    return replace(
+        base,
+        cloud=scale_set.cloud,
+        network=own("network", base.network),
+        security_groups=tuple(own("security_groups", base.security_groups)),
+        keypair=own("keypair", base.keypair),
+        availability_zone=own("availability_zone", base.availability_zone),
+        boot_volume_size_gb=own("boot_volume_size_gb", base.boot_volume_size_gb),
+        floating_ips=tuple(own("floating_ips", base.floating_ips)),
+        server_metadata={**base.server_metadata, **(scale_set.server_metadata or {})},
+        images=(scale_set.image,) if scale_set.image else (),
+        flavors=(scale_set.flavor,) if scale_set.flavor else (),
+    )
+
+
+def _placement_key(config: OpenStackConfig) -> tuple[Any, ...]:
+    """What makes two scale sets' provisioners different: everything but what to warm up."""
+    return (
+        config.cloud,
+        config.network,
+        config.security_groups,
+        config.keypair,
+        config.availability_zone,
+        config.boot_volume_size_gb,
+        config.floating_ips,
+        tuple(sorted(config.server_metadata.items())),
+    )
+
+
+@dataclass(frozen=True)
+class Placements:
+    """The provisioners' configs: one per distinct cloud and placement, and the scale sets
+    (by name) each serves.
+
+    A provisioner holds its placement (network, security groups, availability zone, key pair,
+    boot volume, metadata, floating-IP pool) in its config, and a create names only the image and
+    flavor, so sets whose placement differs need provisioners of their own; sets with equal
+    placement share one, and with it its workers, its observer and its view of the quota."""
+
+    configs: tuple[OpenStackConfig, ...]
+    scale_sets: tuple[tuple[str, ...], ...]
+
+    def index_of(self, scale_set: str) -> int:
+        for index, names in enumerate(self.scale_sets):
+            if scale_set in names:
+                return index
+        raise KeyError(scale_set)
+
+
+def placements(settings: Settings) -> Placements:
+    """Every scale set's effective placement, grouped: scale sets with equal cloud and placement
+    share one provisioner, which warms up the images and flavors of all of them."""
+    groups: dict[tuple[Any, ...], tuple[OpenStackConfig, list[str]]] = {}
+    for spec in settings.runners:
+        config = placement(settings, spec)
+        key = _placement_key(config)
+        if key in groups:
+            first, names = groups[key]
+            merged = replace(
+                first,
+                images=tuple(dict.fromkeys((*first.images, *config.images))),
+                flavors=tuple(dict.fromkeys((*first.flavors, *config.flavors))),
+            )
+            groups[key] = (merged, [*names, spec.name])
+        else:
+            groups[key] = (config, [spec.name])
+    return Placements(
+        configs=tuple(config for config, _ in groups.values()),
+        scale_sets=tuple(tuple(names) for _, names in groups.values()),
+    )
+
+
+# A scale set's provisioner: one for all, or one per scale set name.
+CloudProvisioners = Provisioner | Mapping[str, Provisioner]
+
+
+def provisioner_of(provisioners: CloudProvisioners, scale_set: str) -> Provisioner:
+    if isinstance(provisioners, Mapping):
+        return provisioners[scale_set]
+    return provisioners
 
 
 def probe_public_key(settings: Settings) -> str | None:
@@ -426,21 +520,37 @@ def acting_on(
 def vm_scalers(
     settings: Settings,
     client: ActionsClient,
-    provisioner: Provisioner,
+    provisioners: CloudProvisioners,
     runner_versions: RunnerVersions,
     metrics: Metrics | None = None,
 ) -> Callable[[ScaleSetSpec], VMScaler]:
-    """One VMScaler per scale set, all sharing the provisioning slots; each new VM gets the
-    runner release current at its creation."""
+    """One VMScaler per scale set, each on its set's provisioner (`provisioners`: one for all,
+    or one per scale set name), all sharing the provisioning slots; each new VM gets the runner
+    release current at its creation."""
     service_metrics = metrics or Metrics()
     usage_log = UsageLog(settings.usage_log_path) if settings.usage_log_path else None
-    provisioner, registry = acting_on(provisioner, client, dry_run=settings.dry_run)
+    registry: RunnerRegistry = client
+    # Each provisioner wrapped once (DRY_RUN), whichever sets share it.
+    acting: dict[int, Provisioner] = {}
+    for spec in settings.runners:
+        own = provisioner_of(provisioners, spec.name)
+        if id(own) not in acting:
+            acting[id(own)], registry = acting_on(own, client, dry_run=settings.dry_run)
+    acting_for = {
+        spec.name: acting[id(provisioner_of(provisioners, spec.name))] for spec in settings.runners
+    }
+    # Deleted scale sets' VMs are looked for once on each cloud in use: sets that share a cloud
+    # but not a placement have provisioners listing the same servers.
+    clouds: dict[str | None, Provisioner] = {}
+    for spec in settings.runners:
+        clouds.setdefault(spec.cloud, acting_for[spec.name])
     slots = asyncio.Semaphore(settings.provision_concurrency)
     probe_key = probe_public_key(settings)
     # One pass at a time over deleted scale sets' VMs, however many sets this process serves.
     deleted_sets_gate = asyncio.Lock()
 
     def make(spec: ScaleSetSpec) -> VMScaler:
+        provisioner = acting_for[spec.name]
         accounting = Accounting(
             spec.name,
             spec.flavor or settings.openstack_flavor,
@@ -450,15 +560,23 @@ def vm_scalers(
 
         async def reconcile(scale_set_id: int) -> list[Adoption]:
             async with deleted_sets_gate:
-                try:
-                    await reconcile_deleted_scale_sets(
-                        settings, client, provisioner, registry=registry, skip={scale_set_id}
-                    )
-                except (ListenerError, ProvisionerError) as exc:
-                    # Not this set's own pass: that one still runs; the next start retries.
-                    log.warning(
-                        "reconcile_deleted_scale_sets_failed", scale_set=spec.name, error=str(exc)
-                    )
+                for cloud, cloud_provisioner in clouds.items():
+                    try:
+                        await reconcile_deleted_scale_sets(
+                            settings,
+                            client,
+                            cloud_provisioner,
+                            registry=registry,
+                            skip={scale_set_id},
+                        )
+                    except (ListenerError, ProvisionerError) as exc:
+                        # Not this set's own pass: that one still runs; the next start retries.
+                        log.warning(
+                            "reconcile_deleted_scale_sets_failed",
+                            scale_set=spec.name,
+                            cloud=cloud,
+                            error=str(exc),
+                        )
             report = await reconcile_scale_set(settings, registry, provisioner, scale_set_id)
             record_decisions(accounting.metrics, "startup", report.rows, report.orphans)
             for row in report.rows:

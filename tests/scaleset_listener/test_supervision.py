@@ -22,7 +22,7 @@ from scaleset_listener.runner_versions import RunnerVersions
 from scaleset_listener.scaler_port import LoggingScaler
 from scaleset_listener.service import run_service
 from scaleset_listener.supervisor import ScaleSetSupervisor
-from scaleset_listener.wiring import ScalerFactory, vm_scalers
+from scaleset_listener.wiring import CloudProvisioners, ScalerFactory, provisioner_of, vm_scalers
 from tests.testsupport.world import World, simulated_world
 
 JSON = dict[str, Any]
@@ -68,9 +68,9 @@ async def test_a_scaler_step_that_raises_is_reported_and_the_set_restarted(world
     crashing: list[CrashingProvisioner] = []
 
     def builder(
-        client: ActionsClient, provisioner: Provisioner, versions: RunnerVersions
+        client: ActionsClient, provisioners: CloudProvisioners, versions: RunnerVersions
     ) -> ScalerFactory:
-        crashing.append(CrashingProvisioner(provisioner))
+        crashing.append(CrashingProvisioner(provisioner_of(provisioners, settings.runners[0].name)))
         return vm_scalers(settings, client, crashing[0], versions)
 
     stop = asyncio.Event()

@@ -96,8 +96,8 @@ def test_globals_apply_and_a_runners_entry_overrides_them(
         ("RUNNER_USER=root\n", None, "RUNNER_USER: a user name other than root"),
         ("RUNNER_DIR=opt/runner\n", None, "RUNNER_DIR: an absolute path"),
         ("RUNNER_ENV=ACTIONS_RUNNER_HOOK_JOB_STARTED=/x.sh\n", None, "RUNNER_ENV: ACTIONS_"),
-        ("", [{"name": "gpu", "job_policy": {"event": ["push"]}}], "RUNNERS[0].job_policy.event"),
-        ("", [{"name": "gpu", "job_policy": {"refs": ["a b"]}}], "RUNNERS[0].job_policy.refs"),
+        ("", [{"name": "gpu", "job_policy": {"event": ["push"]}}], "RUNNERS[gpu].job_policy.event"),
+        ("", [{"name": "gpu", "job_policy": {"refs": ["a b"]}}], "RUNNERS[gpu].job_policy.refs"),
     ],
 )
 def test_bad_extras_fail_at_start_naming_the_variable(

@@ -17,13 +17,12 @@ from typing import Any
 
 import pytest
 
-from provisioners.base import Provisioner
 from scaleset_listener.actions_client import ActionsClient
 from scaleset_listener.config import ScaleSetSpec, Settings
 from scaleset_listener.runner_versions import RunnerVersions
 from scaleset_listener.service import run_service
 from scaleset_listener.vm_scaler.loop import VMScaler
-from scaleset_listener.wiring import ScalerFactory, vm_scalers
+from scaleset_listener.wiring import CloudProvisioners, ScalerFactory, vm_scalers
 from simulator.fleet import Fleet, FleetConfig, FleetEvent
 from simulator.github.config import SimulatorConfig
 from simulator.github.server import RunningSimulator
@@ -139,7 +138,7 @@ async def serving(world: World, settings: Settings) -> AsyncIterator[asyncio.Tas
     world.scalers.clear()
 
     def factory_for(
-        client: ActionsClient, provisioner: Provisioner, runner_versions: RunnerVersions
+        client: ActionsClient, provisioner: CloudProvisioners, runner_versions: RunnerVersions
     ) -> ScalerFactory:
         make = vm_scalers(settings, client, provisioner, runner_versions)
 
