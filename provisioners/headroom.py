@@ -9,9 +9,10 @@ itself, the way `scaleset_listener.demand.cloud_capacity` adjusts the floating I
   refused request gives its claim back at once;
 * a delete that finished *releases* the server's share until a read that began after it.
 
-Every scale set of the process creates in the same project through the one provisioner, so they
-share this one view: the headroom goes first come, first served, and a create that finds no
-headroom left is refused here without a call to Nova (two sets never both take the last slot).
+Every scale set of the process that creates in the same project shares this one view (sets with
+different placements on one cloud have provisioners of their own, handed the same view): the
+headroom goes first come, first served, and a create that finds no headroom left is refused here
+without a call to Nova (two sets never both take the last slot).
 
 A claim counts against the headroom from the moment it is made, but the scaler counts its own
 creates in flight already (demand.cloud_capacity: owned - in flight + free), so `free_servers`
@@ -130,6 +131,11 @@ class ProjectHeadroom:
     @property
     def limits(self) -> ComputeLimits | None:
         return self._limits
+
+    @property
+    def is_exhausted(self) -> bool:
+        """Nova refused a create for quota since the last read: read again soon."""
+        return self._exhausted
 
     def begin_read(self) -> int:
         """Mark the start of a /limits read; hand the mark to `apply`."""

@@ -312,7 +312,12 @@ class OpenStackProvisioner:
         self,
         config: OpenStackConfig,
         connect: Callable[[], openstack.connection.Connection] | None = None,
+        *,
+        headroom: ProjectHeadroom | None = None,
     ) -> None:
+        """`headroom`: the project's quota view, when other provisioners create in the same
+        project (scale sets with different placements on one cloud); a view of its own
+        otherwise."""
         self._config = config
         self._connect = connect or functools.partial(
             openstack.connect, cloud=config.cloud, api_timeout=config.api_timeout
@@ -337,10 +342,9 @@ class OpenStackProvisioner:
         self._warmer: asyncio.Task[None] | None = None
         self._warmed = asyncio.Event()
         # The project's quota as this process sees it; one view for every scale set.
-        self._headroom = ProjectHeadroom()
+        self._headroom = headroom if headroom is not None else ProjectHeadroom()
         self._limits_lock = asyncio.Lock()
         self._limits_read_at = -math.inf
-        self._limits_recheck = False
         self._flavor_sizes: dict[str, FlavorSize] = {}
         self._flavor_misses: dict[str, float] = {}
 
@@ -891,13 +895,13 @@ class OpenStackProvisioner:
         async with self._limits_lock:
             interval = self._config.capacity_refresh_interval
             age = time.monotonic() - self._limits_read_at
-            recheck = self._limits_recheck and age >= min(
+            # Refused for quota, here or by a provisioner sharing the headroom.
+            recheck = self._headroom.is_exhausted and age >= min(
                 self._config.quota_recheck_interval, interval
             )
             if age < interval and not recheck:
                 return
             self._limits_read_at = time.monotonic()
-            self._limits_recheck = False
             began = self._headroom.begin_read()
             try:
                 limits = await self._call("read compute limits", _compute_limits)
@@ -909,7 +913,6 @@ class OpenStackProvisioner:
     def _quota_refused(self) -> None:
         """Nova refused a create for quota: no room until /limits is read again, soon."""
         self._headroom.exhausted()
-        self._limits_recheck = True
 
     async def _flavor_size(self, ref: str) -> FlavorSize | None:
         """The flavor's vCPUs and RAM (flavors never change size); None while it cannot be looked

@@ -7,10 +7,11 @@ made at once and read-only, one line each.
 GitHub: the credential is exchanged for the Actions service's admin token (the chain the service
 starts with), each scale set's runner group is resolved and the scale set found ("would create"
 when it is not there: nothing is created), and the runner release resolves. The cloud: the
-provisioner's own pre-flight (provisioners.openstack), with the quota headroom for the sum of
-max_runners of every scale set per flavor, as they all create in the one project; and the
-bootstrap is rendered with a placeholder JIT config of JIT_CONFIG_PLACEHOLDER_SIZE characters
-(real ones are a few KiB of base64) to see that user_data fits Nova's limit.
+provisioner's own pre-flight (provisioners.openstack) per cloud and placement, with the quota
+headroom for the sum of max_runners of every scale set per flavor on each cloud, as they all
+create in its one project; and the bootstrap is rendered with a placeholder JIT config of
+JIT_CONFIG_PLACEHOLDER_SIZE characters (real ones are a few KiB of base64) to see that user_data
+fits Nova's limit.
 
 Failures are reported per check (unreachable services too) and name the setting to fix; the
 exit code is 2 when any check failed. `warn` lines do not fail the run.
@@ -249,6 +250,10 @@ def _setting_of(
     return {"quota": "RUNNERS (max_runners)"}.get(check.subject, check.subject.upper())
 
 
+def _sets(names: Iterable[str]) -> str:
+    return f"scale sets {', '.join(names)}: "
+
+
 async def cloud_checks(settings: Settings) -> list[Check]:
     """The cloud's pre-flight once per distinct cloud and placement (wiring.placements), each
     with the images, flavors and max_runners of the scale sets it serves."""
@@ -257,16 +262,33 @@ async def cloud_checks(settings: Settings) -> list[Check]:
         return [Check("FAIL", name, "not set (nor on every scale set)") for name in missing]
     groups = placements(settings)
     several = len(groups.configs) > 1
+    # Sets on one cloud create in one project: its quota must hold all of them, so the first
+    # placement on each cloud checks the demand of every set there, and the others none.
+    on_cloud: dict[str | None, list[str]] = defaultdict(list)
+    for config, names in zip(groups.configs, groups.scale_sets, strict=True):
+        on_cloud[config.cloud].extend(names)
+    quota_checked: set[str | None] = set()
+    flavors_checked: set[tuple[str | None, str]] = set()
     checks = []
     for config, names in zip(groups.configs, groups.scale_sets, strict=True):
         images, flavors = cloud_demand(settings, names)
+        check_quota = config.cloud not in quota_checked
+        quota_checked.add(config.cloud)
+        if check_quota:
+            flavors = cloud_demand(settings, on_cloud[config.cloud])[1]
         provisioner = OpenStackProvisioner(config)
         try:
             found = await provisioner.preflight(list(images), flavors)
         finally:
             await provisioner.close()
-        prefix = f"scale sets {', '.join(names)}: " if several else ""
+        prefix = _sets(names) if several else ""
         for check in found:
+            if check.subject == "quota" and not check_quota:
+                continue
+            if check.subject == "flavor":
+                if (config.cloud, check.ref) in flavors_checked:
+                    continue
+                flavors_checked.add((config.cloud, check.ref))
             detail = check.detail
             if check.subject == "microversion":
                 detail = f"compute API {detail}"
@@ -276,7 +298,10 @@ async def cloud_checks(settings: Settings) -> list[Check]:
                 detail = f"max_runners of every scale set do not fit: {detail}"
             status: Status = "skip" if check.ok is None else ("ok" if check.ok else "FAIL")
             setting = _setting_of(settings, check, images, names)
-            checks.append(Check(status, setting, prefix + detail))
+            if check.subject == "quota" and several:
+                checks.append(Check(status, setting, _sets(on_cloud[config.cloud]) + detail))
+            else:
+                checks.append(Check(status, setting, prefix + detail))
     return checks
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import structlog
 
 from provisioners.base import Provisioner
+from provisioners.headroom import ProjectHeadroom
 from provisioners.openstack import OpenStackProvisioner
 from scaleset_listener import wiring
 from scaleset_listener.actions_client import ActionsClient
@@ -124,11 +125,14 @@ def _start_provisioners(
     settings: Settings, started: list[OpenStackProvisioner]
 ) -> CloudProvisioners:
     """One provisioner per distinct cloud and placement (wiring.placements), started and added
-    to `started` (for the caller to close, whatever fails meanwhile); each scale set's by name."""
+    to `started` (for the caller to close, whatever fails meanwhile); each scale set's by name.
+    Provisioners on one cloud create in one project, so they share its quota headroom."""
     groups = wiring.placements(settings)
     by_scale_set: dict[str, Provisioner] = {}
+    headrooms: dict[str | None, ProjectHeadroom] = {}
     for config, names in zip(groups.configs, groups.scale_sets, strict=True):
-        provisioner = OpenStackProvisioner(config)
+        headroom = headrooms.setdefault(config.cloud, ProjectHeadroom())
+        provisioner = OpenStackProvisioner(config, headroom=headroom)
         started.append(provisioner)
         provisioner.start()
         by_scale_set.update(dict.fromkeys(names, provisioner))

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from provisioners.base import QuotaExceeded
+from provisioners.headroom import ProjectHeadroom
 from provisioners.naming import Ownership
 from provisioners.openstack import OpenStackProvisioner
 from simulator.openstack.control import CloudControl
@@ -26,15 +27,20 @@ pytestmark = [
 ]
 
 # Long enough that no timed read happens during a test: what it sees is the local accounting.
-NO_TIMED_READ = {"capacity_refresh_interval": 3600.0}
+NO_TIMED_READ: dict[str, Any] = {"capacity_refresh_interval": 3600.0}
 
 
 @contextlib.asynccontextmanager
 async def provisioner_for(
-    target: CloudTarget, *owners: Ownership, **overrides: Any
+    target: CloudTarget,
+    *owners: Ownership,
+    headroom: ProjectHeadroom | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[OpenStackProvisioner]:
     """A provisioner; the servers of `owners` are deleted afterwards, whatever happened."""
-    adapter = OpenStackProvisioner(config_for(target, poll_interval=0.05, **overrides))
+    adapter = OpenStackProvisioner(
+        config_for(target, poll_interval=0.05, **overrides), headroom=headroom
+    )
     try:
         yield adapter
     finally:
@@ -141,3 +147,30 @@ async def test_novas_refusal_stops_creates_until_a_new_read_shows_room(
             await eventually(room_again)
             vm = await adapter.create(spec_for(ours))
             assert vm.status == "ACTIVE"
+
+
+async def test_provisioners_sharing_a_headroom_see_each_others_creates_and_deletes(
+    cloud: CloudTarget,
+) -> None:
+    """Scale sets with different placements on one cloud: provisioners of their own, one view of
+    the project's quota."""
+    in_use = servers(cloud)
+    set_a, set_b = owner(), owner()
+    shared = ProjectHeadroom()
+    with instance_quota(cloud, in_use + 1):
+        async with (
+            provisioner_for(cloud, set_a, headroom=shared, **NO_TIMED_READ) as first,
+            provisioner_for(cloud, set_b, headroom=shared, **NO_TIMED_READ) as second,
+        ):
+            assert await second.capacity(owner=set_b.tags()) == 1
+            taken = await first.create(spec_for(set_a))
+            assert await second.capacity(owner=set_b.tags()) == 0
+            creates_before = requests_to(cloud, "compute.servers.create")
+            with pytest.raises(QuotaExceeded, match="not sent"):
+                await second.create(spec_for(set_b))
+            if creates_before is not None:
+                assert requests_to(cloud, "compute.servers.create") == creates_before
+            await first.delete(taken.id)
+            assert await second.capacity(owner=set_b.tags()) == 1
+            await second.create(spec_for(set_b))
+            assert servers(cloud) == in_use + 1

@@ -183,7 +183,8 @@ async def test_two_scale_sets_on_two_clouds_in_one_process_each_on_its_own(
             await world.wait_github(lambda s: all_done(s, 4), timeout=40)
             # Every VM goes once its job is done, on either cloud: nothing leaks.
             await world.wait_fleet(lambda: live(world.fleet) == 0)
-            west.wait_for(lambda: live(west) == 0, 15.0)
+            # In a thread: the service runs on this event loop.
+            await asyncio.to_thread(west.wait_for, lambda: live(west) == 0, 15.0)
 
     east_names, west_names = seen(world.fleet), seen(west)
     assert len(east_names) >= 2
@@ -292,3 +293,52 @@ async def test_a_deleted_scale_sets_vm_on_the_second_cloud_is_removed_at_start(
                 lambda s: len([x for x in s["sessions"] if not x["ghost"]]) == 2
             )
             await asyncio.to_thread(world.fleet.wait_for, lambda: west.servers() == [], 20.0)
+
+
+# One project, two placements ---------------------------------------------------------------------
+
+
+async def test_sets_with_different_placements_on_one_cloud_share_its_quota(world: World) -> None:
+    """Two provisioners (the sets' server metadata differ) creating in one project: each sees
+    what the other has taken, so no create is sent that Nova would refuse for quota."""
+    world.control.set_quotas(instances=2)
+    settings = world.settings(
+        runners=[
+            {"name": "linux", "max_runners": 2, "server_metadata": {"cost": "linux"}},
+            {"name": "big", "max_runners": 2, "server_metadata": {"cost": "big"}},
+        ],
+        capacity_refresh_interval=3600.0,
+    )
+    assert len(placements(settings).configs) == 2
+    async with serving(world, settings):
+        await world.wait_github(lambda s: len([x for x in s["sessions"] if not x["ghost"]]) == 2)
+        world.github.control.enqueue_jobs(["linux"], count=2, duration=0.3)
+        world.github.control.enqueue_jobs(["big"], count=2, duration=0.3)
+        await world.wait_github(lambda s: all_done(s, 4), timeout=40)
+        await world.wait_fleet(lambda: live(world.fleet) == 0)
+
+    creates = world.control.requests(endpoint="compute.servers.create")
+    assert [record.status for record in creates if record.status != 202] == []
+    assert len(creates) >= 4
+    assert world.max_concurrent_servers() <= 2
+
+
+async def test_online_quota_check_counts_every_set_on_one_cloud_whatever_its_placement(
+    world: World,
+) -> None:
+    """Each placement alone fits the project's quota; together they do not, and it is one
+    project: the check says so once, naming both sets."""
+    world.control.set_quotas(instances=3)
+    settings = world.settings(
+        runners=[
+            {"name": "linux", "max_runners": 2, "server_metadata": {"cost": "linux"}},
+            {"name": "big", "max_runners": 2, "server_metadata": {"cost": "big"}},
+        ]
+    )
+    checks = await preflight(settings)
+    quota = [check for check in checks if check.setting == "RUNNERS (max_runners)"]
+    assert [(check.status, check.detail.split(": ")[0]) for check in quota] == [
+        ("FAIL", "scale sets linux, big")
+    ]
+    flavors = [check for check in checks if check.setting == "OPENSTACK_FLAVOR"]
+    assert len(flavors) == 1
