@@ -15,6 +15,7 @@ import select
 import socket
 import ssl
 import time
+import urllib.request
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -171,7 +172,7 @@ class _PollOnlyBackend(httpcore.AsyncNetworkBackend):
 class PollOnlyTransport(httpx.AsyncHTTPTransport):
     """httpx's own transport (same TLS, limits and errors) on connections from `_PollOnlyBackend`.
 
-    Proxies from the environment are unaffected: httpx mounts its own transports for them.
+    Used only when no proxy is set in the environment (see `HttpChannel`).
     """
 
     def __init__(self, limits: httpx.Limits = HTTPX_DEFAULT_LIMITS) -> None:
@@ -207,7 +208,9 @@ class HttpChannel:
             timeout=DEFAULT_TIMEOUT,
             headers={"User-Agent": USER_AGENT},
             follow_redirects=False,
-            transport=PollOnlyTransport(),
+            # httpx honours the environment's proxies only when given no transport, so with any
+            # proxy variable set the client keeps httpx's own transport, proxies and all.
+            transport=None if urllib.request.getproxies() else PollOnlyTransport(),
         )
 
     async def aclose(self) -> None:
