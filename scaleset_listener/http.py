@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import email.utils
 import json
+import select
+import socket
+import ssl
 import time
+import urllib.request
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpcore
 import httpx
 
 from scaleset_listener import __version__
@@ -37,6 +42,9 @@ MAX_ERROR_BODY = 256
 # The long poll holds a request for about 50 s; reads get a generous margin
 # (docs/architecture.md#the-long-poll).
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=300.0, write=30.0, pool=30.0)
+# httpx's own default (its constant is private). A pool at least as large as the provisioning
+# concurrency was measured no cheaper (bench/README.md).
+HTTPX_DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,104 @@ def _error_text(body: bytes, content_type: str) -> tuple[str, str]:
     return "", text[:MAX_ERROR_BODY]
 
 
+class _PollOnlyStream(httpcore.AsyncNetworkStream):
+    """A connection whose "is it readable?" costs one poll(2), not a getpeername(2) too.
+
+    httpcore asks that of every idle connection each time it places a request (a server that
+    closed a kept-alive connection leaves it readable); anyio answers it by building the socket's
+    whole attribute table, a getpeername(2) included, every time. At 32 JIT config requests in
+    flight that was tens of thousands of system calls per burst (bench/README.md).
+    """
+
+    def __init__(self, stream: httpcore.AsyncNetworkStream) -> None:
+        self._stream = stream
+        self._socket: socket.socket | None = stream.get_extra_info("socket")
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
+        return await self._stream.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        await self._stream.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's signature)
+    ) -> httpcore.AsyncNetworkStream:
+        return _PollOnlyStream(await self._stream.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable":
+            return _is_readable(self._socket)
+        return self._stream.get_extra_info(info)
+
+
+def _is_readable(sock: socket.socket | None) -> bool:
+    # httpcore's own test, on the socket looked up once: unknown or closed counts as readable.
+    if sock is None or sock.fileno() == -1:
+        return True
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
+
+
+class _PollOnlyBackend(httpcore.AsyncNetworkBackend):
+    def __init__(self) -> None:
+        self._backend = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's signature)
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.AsyncNetworkStream:
+        return _PollOnlyStream(
+            await self._backend.connect_tcp(host, port, timeout, local_address, socket_options)
+        )
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's signature)
+        socket_options: Any = None,
+    ) -> httpcore.AsyncNetworkStream:
+        return _PollOnlyStream(
+            await self._backend.connect_unix_socket(path, timeout, socket_options)
+        )
+
+    async def sleep(self, seconds: float) -> None:
+        await self._backend.sleep(seconds)
+
+
+class PollOnlyTransport(httpx.AsyncHTTPTransport):
+    """httpx's own transport (same TLS, limits and errors) on connections from `_PollOnlyBackend`.
+
+    Used only when no proxy is set in the environment (see `HttpChannel`).
+    """
+
+    def __init__(self, limits: httpx.Limits = HTTPX_DEFAULT_LIMITS) -> None:
+        super().__init__(limits=limits)
+        # httpx offers no way to hand its pool a network backend; the pool it just built is
+        # replaced by the same one on ours (tests/scaleset_listener/test_http_channel.py checks
+        # that the readability test still retires a connection the server closed). An httpx
+        # whose transport keeps its pool otherwise keeps it: slower, never wrong.
+        if type(getattr(self, "_pool", None)) is not httpcore.AsyncConnectionPool:
+            return
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=httpx.create_ssl_context(),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=_PollOnlyBackend(),
+        )
+
+
 # Told of every attempt: method, URL path, status (None: no answer) and seconds taken.
 RequestObserver = Callable[[str, str, int | None, float], None]
 
@@ -102,7 +208,12 @@ class HttpChannel:
         self.policy = policy
         self.observe = observe
         self._client = client or httpx.AsyncClient(
-            timeout=DEFAULT_TIMEOUT, headers={"User-Agent": USER_AGENT}, follow_redirects=False
+            timeout=DEFAULT_TIMEOUT,
+            headers={"User-Agent": USER_AGENT},
+            follow_redirects=False,
+            # httpx honours the environment's proxies only when given no transport, so with any
+            # proxy variable set the client keeps httpx's own transport, proxies and all.
+            transport=None if urllib.request.getproxies() else PollOnlyTransport(),
         )
 
     async def aclose(self) -> None:

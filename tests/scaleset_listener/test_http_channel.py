@@ -1,5 +1,7 @@
-"""Narrow odd-status cases of the HTTP layer, through httpx.MockTransport (no server needed)."""
+"""Narrow odd-status cases of the HTTP layer, through httpx.MockTransport (no server needed),
+and the channel's own transport against a socket on 127.0.0.1."""
 
+import asyncio
 from collections.abc import Callable
 
 import httpx
@@ -120,3 +122,43 @@ async def test_errors_never_carry_the_authorization_header() -> None:
         )
     assert "super-secret-token" not in str(caught.value)
     assert "super-secret-token" not in repr(caught.value.__dict__)
+
+
+@pytest.mark.timeout(10)
+async def test_a_kept_alive_connection_the_server_closed_is_not_reused() -> None:
+    # The channel's transport answers httpcore's "is this idle connection readable?" with one
+    # poll(2) of its own; a server's close of a kept-alive connection must still retire it, or
+    # the next request would be written into a dead connection and fail.
+    connections = 0
+    first_closed = asyncio.Event()
+    second_done = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        if connections > 1:
+            await reader.read()  # until the client lets go
+        writer.close()
+        await writer.wait_closed()
+        (second_done if connections > 1 else first_closed).set()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/x"
+    http = HttpChannel(FAST)
+    try:
+        first = await http.request("GET", url, expected={200}, service=ActionsError, what="t")
+        await first_closed.wait()
+        second = await http.request(
+            "GET", url, expected={200}, service=ActionsError, what="t", retry=False
+        )
+    finally:
+        await http.aclose()
+        if connections > 1:
+            await second_done.wait()  # no handler outlives the test (its writer's warning would)
+        server.close()
+        await server.wait_closed()
+    assert (first.body, second.body) == (b"ok", b"ok")
+    assert connections == 2
