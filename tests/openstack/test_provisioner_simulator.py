@@ -15,6 +15,7 @@ import pytest
 from provisioners.base import (
     ActiveTimeout,
     CloudTooOld,
+    ProvisionerError,
     QuotaExceeded,
     ServerFailed,
     TemporaryProvisionerError,
@@ -23,6 +24,7 @@ from provisioners.openstack import OpenStackProvisioner
 from simulator.openstack.control import CloudControl
 from tests.openstack.test_provisioner_contract import config_for, owner, spec_for
 from tests.testsupport.clouds import CloudTarget
+from tests.testsupport.forward_proxy import forward_proxy
 
 
 @pytest.fixture
@@ -255,3 +257,24 @@ async def test_unreadable_limits_leave_the_capacity_unlimited_by_quota_and_are_r
         assert await adapter.capacity() == 3
     finally:
         await adapter.close()
+
+
+async def test_the_clouds_requests_go_through_http_proxy_when_the_environment_sets_one(
+    cloud: CloudTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """requests reads the environment only when something is there to read (a proxy, a CA
+    bundle, a netrc file); with a proxy set, every call to the cloud goes through it."""
+    for name in ("http_proxy", "no_proxy", "NO_PROXY", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with forward_proxy() as (proxy_url, seen):
+        monkeypatch.setenv("HTTP_PROXY", proxy_url)
+        adapter = OpenStackProvisioner(config_for(cloud, max_workers=1))
+        try:
+            with pytest.raises(ProvisionerError):
+                await adapter.list_owned(owner().tags())
+        finally:
+            await adapter.close()
+    auth_url = cloud.env.get("OS_AUTH_URL") or ""
+    assert seen, "no request reached the proxy"
+    assert all(url.startswith("http://127.0.0.1:") for url in seen), seen
+    assert auth_url == "" or seen[0].startswith(auth_url.rstrip("/")), (auth_url, seen)

@@ -11,7 +11,6 @@ import json
 import ssl
 import subprocess
 import threading
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from scaleset_listener.errors import ConfigError, GitHubAPIError
 from scaleset_listener.http import HttpChannel
 from scaleset_listener.retrying import RetryPolicy
 from tests.scaleset_listener.test_cli import cli, offline_env
+from tests.testsupport.forward_proxy import forward_proxy
 
 CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUZmFrZQ==\n-----END CERTIFICATE-----\n"
 PROXY = "http://proxyuser:hunter2@proxy.example:3128"
@@ -188,63 +188,32 @@ def test_the_example_env_file_still_loads(tmp_path: Path) -> None:
 # The listener's own traffic: httpx reads HTTP(S)_PROXY and NO_PROXY (trust_env)
 
 
-@pytest.fixture
-def forward_proxy() -> Iterator[list[str]]:
-    """A plain-HTTP forward proxy on loopback that answers every request itself and records
-    the absolute URL it was asked for."""
-    seen: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            seen.append(self.path)
-            body = b'{"via": "proxy"}'
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
-    thread.start()
-    seen.append(f"http://127.0.0.1:{server.server_address[1]}")
-    try:
-        yield seen
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-
-
 @pytest.mark.timeout(30)
 async def test_the_listeners_http_client_goes_through_http_proxy_unless_no_proxy(
-    forward_proxy: list[str], monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    proxy_url = forward_proxy.pop()
-    monkeypatch.setenv("HTTP_PROXY", proxy_url)
-    monkeypatch.setenv("NO_PROXY", "bypassed.invalid")
-    for name in ("http_proxy", "no_proxy", "ALL_PROXY", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    channel = HttpChannel(RetryPolicy(max_attempts=1, max_wait=0.01))
+    with forward_proxy() as (proxy_url, seen):
+        monkeypatch.setenv("HTTP_PROXY", proxy_url)
+        monkeypatch.setenv("NO_PROXY", "bypassed.invalid")
+        for name in ("http_proxy", "no_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        channel = HttpChannel(RetryPolicy(max_attempts=1, max_wait=0.01))
 
-    async def get(url: str) -> Any:
-        answer = await channel.request(
-            "GET", url, expected={200}, service=GitHubAPIError, what="meta", retry=False
-        )
-        return answer.json("meta")
+        async def get(url: str) -> Any:
+            answer = await channel.request(
+                "GET", url, expected={200}, service=GitHubAPIError, what="meta", retry=False
+            )
+            return answer.json("meta")
 
-    try:
-        assert await get("http://api.github.invalid/meta") == {"via": "proxy"}
-        assert forward_proxy == ["http://api.github.invalid/meta"]
-        # NO_PROXY: straight to a host that does not exist, never through the proxy.
-        with pytest.raises(Exception):  # noqa: B017,PT011
-            await get("http://bypassed.invalid/meta")
-        assert forward_proxy == ["http://api.github.invalid/meta"]
-    finally:
-        await channel.aclose()
+        try:
+            assert await get("http://api.github.invalid/meta") == {"via": "proxy"}
+            assert seen == ["http://api.github.invalid/meta"]
+            # NO_PROXY: straight to a host that does not exist, never through the proxy.
+            with pytest.raises(Exception):  # noqa: B017,PT011
+                await get("http://bypassed.invalid/meta")
+            assert seen == ["http://api.github.invalid/meta"]
+        finally:
+            await channel.aclose()
 
 
 def _ca_and_server_cert(directory: Path) -> tuple[Path, Path, Path]:
