@@ -60,8 +60,11 @@ class ReportError(ValueError):
 # The remote command, POSIX sh (dash, bash, busybox ash); `$1` is the sentinel directory. It
 # prints one `key value` line per fact, in a fixed order, between a marker and `end`. It reads
 # only the sentinel files, the boot id and whether /proc/<pid> exists; never a command line.
-# No single quotes in it, so it can travel as one quoted word through any login shell.
+# No single quotes in it, so it can travel as one quoted word through any login shell. The
+# report is gathered first and written at once: one SSH data packet instead of one per line
+# (each costs the probe and sshd a packet's work; docs/ssh-probe.md).
 REMOTE_SCRIPT = r"""d=$1
+report() {
 echo "scaleset-probe 1"
 if [ ! -e "$d" ]; then echo "dir absent"
 elif [ -d "$d" ] && [ -r "$d" ] && [ -x "$d" ]; then echo "dir ok"
@@ -87,6 +90,9 @@ elif pgrep -x Runner.Listener >/dev/null || pgrep -x Runner.Worker >/dev/null \
   || pgrep -x run.sh >/dev/null; then echo "runner-process yes"
 else echo "runner-process no"; fi
 echo end
+}
+r=$(report)
+printf "%s\n" "$r"
 """
 
 

@@ -201,15 +201,36 @@ else:  # pragma: no cover - not Linux
     _QUICKACK = None
 
 
+# What one read from the socket asks for, whatever paramiko asked: the rest waits in the socket
+# object for paramiko's next read.
+_READ_AHEAD = 16384
+
+
 class _ProbeSocket(socket.socket):
     """A TCP socket that re-arms TCP_QUICKACK before every read (Linux only): without it the
-    SSH handshake's write-write-read pattern waits out the peer's delayed ACK several times."""
+    SSH handshake's write-write-read pattern waits out the peer's delayed ACK several times.
+
+    Reads ahead: paramiko asks for a packet's first block, then for the rest, each by its exact
+    size; one system call (and one re-arm) now serves whatever the peer has sent, often several
+    packets, and paramiko's next reads take it from here."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._read_ahead = b""
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        if self._read_ahead:
+            data, self._read_ahead = self._read_ahead[:bufsize], self._read_ahead[bufsize:]
+            return data
         if _QUICKACK is not None:
             with contextlib.suppress(OSError):
                 self.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
-        return super().recv(bufsize, flags)
+        if flags:
+            return super().recv(bufsize, flags)
+        data = super().recv(max(bufsize, _READ_AHEAD))
+        if len(data) > bufsize:
+            data, self._read_ahead = data[:bufsize], data[bufsize:]
+        return data
 
 
 class _Attempt:
@@ -297,6 +318,17 @@ class _ProbeTransport(paramiko.Transport):
     def __init__(self, sock: socket.socket) -> None:
         super().__init__(sock)
         self.packetizer.__class__ = _ProbePacketizer
+
+    def _filter_algorithm(self, type_: str) -> tuple[str, ...]:
+        # The probe disables no algorithm: the preference list as it is, not filtered again on
+        # each of the sixteen times a handshake asks for it.
+        preferred: tuple[str, ...] = getattr(self, f"_preferred_{type_}")
+        return preferred
+
+    def _log(self, level: int, msg: object, *args: object) -> None:
+        # paramiko logs each step of every handshake (on a channel quiet by default).
+        if self.logger.isEnabledFor(level):
+            super()._log(level, msg, *args)  # type: ignore[misc]
 
     def _parse_debug(self, m: paramiko.Message) -> None:
         # OpenSSH sends one SSH_MSG_DEBUG per restriction of the probe key's entry; paramiko
