@@ -196,3 +196,31 @@ def test_implicit_ack_option_treats_ids_up_to_last_message_id_as_acknowledged(
 def test_strict_ack_option_answers_404_for_unknown_message_ids(actions: Actions) -> None:
     _, session = _setup(actions)
     assert actions.ack(session, 42).status_code == 404
+
+
+def test_a_message_last_answered_to_a_session_its_client_deleted_is_told_apart(
+    github_sim: GitHubSim, actions: Actions
+) -> None:
+    """What the e2e judge excuses: the final answer of a session deleted at a clean stop (a poll
+    cut off, perhaps never read) is delivered again to the next session; a message the client
+    polled past without acknowledging is not excused."""
+    set_id, session = _setup(actions)
+    github_sim.control.enqueue_jobs(["linux"])
+    polled_past = actions.poll(session).json()["messageId"]
+    github_sim.control.enqueue_jobs(["linux"])
+    last_answer = actions.poll(session, last_message_id=polled_past).json()["messageId"]
+    path = f"_apis/runtime/runnerscalesets/{set_id}/sessions/{session.id}"
+    assert actions.call("DELETE", path).status_code == 204
+
+    def queue() -> dict[str, list[int]]:
+        (scale_set,) = github_sim.control.state()["scale_sets"]
+        return {k: scale_set[k] for k in ("unacked_message_ids", "unacked_at_session_end_ids")}
+
+    assert queue() == {
+        "unacked_message_ids": [polled_past, last_answer],
+        "unacked_at_session_end_ids": [last_answer],
+    }
+    # Delivered again, its fate is the next session's.
+    after = actions.create_session(set_id)
+    assert actions.poll(after, last_message_id=polled_past).json()["messageId"] == last_answer
+    assert queue()["unacked_at_session_end_ids"] == []

@@ -610,6 +610,8 @@ async def get_message(sim: SimulatorApp, ctx: Ctx) -> Reply:
     assert session is not None
     ss_id = session.scale_set_id
     world.scale_sets.record_capacity(ss_id, capacity)
+    # Polling again: the client has read the previous answer.
+    session.last_answer_message_id = None
     session.polls_in_flight += 1
     session.last_seen = time.monotonic()
     loop = asyncio.get_running_loop()

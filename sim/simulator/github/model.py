@@ -102,6 +102,9 @@ class Session:
     token_expired: bool = False
     polls_in_flight: int = 0
     last_message_id_seen: int = 0
+    # The message of this session's latest poll answer, until the session polls again (then
+    # its client has read that answer): None when the latest answer carried no message.
+    last_answer_message_id: int | None = None
 
 
 @dataclass
@@ -267,6 +270,10 @@ class MessageQueue:
     pending: deque[JSON] = field(default_factory=deque)
     unacked: dict[int, Envelope] = field(default_factory=dict)
     acked: set[int] = field(default_factory=set)
+    # Messages whose last delivery was the final answer of a session its client then deleted
+    # (a poll cut off at a clean stop): the client may never have read them, and the service
+    # delivers them again to the next session. Until they are delivered again.
+    answered_at_session_end: set[int] = field(default_factory=set)
 
 
 def statistics_json(stats: dict[str, int]) -> JSON:

@@ -65,6 +65,10 @@ class MessageQueues:
 
     def deliver(self, session: Session, envelope: Envelope) -> JSON:
         envelope.deliveries += 1
+        session.last_answer_message_id = envelope.id
+        queue = self.by_scale_set.get(envelope.scale_set_id)
+        if queue is not None:
+            queue.answered_at_session_end.discard(envelope.id)
         self._ledger.count("messages_delivered")
         if envelope.deliveries > 1:
             self._ledger.count("messages_redelivered")
@@ -133,11 +137,22 @@ class MessageQueues:
         )
         return None
 
+    def session_ended(self, session: Session) -> None:
+        """Its client deleted `session`: a message its last poll was answered with, and that is
+        not acknowledged, may never have been read (the poll cut off at a clean stop)."""
+        queue = self.by_scale_set.get(session.scale_set_id)
+        message_id = session.last_answer_message_id
+        if queue is not None and message_id is not None and message_id in queue.unacked:
+            queue.answered_at_session_end.add(message_id)
+
     def state(self, ss_id: int) -> JSON:
         queue = self.by_scale_set[ss_id]
         return {
             "pending_job_messages": len(queue.pending),
             "unacked_message_ids": sorted(queue.unacked),
+            "unacked_at_session_end_ids": sorted(
+                queue.answered_at_session_end.intersection(queue.unacked)
+            ),
             "acked_message_ids": sorted(queue.acked),
         }
 

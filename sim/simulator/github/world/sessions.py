@@ -105,6 +105,7 @@ class Sessions:
                 f"The session identifier {session_id} is not valid.",
             )
         del self.by_id[session_id]
+        self._world.messages.session_ended(session)
         self._ledger.count("sessions_deleted")
         self._ledger.event("session_deleted", session_id=session_id, scale_set_id=ss_id)
 
