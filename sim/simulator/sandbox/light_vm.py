@@ -35,6 +35,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 from simulator.sandbox.sshd import (
@@ -215,6 +216,11 @@ class LightVm(GuestDirectory):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
         process.wait(timeout=STOP_TIMEOUT)
+        # A killed process is gone only once the kernel has run its exit: the VM is down when
+        # none of its session is left. Bounded: one that outlives it is for the caller to see.
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while self.processes() and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     # ------------------------------------------------------------------ observation
 

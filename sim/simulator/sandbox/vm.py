@@ -32,6 +32,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -240,6 +241,12 @@ class SandboxVm(GuestDirectory):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=STOP_TIMEOUT)
+        # When `unshare` itself was killed, its --kill-child reaches the init only as unshare
+        # dies (a parent-death signal), after our wait returned: the VM is gone only once its
+        # namespace is empty. Bounded: a process that outlives it is for the caller to see.
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while self.processes() and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     # ------------------------------------------------------------------ observation
 
