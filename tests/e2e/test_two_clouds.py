@@ -14,7 +14,7 @@ import pytest
 
 from simulator.e2e_world import E2EWorld, make_guests
 from simulator.github.config import SimulatorConfig
-from simulator.openstack.cloudsyaml import APP_CREDENTIAL_CLOUD, clouds_yaml_text
+from simulator.openstack.cloudsyaml import clouds_yaml_entries, clouds_yaml_text
 from simulator.openstack.control import CloudControl
 from simulator.openstack.server import run_in_thread as run_cloud
 from tests.e2e.guests import GUESTS
@@ -34,13 +34,9 @@ def world(tmp_path: Path) -> Iterator[E2EWorld]:
 
 
 def two_clouds_yaml(path: Path, first_url: str, second_url: str) -> Path:
-    """clouds.yaml with the first cloud as `sim` (OS_CLOUD) and the second as SECOND_CLOUD
-    (the simulator's own entries, the second's renamed)."""
-    first = clouds_yaml_text(first_url)
-    second = clouds_yaml_text(second_url).split("\nclouds:\n", 1)[1]
-    second = second.replace(f"  {APP_CREDENTIAL_CLOUD}:", f"  {SECOND_CLOUD}:")
-    second = second.replace(f"  {APP_CREDENTIAL_CLOUD}-password:", f"  {SECOND_CLOUD}-password:")
-    path.write_text(f"{first.rstrip()}\n{second}", encoding="utf-8")
+    """clouds.yaml with the first cloud as `sim` (OS_CLOUD) and the second as SECOND_CLOUD."""
+    first = clouds_yaml_text(first_url).rstrip()
+    path.write_text(f"{first}\n{clouds_yaml_entries(second_url, SECOND_CLOUD)}", encoding="utf-8")
     return path
 
 

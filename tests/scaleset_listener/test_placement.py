@@ -26,7 +26,7 @@ from scaleset_listener.errors import ConfigError
 from scaleset_listener.preflight import preflight
 from scaleset_listener.wiring import placement, placements
 from simulator.fleet import Fleet, FleetConfig
-from simulator.openstack.cloudsyaml import APP_CREDENTIAL_CLOUD, PASSWORD_CLOUD, clouds_yaml_text
+from simulator.openstack.cloudsyaml import clouds_yaml_entries
 from simulator.openstack.control import CloudControl
 from tests.testsupport.sim_cloud import simulated_cloud
 from tests.testsupport.world import World, serving, simulated_world
@@ -141,11 +141,9 @@ def second_cloud(world: World, directory: Path, name: str) -> Iterator[tuple[Fle
         Fleet(world.github.base_url, running.base_url, FleetConfig()) as fleet,
         CloudControl(running.base_url) as control,
     ):
-        # The simulator's own clouds.yaml text, its entries renamed, under the first cloud's.
-        entries = clouds_yaml_text(running.base_url).split("\nclouds:\n", 1)[1]
-        entries = entries.replace(f"  {APP_CREDENTIAL_CLOUD}:", f"  {name}:")
-        entries = entries.replace(f"  {PASSWORD_CLOUD}:", f"  {name}-password:")
+        # Its entries, named `name`, under the first cloud's.
         ours = world.cloud.clouds_yaml.read_text(encoding="utf-8").rstrip("\n")
+        entries = clouds_yaml_entries(running.base_url, name)
         world.cloud.clouds_yaml.write_text(f"{ours}\n{entries}", encoding="utf-8")
         yield fleet, control
 

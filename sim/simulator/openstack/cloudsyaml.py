@@ -13,18 +13,28 @@ from simulator.openstack.state import (
 )
 
 APP_CREDENTIAL_CLOUD = "sim"
-PASSWORD_CLOUD = "sim-password"
+PASSWORD_CLOUD = f"{APP_CREDENTIAL_CLOUD}-password"
 
 
 def clouds_yaml_text(base_url: str, region: str = "RegionOne") -> str:
     """YAML written by hand (every scalar JSON-quoted, which YAML reads as a string)."""
-    auth_url = json.dumps(f"{base_url.rstrip('/')}/identity/v3")
-    q = json.dumps
     return "\n".join(
         [
             "# Written by simulator.openstack; the cloud is gone when the simulator stops.",
             "clouds:",
-            f"  {APP_CREDENTIAL_CLOUD}:",
+            clouds_yaml_entries(base_url, APP_CREDENTIAL_CLOUD, region),
+        ]
+    )
+
+
+def clouds_yaml_entries(base_url: str, name: str, region: str = "RegionOne") -> str:
+    """The two entries of the cloud at `base_url`, named `name` (application credential) and
+    `<name>-password`, as lines under `clouds:`: a second cloud added to a clouds.yaml."""
+    auth_url = json.dumps(f"{base_url.rstrip('/')}/identity/v3")
+    q = json.dumps
+    return "\n".join(
+        [
+            f"  {name}:",
             "    auth_type: v3applicationcredential",
             "    auth:",
             f"      auth_url: {auth_url}",
@@ -33,7 +43,7 @@ def clouds_yaml_text(base_url: str, region: str = "RegionOne") -> str:
             f"    region_name: {q(region)}",
             "    interface: public",
             '    identity_api_version: "3"',
-            f"  {PASSWORD_CLOUD}:",
+            f"  {name}-password:",
             "    auth_type: password",
             "    auth:",
             f"      auth_url: {auth_url}",
