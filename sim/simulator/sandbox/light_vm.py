@@ -35,7 +35,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 from simulator.sandbox.sshd import (
@@ -52,6 +51,7 @@ from simulator.sandbox.vm import (
     VmSpec,
     image_files,
     processes_where,
+    wait_until_gone,
     write_files,
 )
 
@@ -216,11 +216,7 @@ class LightVm(GuestDirectory):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
         process.wait(timeout=STOP_TIMEOUT)
-        # A killed process is gone only once the kernel has run its exit: the VM is down when
-        # none of its session is left. Bounded: one that outlives it is for the caller to see.
-        deadline = time.monotonic() + STOP_TIMEOUT
-        while self.processes() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until_gone(self.processes)  # the session's killed members die after the wait
 
     # ------------------------------------------------------------------ observation
 

@@ -242,11 +242,8 @@ class SandboxVm(GuestDirectory):
             process.kill()
             process.wait(timeout=STOP_TIMEOUT)
         # When `unshare` itself was killed, its --kill-child reaches the init only as unshare
-        # dies (a parent-death signal), after our wait returned: the VM is gone only once its
-        # namespace is empty. Bounded: a process that outlives it is for the caller to see.
-        deadline = time.monotonic() + STOP_TIMEOUT
-        while self.processes() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        # dies (a parent-death signal), after our wait returned.
+        wait_until_gone(self.processes)
 
     # ------------------------------------------------------------------ observation
 
@@ -390,6 +387,15 @@ def write_files(root: Path, files: dict[str, tuple[str, int]]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
         path.write_text(content)
         path.chmod(mode)
+
+
+def wait_until_gone(processes: Callable[[], list[int]]) -> None:
+    """After a kill: the VM is gone only once `processes()` (its live ones) is empty, as killed
+    processes die when the kernel runs their exit, not when the launcher is reaped. Bounded by
+    STOP_TIMEOUT: a process that outlives it is for the caller to see."""
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while processes() and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def processes_where(matches: Callable[[int], bool]) -> list[int]:
