@@ -336,10 +336,9 @@ async def reconcile_once(settings: Settings, *, dry_run: bool, out: Callable[[st
             out(report.table())
             reports.append(report)
         # Deleted sets' VMs are looked for once on each cloud in use.
-        for cloud_name in dict.fromkeys(spec.cloud for spec in settings.runners):
-            first = next(spec for spec in settings.runners if spec.cloud == cloud_name)
+        for on_cloud in groups.scale_sets_by_cloud().values():
             for scale_set_id, report in await reconcile_deleted_scale_sets(
-                settings, client, clouds[first.name], registry=registry, skip=served
+                settings, client, clouds[on_cloud[0]], registry=registry, skip=served
             ):
                 out(f"# scale set {scale_set_id} (deleted at GitHub, its VMs remain): {mode}")
                 out(report.table())

@@ -264,9 +264,7 @@ async def cloud_checks(settings: Settings) -> list[Check]:
     several = len(groups.configs) > 1
     # Sets on one cloud create in one project: its quota must hold all of them, so the first
     # placement on each cloud checks the demand of every set there, and the others none.
-    on_cloud: dict[str | None, list[str]] = defaultdict(list)
-    for config, names in zip(groups.configs, groups.scale_sets, strict=True):
-        on_cloud[config.cloud].extend(names)
+    on_cloud = groups.scale_sets_by_cloud()
     quota_checked: set[str | None] = set()
     flavors_checked: set[tuple[str | None, str]] = set()
     checks = []

@@ -192,6 +192,14 @@ class Placements:
     configs: tuple[OpenStackConfig, ...]
     scale_sets: tuple[tuple[str, ...], ...]
 
+    def scale_sets_by_cloud(self) -> dict[str | None, list[str]]:
+        """Every scale set on each cloud in use, whatever its placement: a cloud is one
+        project, whose quota and leftover VMs they share."""
+        by_cloud: dict[str | None, list[str]] = {}
+        for config, names in zip(self.configs, self.scale_sets, strict=True):
+            by_cloud.setdefault(config.cloud, []).extend(names)
+        return by_cloud
+
     def index_of(self, scale_set: str) -> int:
         for index, names in enumerate(self.scale_sets):
             if scale_set in names:
